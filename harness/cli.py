@@ -1,0 +1,165 @@
+"""``harness`` command line: run, list, validate.
+
+Exit codes: 0 success, 1 the run failed (recorded FAILED in MLflow), 2 bad input (nothing
+written), 130 interrupted (recorded KILLED).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from .config import BUDGET_PRESETS, ConfigError, resolve_config
+from .console import Reporter
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (strict: unknown keys fail)")
+    p.add_argument("--budget", choices=sorted(BUDGET_PRESETS), default=None,
+                   help="budget preset (default: 'default', the embedded default on a 2-core CPU)")
+    p.add_argument("--objective", "-o", help="objective or weighted sum, e.g. 'clip + 0.1*tic'")
+    p.add_argument("--task", "-t", action="append", dest="tasks",
+                   help="task to evaluate (repeatable, or comma-separated)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--model", help="harness preset or open_clip architecture")
+    p.add_argument("--pretrained", help="open_clip pretrained tag or local checkpoint")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--experiment", help="MLflow experiment name (default: harness)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                   "sqlite:///.harness/mlflow.db)")
+    p.add_argument("--run-name")
+    p.add_argument("--output-dir", help="where the cache, checkpoints and results go (default .harness)")
+    p.add_argument("--no-checkpoint", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set budget.warmup_steps=10 (repeatable)")
+
+
+def _flags(a: argparse.Namespace) -> dict[str, Any]:
+    tasks = None
+    if a.tasks:
+        tasks = [t.strip() for item in a.tasks for t in item.split(",") if t.strip()]
+    return {
+        "objective": a.objective,
+        "tasks": tasks,
+        "seed": a.seed,
+        "budget": {k: v for k, v in {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
+                                      "device": a.device}.items() if v is not None},
+        "model": {k: v for k, v in {"name": a.model, "pretrained": a.pretrained}.items() if v is not None},
+        "tracking": {k: v for k, v in {"experiment": a.experiment, "tracking_uri": a.tracking_uri,
+                                        "run_name": a.run_name, "output_dir": a.output_dir,
+                                        "checkpoint": False if a.no_checkpoint else None}.items()
+                     if v is not None},
+    }
+
+
+def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
+    from .registry import UnknownNameError
+    from .runner import execute, prepare
+
+    try:
+        cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
+        plan = prepare(cfg)
+    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
+        rep.error(str(e))
+        return EXIT_USAGE
+    try:
+        outcome = execute(cfg, rep, plan)
+    except KeyboardInterrupt:
+        rep.error("interrupted; the MLflow run is recorded as KILLED")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # recorded FAILED by the tracker
+        rep.error(f"run failed ({type(e).__name__}: {e}); recorded as FAILED in MLflow")
+        if a.verbose:
+            raise
+        return EXIT_FAILED
+    tr = outcome.train
+    title = (f"{cfg.objective} | seed {cfg.seed} | {cfg.budget_preset} budget | "
+             f"{tr.wall_seconds:.0f}s train, {tr.samples_per_second:.0f} samples/s")
+    rep.print(rep.results_table(outcome.results, title))
+    rep.info(f"MLflow run {outcome.run_id} ({outcome.status}); results: {outcome.results_path}")
+    return 0
+
+
+def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
+    if a.what == "objectives":
+        from objectives import OBJECTIVES as reg
+    else:
+        from tasks import TASKS as reg
+    rows = [cls.describe() for _, cls in reg.items()]
+    if a.json:
+        print(json.dumps({"entries": rows, "failed": [vars(f) | {"traceback": None} for f in reg.failures.values()]},
+                         indent=1))
+        return 0
+    table = Table(title=f"{len(rows)} {a.what}", title_justify="left")
+    if a.what == "objectives":
+        cols = ("name", "family", "requires", "citation")
+    else:
+        cols = ("name", "family", "main_score", "dataset", "citation")
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[escape(", ".join(r[c]) if isinstance(r[c], list) else str(r[c])) for c in cols])
+    rep.print(table)
+    for f in reg.failures.values():
+        rep.error(f"plugin {f.name!r} ({f.source}) failed to load and was skipped: {f.error}")
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace, rep: Reporter) -> int:
+    from .registry import UnknownNameError
+    from .runner import prepare
+
+    try:
+        cfg = resolve_config(a.budget, a.config, None, a.set)
+        prepare(cfg)
+    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
+        rep.error(str(e))
+        return EXIT_USAGE
+    rep.info(f"[green]valid[/]: objective {escape(cfg.objective)}, tasks {', '.join(cfg.tasks)}, "
+             f"{cfg.budget.steps} steps x {cfg.budget.batch_size}, identity {cfg.identity}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Benchmark contrastive objectives under identical budgets.")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train one objective and evaluate its tasks")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("list", help="list registered objectives or tasks")
+    p.add_argument("what", choices=["objectives", "tasks"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_list)
+    p = sub.add_parser("validate", help="check a config file without running it")
+    p.add_argument("config")
+    p.add_argument("--budget", choices=sorted(BUDGET_PRESETS), default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(fn=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "open_clip", "root"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    rep = Reporter(quiet=a.quiet)
+    return a.fn(a, rep)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

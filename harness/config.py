@@ -1,0 +1,232 @@
+"""The strict run configuration, budget presets, and the run identity.
+
+Precedence, lowest first: schema defaults < budget preset < YAML file < CLI flags < ``--set k=v``.
+Every model is ``extra="forbid"``: an unknown key fails, naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .models import ModelConfig
+from .shapes import ShapesSpec
+
+
+class ConfigError(ValueError):
+    """A configuration that does not validate; the message names the field."""
+
+
+class Budget(BaseModel):
+    """The fixed part of a training budget: identical for every objective in a comparison."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(450, ge=1, description="optimiser steps")
+    batch_size: int = Field(256, ge=2, description="samples per step")
+    lr: float = Field(2e-3, gt=0.0, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.1, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0.0)
+    warmup_steps: int = Field(40, ge=0, description="linear warmup, then cosine decay to 0")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="max global grad norm; null = off")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CUDA")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    eval_batch_size: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1, description="step-metric logging interval")
+
+    @property
+    def samples_seen(self) -> int:
+        return self.steps * self.batch_size
+
+
+class Tracking(BaseModel):
+    """Bookkeeping: where results go. Not part of the run identity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI or sqlite:///.harness/mlflow.db")
+    experiment: str = "harness"
+    run_name: str | None = None
+    checkpoint: bool = True
+    output_dir: str = ".harness"
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    objective: str = Field("siglip", description="an objective or a weighted sum, e.g. 'clip + 0.1*tic'")
+    objective_params: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[str] = Field(default_factory=lambda: ["shapes-retrieval"])
+    train_data: str = Field("shapes", description="training data: the shapes world")
+    seed: int = 0
+    budget_preset: str = "default"
+    budget: Budget = Field(default_factory=Budget)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    shapes: ShapesSpec = Field(default_factory=ShapesSpec)
+    tracking: Tracking = Field(default_factory=Tracking)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one task is needed")
+        return v
+
+    @field_validator("train_data")
+    @classmethod
+    def _train_data(cls, v: str) -> str:
+        if v != "shapes":
+            raise ValueError(f"unknown training data {v!r}; valid: shapes")
+        return v
+
+    def identity_payload(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        d.pop("tracking")
+        d.pop("budget_preset")  # its values are in 'budget', 'model' and 'shapes'
+        for k in ("log_every", "eval_batch_size", "device"):
+            d["budget"].pop(k)
+        return d
+
+    @property
+    def identity(self) -> str:
+        """Hash of everything that defines the run's outcome, bookkeeping excluded."""
+        blob = json.dumps(self.identity_payload(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def budget_id(self) -> str:
+        """Hash of the fixed budget (everything except the objective): runs compare only if equal."""
+        d = self.identity_payload()
+        for k in ("objective", "objective_params", "tasks", "seed"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_SMALL_WORLD = {"n_train": 2048, "n_val": 128, "n_test": 128, "n_heldout": 128, "n_zeroshot": 128}
+
+BUDGET_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "budget": {"steps": 8, "batch_size": 32, "warmup_steps": 2, "lr": 1e-3, "log_every": 2},
+        "model": {"name": "harness-micro"},
+        "shapes": _SMALL_WORLD,
+    },
+    "default": {},
+    "gpu": {
+        "budget": {"steps": 5000, "batch_size": 1024, "warmup_steps": 250, "lr": 1e-3,
+                   "precision": "bf16", "device": "cuda", "eval_batch_size": 2000},
+        "model": {"name": "harness-small"},
+        "shapes": {"image_size": 64, "n_train": 200000, "n_test": 5000, "n_heldout": 5000,
+                   "n_val": 2000, "n_zeroshot": 2000},
+    },
+}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["budget.steps=10", "shapes.mention_order=fixed"]`` -> nested dict (YAML-typed values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. budget.steps=100), got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        if parts[0] == "objective_params" and len(parts) > 2:  # term.param keys of a weighted sum
+            parts = [parts[0], ".".join(parts[1:])]
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level, not {type(data).__name__}")
+    return data
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    node: Any = model
+    for part in loc[:-1]:
+        field = getattr(node, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        node = field.annotation
+    return sorted(getattr(node, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel] = RunConfig) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(str(x) for x in e["loc"])
+        where = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            valid = _valid_keys(model, loc)
+            lines.append(f"unknown key {where!r}; valid keys here: {', '.join(valid)}")
+        else:
+            lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def resolve_config(
+    preset: str | None = None,
+    file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> RunConfig:
+    """Merge preset < file < flags < --set and validate strictly."""
+    data: dict[str, Any] = {}
+    file_data = load_yaml(file) if file else {}
+    name = preset or (file_data.get("budget_preset") if isinstance(file_data.get("budget_preset"), str) else None) or "default"
+    if name not in BUDGET_PRESETS:
+        raise ConfigError(f"unknown budget preset {name!r}; valid: {', '.join(BUDGET_PRESETS)}")
+    data = deep_merge(BUDGET_PRESETS[name], {"budget_preset": name})
+    data = deep_merge(data, file_data)
+    data["budget_preset"] = name
+    data = deep_merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
+    data = deep_merge(data, parse_set(sets or []))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,131 @@
+"""Training data: batches of the shapes world in a seeded order with truth-preserving augmentation.
+
+The data order and the augmentation draws depend only on the run seed and the step, never on the
+objective, so every objective in a comparison sees exactly the same samples (DESIGN: fairness).
+
+Augmentations keep every caption true. The anchor pair is mirrored with probability 1/2 and its
+captions (positive, second phrasing and hard negatives) have "left of" and "right of" exchanged
+accordingly. The second image view (``image_view``) is a jittered copy (shift by up to 2 pixels and
+pixel noise) without a flip, so it depicts the same scene as the anchor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .batch import FIELDS
+from .shapes import ShapesSplit, ShapesWorld, flip_caption, vocabulary
+
+#: fields the shapes world supplies to objectives
+SHAPES_FIELDS = frozenset({"image", "text", "image_view", "text_view", "hard_negative_text", "labels", "index"})
+
+
+class MissingFieldError(ValueError):
+    """An objective needs a batch field that the training data cannot supply."""
+
+
+@dataclass
+class Batch:
+    """Model inputs of one step (only the fields an objective asked for are filled)."""
+
+    images: torch.Tensor | None = None  # uint8 (B, H, W, 3)
+    tokens: torch.Tensor | None = None  # (B, L)
+    image_view: torch.Tensor | None = None
+    text_view: torch.Tensor | None = None
+    hard_negative_text: torch.Tensor | None = None  # (B, k, L)
+    labels: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+
+
+class ShapesTrainData:
+    """The ``train`` split, pre-tokenised (plain and mirrored captions) and held in memory."""
+
+    name = "shapes"
+    provides = SHAPES_FIELDS
+
+    def __init__(self, world: ShapesWorld, tokenizer, seed: int, split: str = "train"):
+        self.world = world
+        self.split: ShapesSplit = world.split(split)
+        self.seed = seed
+        sp = self.split
+        tok = lambda texts: tokenizer(list(texts))  # noqa: E731
+        flip = np.vectorize(flip_caption, otypes=[object])
+        self.images = torch.from_numpy(sp.images)
+        n, k = sp.negatives.shape
+        # index [0] plain, [1] mirrored
+        self.tokens = torch.stack([tok(sp.captions), tok(flip(sp.captions))])
+        self.views = torch.stack([tok(sp.alt_captions), tok(flip(sp.alt_captions))])
+        negs = sp.negatives.reshape(-1)
+        self.negatives = torch.stack([tok(negs), tok(flip(negs))]).view(2, n, k, -1)
+        self.labels = torch.from_numpy(sp.labels)
+        self._order_epoch = -1
+        self._order: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @staticmethod
+    def vocabulary() -> list[str]:
+        return vocabulary()
+
+    @classmethod
+    def check_static(cls, requires, objective: str, train_data: str = "shapes") -> None:
+        """Raise before training if ``objective`` needs fields this data cannot supply."""
+        missing = set(requires) - set(cls.provides)
+        if missing:
+            need = "; ".join(f"{m} ({FIELDS.get(m, '?')})" for m in sorted(missing))
+            raise MissingFieldError(
+                f"objective {objective!r} needs {need}, which training data {train_data!r} does not "
+                f"supply (it supplies {', '.join(sorted(cls.provides))})"
+            )
+
+    def indices(self, step: int, batch_size: int) -> np.ndarray:
+        """Sample indices of ``step``: epochs of seeded permutations, consumed in order."""
+        n = len(self)
+        if batch_size > n:
+            raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples")
+        per_epoch = n // batch_size  # drop the ragged tail of each epoch
+        epoch, pos = divmod(step, per_epoch)
+        if epoch != self._order_epoch:
+            rng = np.random.default_rng([self.seed, epoch, 2718])
+            self._order, self._order_epoch = rng.permutation(n), epoch
+        return self._order[pos * batch_size : (pos + 1) * batch_size]
+
+    def batch(self, step: int, batch_size: int, fields: set[str] | frozenset[str]) -> Batch:
+        idx_np = self.indices(step, batch_size)
+        idx = torch.from_numpy(idx_np)
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + step)
+        flip = torch.rand(batch_size, generator=g) < 0.5
+        fl = flip.long()
+        out = Batch(index=idx if "index" in fields else None)
+        if "image" in fields:
+            imgs = self.images[idx]
+            out.images = torch.where(flip[:, None, None, None], imgs.flip(2), imgs)
+        if "text" in fields:
+            out.tokens = self.tokens[fl, idx]
+        if "text_view" in fields:
+            out.text_view = self.views[fl, idx]
+        if "hard_negative_text" in fields:
+            out.hard_negative_text = self.negatives[fl, idx]
+        if "labels" in fields:
+            out.labels = self.labels[idx]
+        if "image_view" in fields:
+            base = out.images if out.images is not None else self.images[idx]
+            out.image_view = jitter(base, g)
+        return out
+
+
+def jitter(images: torch.Tensor, g: torch.Generator, max_shift: int = 2, noise: float = 6.0) -> torch.Tensor:
+    """Shift each uint8 image by up to ``max_shift`` pixels (edge-replicated) and add pixel noise."""
+    b, h, w, _ = images.shape
+    shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=g)
+    x = images.float()
+    ys = (torch.arange(h)[None, :] - shifts[:, :1]).clamp(0, h - 1)  # (b, h)
+    xs = (torch.arange(w)[None, :] - shifts[:, 1:]).clamp(0, w - 1)  # (b, w)
+    bi = torch.arange(b)[:, None, None]
+    x = x[bi, ys[:, :, None], xs[:, None, :]]
+    x = x + noise * torch.randn(x.shape, generator=g)
+    return x.clamp_(0, 255).to(torch.uint8)

@@ -1,0 +1,170 @@
+"""One run: resolve -> data -> model -> train -> evaluate -> record.
+
+Everything that can be wrong with the input (names, hyperparameters, what the objective needs, the
+model) is checked in :func:`prepare`, before MLflow is touched and before any training.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .config import RunConfig, flatten
+from .console import Reporter
+from .data import ShapesTrainData
+from .models import Encoder, build_model
+from .shapes import ShapesWorld, default_cache_dir, vocabulary
+from .tracking import MlflowRun, tracking_uri, versions
+from .trainer import TrainResult, resolve_device, seed_everything, train
+
+
+@dataclass
+class Plan:
+    cfg: RunConfig
+    objective: Any
+    tasks: list
+    device: torch.device
+
+
+@dataclass
+class RunOutcome:
+    run_id: str | None
+    status: str
+    identity: str
+    results: list = field(default_factory=list)
+    train: TrainResult | None = None
+    results_path: Path | None = None
+    checkpoint_path: Path | None = None
+
+
+def expand_tasks(names: list[str]) -> list:
+    from tasks import TASKS
+
+    return [TASKS.get(n)() for n in names]
+
+
+def prepare(cfg: RunConfig) -> Plan:
+    """Resolve and validate everything; raises before any expensive work or MLflow write."""
+    from objectives import build_objective
+
+    objective = build_objective(cfg.objective, cfg.objective_params)
+    tasks = expand_tasks(cfg.tasks)
+    ShapesTrainData.check_static(objective.requires, cfg.objective, cfg.train_data)
+    if objective.modality != "image-text":
+        raise ValueError(
+            f"objective {cfg.objective!r} trains the {objective.modality} tower only; the "
+            f"{cfg.train_data!r} image-text training run needs an image-text objective"
+        )
+    device = resolve_device(cfg.budget.device)
+    return Plan(cfg, objective, tasks, device)
+
+
+def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None = None) -> RunOutcome:
+    reporter = reporter or Reporter(quiet=True)
+    plan = plan or prepare(cfg)
+    out_dir = Path(cfg.tracking.output_dir)
+    cache_dir = default_cache_dir(out_dir)
+
+    # data and model (deterministic from the seed)
+    world = ShapesWorld(cfg.shapes, cache_dir, progress=reporter.info)
+    seed_everything(cfg.seed)
+    model, tokenizer, image_size, mean, std = build_model(cfg.model, words=vocabulary())
+    encoder = Encoder(model, tokenizer, image_size, mean, std, device=plan.device,
+                      batch_size=cfg.budget.eval_batch_size, precision=cfg.budget.precision)
+    data = ShapesTrainData(world, tokenizer, seed=cfg.seed)
+
+    tags = {
+        "harness.identity": cfg.identity,
+        "harness.budget_id": cfg.budget_id,
+        "harness.objective": cfg.objective,
+        "harness.tasks": ",".join(cfg.tasks),
+        "harness.seed": str(cfg.seed),
+        "harness.budget_preset": cfg.budget_preset,
+        "harness.train_data": cfg.train_data,
+        "harness.model": cfg.model.name,
+        "harness.dataset_fingerprint": world.fingerprint,
+        "harness.role": "run",
+        **versions(),
+    }
+    run_name = cfg.tracking.run_name or f"{cfg.objective.replace(' ', '')}-s{cfg.seed}"
+    uri = tracking_uri(cfg.tracking.tracking_uri, out_dir)
+    recorder = MlflowRun(uri, cfg.tracking.experiment, run_name, tags, artifact_root=out_dir / "artifacts")
+    outcome = RunOutcome(run_id=None, status="RUNNING", identity=cfg.identity)
+    try:
+        with recorder:
+            outcome.run_id = recorder.run_id
+            resolved = cfg.model_dump(mode="json")
+            recorder.log_params({**flatten({k: v for k, v in resolved.items() if k != "tracking"}),
+                                 **{f"objective.{k}": v for k, v in plan.objective.params.items()},
+                                 "budget.samples_seen": cfg.budget.samples_seen})
+            recorder.log_dict(resolved, "config.yaml")
+
+            reporter.info(f"training [bold]{cfg.objective}[/] on {cfg.train_data}: {cfg.budget.steps} steps x "
+                          f"{cfg.budget.batch_size} on {plan.device.type} (identity {cfg.identity})")
+            with reporter.training(cfg.budget.steps, f"{cfg.objective} seed {cfg.seed}") as update:
+                result = train(model, plan.objective, encoder, data, cfg.budget, cfg.seed, plan.device,
+                               on_log=lambda step, m: recorder.log_metrics(m, step=step),
+                               on_step=lambda step, loss: update(step, loss, cfg.budget.batch_size))
+            outcome.train = result
+            recorder.log_metrics({**result.cost(), "train/final_loss": result.final_loss})
+
+            if cfg.tracking.checkpoint:
+                outcome.checkpoint_path = save_checkpoint(cfg, model, plan.objective, tokenizer,
+                                                          out_dir / "checkpoints", recorder.run_id)
+                recorder.log_artifact(outcome.checkpoint_path, "checkpoint")
+
+            from tasks import EvalContext
+
+            ctx = EvalContext(encoder=encoder, world=world)
+            for task in plan.tasks:
+                reporter.info(f"evaluating {task.name}")
+                res = task.evaluate(ctx)
+                outcome.results.append(res)
+                recorder.log_metrics({f"{task.name}/{k}": v for k, v in res.metrics.items()})
+                recorder.log_metrics({f"{task.name}/main_score": res.main_score})
+
+            doc = results_document(cfg, outcome, world, tags)
+            path = out_dir / "results" / f"{cfg.identity}-{recorder.run_id[:8]}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(doc, indent=1))
+            outcome.results_path = path
+            recorder.log_artifact(path)
+    finally:
+        outcome.status = recorder.status or "FAILED"
+    return outcome
+
+
+def results_document(cfg: RunConfig, outcome: RunOutcome, world, tags) -> dict:
+    return {
+        "run_id": outcome.run_id,
+        "identity": cfg.identity,
+        "budget_id": cfg.budget_id,
+        "config": cfg.model_dump(mode="json"),
+        "provenance": {**tags, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "train": None if outcome.train is None else {
+            **outcome.train.cost(), "final_loss": outcome.train.final_loss,
+            "loss_curve": outcome.train.loss_curve},
+        "tasks": {r.task: r.to_dict() for r in outcome.results},
+    }
+
+
+def save_checkpoint(cfg: RunConfig, model, objective, tokenizer, directory: Path, run_id: str) -> Path:
+    """A checkpoint of plain tensors and JSON-like values: ``torch.load(..., weights_only=True)``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{cfg.identity}-{run_id[:8]}.pt"
+    state = {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "objective": {k: v.detach().cpu() for k, v in objective.state_dict().items()},
+        "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
+        "identity": cfg.identity,
+        "vocabulary": list(getattr(tokenizer, "itos", [])),
+    }
+    torch.save(state, path)
+    return path

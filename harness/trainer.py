@@ -1,0 +1,191 @@
+"""The training loop: exactly ``budget.steps`` AdamW steps of ``budget.batch_size`` samples.
+
+Read top to bottom: seeds -> optimiser and schedule -> for each step: batch, embed, loss, guard,
+backward, clip, step, clamp, log. The objective's own parameters (temperature, bias) are optimised
+alongside the model, without weight decay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .batch import EmbeddingBatch
+from .config import Budget
+from .data import Batch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops and records the step."""
+
+    def __init__(self, step: int, value: float, logs: dict):
+        self.step, self.value = step, value
+        super().__init__(f"non-finite loss {value} at step {step} (logs: {logs}); "
+                         "lower the learning rate or check the objective's hyperparameters")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("budget.device is 'cuda' but CUDA is not available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def param_groups(model: torch.nn.Module, objective: torch.nn.Module, weight_decay: float):
+    """open_clip's rule: no decay for gains, biases, embeddings' scales and the objective's params."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+        (no_decay if exclude else decay).append(p)
+    own = [p for p in objective.parameters() if p.requires_grad]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay + own, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
+    """Run the towers on the inputs present in ``batch``; every output is L2-normalised."""
+    out = EmbeddingBatch(labels=batch.labels, index=batch.index)
+    images = [t for t in (batch.images, batch.image_view) if t is not None]
+    if images:
+        x = encoder.preprocess(torch.cat(images).to(device, non_blocking=True))
+        feats = model.encode_image(x, normalize=True)
+        parts = feats.split([len(t) for t in images])
+        names = [n for n, t in (("image", batch.images), ("image_view", batch.image_view)) if t is not None]
+        for n, f in zip(names, parts):
+            setattr(out, n, f)
+    texts = [(n, t) for n, t in (("text", batch.tokens), ("text_view", batch.text_view)) if t is not None]
+    if batch.hard_negative_text is not None:
+        b, k, L = batch.hard_negative_text.shape
+        texts.append(("hard_negative_text", batch.hard_negative_text.reshape(b * k, L)))
+    if texts:
+        tok = torch.cat([t for _, t in texts]).to(device, non_blocking=True)
+        feats = model.encode_text(tok, normalize=True)
+        for (n, t), f in zip(texts, feats.split([len(t) for _, t in texts])):
+            setattr(out, n, f)
+        if out.hard_negative_text is not None:
+            b, k = batch.hard_negative_text.shape[:2]
+            out.hard_negative_text = out.hard_negative_text.view(b, k, -1)
+    for n in ("labels", "index"):
+        t = getattr(out, n)
+        if t is not None:
+            setattr(out, n, t.to(device))
+    return out
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    samples_seen: int
+    wall_seconds: float
+    samples_per_second: float
+    peak_memory_mb: float
+    flops_per_step: float
+    final_loss: float
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+
+    def cost(self) -> dict[str, float]:
+        return {
+            "cost/wall_seconds": self.wall_seconds,
+            "cost/samples_per_second": self.samples_per_second,
+            "cost/peak_memory_mb": self.peak_memory_mb,
+            "cost/flops_per_step": self.flops_per_step,
+            "cost/samples_seen": float(self.samples_seen),
+        }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(model, objective, encoder, data, budget: Budget, seed: int, device: torch.device,
+          on_log: Callable[[int, dict], None] | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train ``model`` with ``objective`` for exactly ``budget.steps`` steps."""
+    seed_everything(seed)
+    model.to(device).train()
+    objective.to(device).train()
+    fields = set(objective.requires)
+    opt = torch.optim.AdamW(param_groups(model, objective, budget.weight_decay), lr=budget.lr,
+                            betas=budget.betas, eps=budget.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(budget.warmup_steps, budget.steps))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    use_bf16 = budget.precision == "bf16" and device.type == "cuda"
+    step_fn = model
+    if budget.compile:
+        step_fn = torch.compile(model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    flops = 0.0
+    curve: list[tuple[int, float]] = []
+    loss_value = float("nan")
+    t0 = time.perf_counter()
+    for step in range(budget.steps):
+        batch = data.batch(step, budget.batch_size, fields)
+        counter = FlopCounterMode(display=False) if step == 0 else None
+        with counter if counter is not None else contextlib.nullcontext():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                emb = embed(step_fn, encoder, batch, device)
+                out = objective(emb)
+            loss = out.loss.float()
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(step, float(loss), out.logs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        if counter is not None:
+            flops = float(counter.get_total_flops())
+        if budget.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, budget.grad_clip)
+        opt.step()
+        sched.step()
+        objective.after_step()
+        loss_value = float(loss.detach())
+        if on_step is not None:
+            on_step(step, loss_value)
+        if step % budget.log_every == 0 or step == budget.steps - 1:
+            curve.append((step, loss_value))
+            if on_log is not None:
+                elapsed = time.perf_counter() - t0
+                on_log(step, {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0],
+                              "train/samples_per_second": (step + 1) * budget.batch_size / elapsed,
+                              **{f"train/{k}": v for k, v in out.logs.items()}})
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t0
+    return TrainResult(
+        steps=budget.steps, samples_seen=budget.samples_seen, wall_seconds=wall,
+        samples_per_second=budget.samples_seen / wall, peak_memory_mb=peak_memory_mb(device),
+        flops_per_step=flops, final_loss=loss_value, loss_curve=curve,
+    )

@@ -1,0 +1,56 @@
+"""Softmax (InfoNCE) objectives."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from harness.batch import EmbeddingBatch, LossOutput
+
+from . import register
+from .base import HParam, LearnableScale, Objective
+
+
+@register("clip")
+class CLIP(Objective):
+    """Symmetric InfoNCE over image-text pairs (CPC, van den Oord et al. 2018; CLIP, Radford et al.
+    2021, "Learning Transferable Visual Models From Natural Language Supervision").
+
+    With L2-normalised image/text embeddings x_i, y_i and scale s = exp(t) = 1/temperature:
+
+        L = 1/2 [ CE(s X Y^T, I) + CE(s Y X^T, I) ]
+
+    i.e. the mean over rows of -log softmax of the matching pair, image->text and text->image,
+    exactly open_clip's ``ClipLoss``. The temperature is learnable from log(1/0.07) and clamped to
+    scale <= 100 after every step, as in CLIP. ``label_smoothing`` is torch's cross-entropy option.
+
+    Distributed: global negatives (the logits span every rank's batch).
+    """
+
+    family = "softmax"
+    citation = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
+    requires = frozenset({"image", "text"})
+    distributed = "global"
+    hparams = {
+        "temperature": HParam(0.07, low=0.0, low_open=True, search=(0.01, 0.5, True),
+                              doc="initial temperature; logit scale = 1/temperature"),
+        "learnable_temperature": HParam(True, doc="optimise log(1/temperature) with the model"),
+        "label_smoothing": HParam(0.0, low=0.0, high=1.0, high_open=True, search=(0.0, 0.2, False)),
+    }
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        p = self.params
+        self.scale = LearnableScale(1.0 / p["temperature"], learnable=p["learnable_temperature"])
+
+    def loss(self, batch: EmbeddingBatch) -> LossOutput:
+        s = self.scale()
+        logits = s * batch.image @ batch.text.T
+        target = torch.arange(logits.shape[0], device=logits.device)
+        ls = self.params["label_smoothing"]
+        loss = (F.cross_entropy(logits, target, label_smoothing=ls)
+                + F.cross_entropy(logits.T, target, label_smoothing=ls)) / 2
+        return LossOutput(loss, {"temperature": float(1.0 / s.detach())})
+
+    def after_step(self) -> None:
+        self.scale.clamp_()

@@ -1,0 +1,86 @@
+"""Zero-shot classification from prompt-template ensembles (CLIP_benchmark's definitions)."""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score
+
+from harness.shapes import COLOUR_NAMES, SHAPES
+
+from . import register
+from .base import EvalContext, Task, TaskResult
+
+
+def zeroshot_classifier(encode_text, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """(d x C) classifier: per class, the re-normalised mean of its normalised prompt embeddings."""
+    texts = [t.format(c=c) for c in classnames for t in templates]
+    emb = F.normalize(encode_text(texts).float(), dim=-1).view(len(classnames), len(templates), -1)
+    w = F.normalize(emb.mean(dim=1), dim=-1)
+    return w.T
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """acc1, acc5 (only with at least 5 classes) and mean per-class recall."""
+    n_classes = logits.shape[1]
+    pred = logits.argmax(dim=1)
+    m = {"acc1": float((pred == target).float().mean())}
+    if n_classes >= 5:
+        top5 = logits.topk(5, dim=1).indices
+        m["acc5"] = float((top5 == target[:, None]).any(dim=1).float().mean())
+    m["mean_per_class_recall"] = float(balanced_accuracy_score(target.numpy(), pred.numpy()))
+    return m
+
+
+SHAPE_TEMPLATES = ("a {c}", "a photo of a {c}", "a picture of a {c}", "an image with a {c}")
+COLOUR_TEMPLATES = ("a {c} object", "a {c} shape", "a {c} thing", "a photo of a {c} object")
+
+
+@register("shapes-zeroshot")
+class ShapesZeroShot(Task):
+    """Zero-shot classification of single-object scenes (``zeroshot`` split) by shape (5 classes)
+    and by colour (8 classes), each from a prompt-template ensemble. Metrics per attribute are
+    CLIP_benchmark's (``shape/acc1``, ``colour/mean_per_class_recall``, ...); the main score
+    ``acc1`` is the mean of the two top-1 accuracies.
+    """
+
+    family = "zeroshot"
+    version = "1"
+    main_score = "acc1"
+    dataset = "shapes-world"
+    citation = "CLIP_benchmark zero-shot classification (LAION-AI/CLIP_benchmark)"
+    license = "generated"
+    split = "zeroshot"
+
+    def evaluate(self, ctx: EvalContext) -> TaskResult:
+        t0 = time.perf_counter()
+        sp = ctx.world.split(self.split)
+        img = ctx.cache.image(ctx.encoder, "shapes", self.split, sp.images)
+        metrics: dict[str, float] = {}
+        preds: dict[str, np.ndarray] = {}
+        for attr, classes, templates, target in (
+            ("shape", SHAPES, SHAPE_TEMPLATES, sp.shape[:, 0]),
+            ("colour", COLOUR_NAMES, COLOUR_TEMPLATES, sp.colour[:, 0]),
+        ):
+            w = zeroshot_classifier(
+                lambda t: ctx.cache.text(ctx.encoder, "shapes", "prompts", attr, t), classes, templates
+            )
+            logits = 100.0 * img @ w
+            m = classification_metrics(logits, torch.from_numpy(target))
+            metrics.update({f"{attr}/{k}": v for k, v in m.items()})
+            preds[attr] = logits.argmax(1).numpy()
+        metrics["acc1"] = (metrics["shape/acc1"] + metrics["colour/acc1"]) / 2
+        metrics["mean_per_class_recall"] = (
+            metrics["shape/mean_per_class_recall"] + metrics["colour/mean_per_class_recall"]) / 2
+        items = [
+            {"item": i, "shape": SHAPES[sp.shape[i, 0]], "pred_shape": SHAPES[preds["shape"][i]],
+             "colour": COLOUR_NAMES[sp.colour[i, 0]], "pred_colour": COLOUR_NAMES[preds["colour"][i]]}
+            for i in range(len(sp))
+        ]
+        return self.result(metrics, predictions=items, dataset=f"shapes-world/{self.split}",
+                           dataset_fingerprint=ctx.world.fingerprint, n_items=len(sp),
+                           seconds=time.perf_counter() - t0)
