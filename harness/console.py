@@ -32,7 +32,7 @@ class Reporter:
     def training(self, total: int, label: str):
         """Yields ``update(step, loss)``: a live bar on a terminal, a line per ~10% otherwise."""
         if self.quiet:
-            yield lambda step, loss: None
+            yield lambda *args: None
             return
         if self.interactive:
             cols = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

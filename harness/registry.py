@@ -76,8 +76,8 @@ class Registry(Generic[T]):
                     f"{self.kind} {key!r} registered twice: {existing.source} and "
                     f"{cls.__module__}:{cls.__qualname__}"
                 )
-            cls.name = key  # type: ignore[attr-defined]
             self._check(key, cls)
+            cls.name = key  # type: ignore[attr-defined]
             self._entries[key] = _Entry(key, f"{cls.__module__}:{cls.__qualname__}", obj=cls)
             return cls
 

@@ -461,9 +461,9 @@ class ShapesWorld:
         split = build_split(self.spec, name)
         self.render_seconds += time.perf_counter() - t0
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".npz.tmp")
-        os.close(fd)
-        np.savez(tmp, **split.arrays)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **split.arrays)
         digest = _digest(Path(tmp))
         os.replace(tmp, path)
         manifest.write_text(digest + "\n")

@@ -1,0 +1,252 @@
+"""Training-loop overhead: the harness's ``train()`` against a bare PyTorch loop, side by side.
+
+What is measured
+----------------
+Seconds per optimiser step of two loops that do the same work, in one process:
+
+* **harness**: ``harness.trainer.train`` with the ``clip`` or ``siglip`` objective (embedding via
+  ``harness.trainer.embed`` and ``Encoder.preprocess``, the objective module, the non-finite guard,
+  the step-0 FLOP counter, the schedule, ``after_step``, the loss read-back and callbacks);
+* **bare**: a plain loop written here: preprocess (as ``Encoder.preprocess``), ``encode_image`` /
+  ``encode_text`` with ``normalize=True``, the loss written out with ``F.cross_entropy`` (clip) or
+  ``F.logsigmoid`` (siglip), ``zero_grad``, ``backward``, ``clip_grad_norm_``, AdamW ``step``,
+  ``LambdaLR.step`` and the logit-scale clamp.
+
+Both start from the same open_clip model (a fresh ``copy.deepcopy`` of one initial model for every
+run), the same optimiser settings (AdamW with the harness's parameter groups, warmup-cosine
+LambdaLR, grad clipping at ``Budget.grad_clip``) and the very same pre-built in-memory batches:
+the batches are drawn once from ``ShapesTrainData.batch`` and the harness reads them through a
+small wrapper, so data loading is not part of the comparison -- only the loop is.
+
+Runs alternate harness, bare, harness, bare, ... (``--repeats`` pairs) to cancel drift. The first
+``--warmup`` steps of every run are not timed (they include the harness's FLOP counter at step 0
+and allocator warm-up). Each run's seconds per step is its timed span divided by ``--steps``; the
+table shows every pair and the final line the ratio of the medians. On CUDA the timed span starts
+and ends with ``torch.cuda.synchronize``. The script also checks that both loops computed the same
+losses (they should agree to float rounding), so the comparison is of equal work.
+
+It is a measurement, not a test: the exit code is 0 whatever the ratio (goal: harness/bare <= 1.05).
+
+Run::
+
+    python bench/train_overhead.py                       # clip, 30 timed steps, batch 256, 3 pairs
+    python bench/train_overhead.py --objective siglip --steps 50 --repeats 5 --threads 2
+
+With the defaults it takes about a minute on a 2-core CPU (harness-tiny, ~0.27 s per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.config import Budget
+from harness.data import ShapesTrainData
+from harness.models import Encoder, ModelConfig, build_model
+from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.trainer import param_groups, resolve_device, seed_everything, train, warmup_cosine
+from objectives.infonce import CLIP
+from objectives.sigmoid import SigLIP
+
+OBJECTIVES = {"clip": CLIP, "siglip": SigLIP}
+FIELDS = frozenset({"image", "text"})
+
+
+class FixedBatches:
+    """Training data for ``train()`` that hands out pre-built batches (no sampling, no copies)."""
+
+    def __init__(self, batches, batch_size: int):
+        self.batches, self.batch_size = batches, batch_size
+
+    def batch(self, step, batch_size, fields):
+        assert batch_size == self.batch_size and set(fields) <= FIELDS, (batch_size, fields)
+        return self.batches[step]
+
+
+class BareLoss(nn.Module):
+    """The objective's parameters, written out plainly: log logit scale (and the siglip bias)."""
+
+    def __init__(self, objective: str):
+        super().__init__()
+        if objective == "clip":
+            self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            self.bias = None
+        else:
+            self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.1)))
+            self.bias = nn.Parameter(torch.tensor(-10.0))
+        self.objective = objective
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        logits = self.log_scale.exp() * img @ txt.T
+        n = logits.shape[0]
+        if self.objective == "clip":
+            target = torch.arange(n, device=logits.device)
+            return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        logits = logits + self.bias
+        z = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+        return -F.logsigmoid(z * logits).sum() / n
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_harness(model0, args, budget, batches, encoder_args, device):
+    """One harness run; returns (seconds per timed step, per-step losses)."""
+    model = copy.deepcopy(model0)
+    encoder = Encoder(model, *encoder_args, device=device)
+    objective = OBJECTIVES[args.objective]()
+    data = FixedBatches(batches, budget.batch_size)
+    total = budget.steps
+    losses: list[float] = []
+    marks: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        if step == args.warmup - 1 or step == total - 1:
+            sync(device)
+            marks.append(time.perf_counter())
+
+    sync(device)
+    t_start = time.perf_counter()
+    train(model, objective, encoder, data, budget, args.seed, device, on_step=on_step)
+    if args.warmup == 0:
+        marks.insert(0, t_start)
+    return (marks[-1] - marks[0]) / args.steps, losses
+
+
+def run_bare(model0, args, budget, batches, mean, std, image_size, device):
+    """One bare-PyTorch run of the same steps; returns (seconds per timed step, per-step losses)."""
+    model = copy.deepcopy(model0)
+    crit = BareLoss(args.objective)
+    seed_everything(args.seed)
+    model.to(device).train()
+    crit.to(device).train()
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    opt = torch.optim.AdamW(param_groups(model, crit, budget.weight_decay), lr=budget.lr,
+                            betas=budget.betas, eps=budget.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(budget.warmup_steps, budget.steps))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    max_log = math.log(100)
+    total = budget.steps
+    losses: list[torch.Tensor] = []
+    marks: list[float] = []
+
+    sync(device)
+    t_start = time.perf_counter()
+    for step in range(total):
+        b = batches[step]
+        # preprocess exactly as Encoder.preprocess: uint8 NHWC -> normalised float NCHW
+        x = b.images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != image_size or x.shape[-2] != image_size:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        x = (x - mean_t) / std_t
+        tok = b.tokens.to(device, non_blocking=True)
+        img = model.encode_image(x, normalize=True)
+        txt = model.encode_text(tok, normalize=True)
+        loss = crit(img, txt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if budget.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, budget.grad_clip)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            crit.log_scale.clamp_(0.0, max_log)
+        losses.append(loss.detach())
+        if step == args.warmup - 1 or step == total - 1:
+            sync(device)
+            marks.append(time.perf_counter())
+    if args.warmup == 0:
+        marks.insert(0, t_start)
+    return (marks[-1] - marks[0]) / args.steps, [float(v) for v in losses]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--objective", choices=sorted(OBJECTIVES), default="clip")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per run (default 30)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--model", default="harness-tiny")
+    ap.add_argument("--repeats", type=int, default=3, help="harness/bare pairs, alternated (default 3)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every run")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default=None,
+                    help="shapes-world cache (default: a temporary directory, removed at exit)")
+    args = ap.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.batch_size < 2:
+        ap.error("need --steps >= 1, --repeats >= 1, --warmup >= 0, --batch-size >= 2")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    total = args.warmup + args.steps
+    B = args.batch_size
+
+    with tempfile.TemporaryDirectory(prefix="train_overhead-") as tmp:
+        cache = Path(args.cache_dir) if args.cache_dir else Path(tmp)
+        t0 = time.perf_counter()
+        spec = ShapesSpec(n_train=max(4096, B * total))
+        world = ShapesWorld(spec, cache)
+        seed_everything(args.seed)
+        model0, tokenizer, image_size, mean, std = build_model(ModelConfig(name=args.model), words=vocabulary())
+        data = ShapesTrainData(world, tokenizer, seed=args.seed)
+        batches = [data.batch(step, B, FIELDS) for step in range(total)]
+        setup = time.perf_counter() - t0
+    del data, world
+
+    budget = Budget(steps=total, batch_size=B, warmup_steps=min(Budget().warmup_steps, max(1, total // 10)),
+                    device=args.device)
+    n_params = sum(p.numel() for p in model0.parameters())
+    print(f"train_overhead: objective={args.objective} model={args.model} ({n_params / 1e6:.2f} M params) "
+          f"batch={B} steps={args.steps} (+{args.warmup} warmup) repeats={args.repeats} "
+          f"device={device.type} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"setup (world + model + {total} batches): {setup:.1f} s", flush=True)
+
+    enc_args = (tokenizer, image_size, mean, std)
+    rows = []
+    max_diff = 0.0
+    t_bench = time.perf_counter()
+    for r in range(args.repeats):  # A B A B ...
+        h, h_losses = run_harness(model0, args, budget, batches, enc_args, device)
+        b, b_losses = run_bare(model0, args, budget, batches, mean, std, image_size, device)
+        diff = max(abs(x - y) for x, y in zip(h_losses, b_losses))
+        max_diff = max(max_diff, diff)
+        rows.append((h, b))
+        print(f"  pair {r + 1}/{args.repeats}: harness {h:.4f} s/step  bare {b:.4f} s/step  "
+              f"ratio {h / b:.3f}  (final loss {h_losses[-1]:.4f} vs {b_losses[-1]:.4f})", flush=True)
+    bench_s = time.perf_counter() - t_bench
+
+    med_h = statistics.median(h for h, _ in rows)
+    med_b = statistics.median(b for _, b in rows)
+    print()
+    print(f"{'run':>6} | {'harness s/step':>14} | {'bare s/step':>11} | {'ratio':>6}")
+    print(f"{'-' * 6}-+-{'-' * 14}-+-{'-' * 11}-+-{'-' * 6}")
+    for i, (h, b) in enumerate(rows, 1):
+        print(f"{i:>6} | {h:>14.4f} | {b:>11.4f} | {h / b:>6.3f}")
+    print(f"{'median':>6} | {med_h:>14.4f} | {med_b:>11.4f} | {med_h / med_b:>6.3f}")
+    print()
+    same = "same losses" if max_diff < 1e-3 else "LOSSES DIFFER: the loops do not compute the same thing"
+    print(f"loss check: max |harness - bare| over all steps = {max_diff:.2e} ({same})")
+    print(f"samples/s: harness {B / med_h:.0f}, bare {B / med_b:.0f}; benchmark time {bench_s:.0f} s")
+    print(f"ratio harness/bare = {med_h / med_b:.3f} (goal <= 1.05)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

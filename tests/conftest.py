@@ -1,0 +1,53 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One shapes-world cache for the whole session (each spec is rendered once)."""
+    d = tmp_path_factory.mktemp("cache")
+    return d
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite store created (and migrated) once; tests copy it."""
+    import mlflow
+
+    d = tmp_path_factory.mktemp("mlflow-template")
+    db = d / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    mlflow.search_experiments()
+    return db
+
+
+@pytest.fixture
+def workdir(tmp_path, shared_cache, template_db, monkeypatch) -> Path:
+    """An output dir with its own MLflow store, the shared cache, and the CWD set to it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(template_db, out / "mlflow.db")
+    monkeypatch.setenv("HARNESS_CACHE", str(shared_cache))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return out
+
+
+def smoke_args(out: Path, *extra: str) -> list[str]:
+    return ["-q", "run", "--budget", "smoke", "--output-dir", str(out), *extra]
+
+
+def runs(out: Path, **filters):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    exps = [e.experiment_id for e in mlflow.search_experiments()]
+    if not exps:
+        return []
+    client = mlflow.MlflowClient()
+    return client.search_runs(exps, run_view_type=3)
