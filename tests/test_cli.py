@@ -12,7 +12,7 @@ from objectives import OBJECTIVES, Objective
 
 from conftest import runs, smoke_args
 
-TASKS2 = "shapes-retrieval,shapes-zeroshot"
+TASKS2 = "shapes-retrieval,shapes-zeroshot,shapes-compositionality"
 
 
 def test_smoke_run_is_recorded_finished_with_metrics(workdir):
@@ -22,7 +22,7 @@ def test_smoke_run_is_recorded_finished_with_metrics(workdir):
     m, tags, params = run.data.metrics, run.data.tags, run.data.params
     for key in ["shapes-retrieval/image_retrieval_recall_at_5", "shapes-retrieval/text_retrieval_recall_at_1",
                 "shapes-retrieval/main_score", "shapes-zeroshot/shape/acc1", "shapes-zeroshot/colour/mean_per_class_recall",
-                "train/loss", "train/lr", "train/temperature", "cost/wall_seconds", "cost/samples_per_second",
+                "shapes-compositionality/heldout/relation_swap/acc", "train/loss", "train/lr", "train/temperature", "cost/wall_seconds", "cost/samples_per_second",
                 "cost/peak_memory_mb", "cost/flops_per_step"]:
         assert key in m, key
     assert m["cost/flops_per_step"] > 0

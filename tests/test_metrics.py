@@ -67,3 +67,13 @@ def test_zeroshot_classifier_averages_normalised_prompts():
     assert w.shape == (2, 2)
     torch.testing.assert_close(w[:, 0], F.normalize(torch.tensor([0.5, 0.5]), dim=0))
     torch.testing.assert_close(w[:, 1], torch.tensor([-1.0, 0.0]))
+
+
+def test_caption_choice_is_strict():
+    from tasks.compositionality import caption_choice
+
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    neg = torch.tensor([[[0.0, 1.0], [1.0, 0.0]],      # beaten; tie with the true caption -> wrong
+                        [[0.0, 1.0], [1.0, 0.0]]])     # 0.8 < 1.0 -> wrong; 0.8 > 0.0 -> right
+    assert caption_choice(img, pos, neg).tolist() == [[True, False], [False, True]]
