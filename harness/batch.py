@@ -53,7 +53,11 @@ class EmbeddingBatch:
 
 @dataclass
 class LossOutput:
-    """A scalar ``loss`` to minimise and ``logs``: floats worth plotting (temperature, terms)."""
+    """A scalar ``loss`` to minimise and ``logs``: values worth plotting (temperature, terms).
+
+    Log values may be detached 0-d tensors: the trainer reads them back only at logging steps,
+    so an objective never forces a device sync per step.
+    """
 
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)

@@ -146,7 +146,9 @@ class Encoder:
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               antialias=True, align_corners=False)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
     def _autocast(self):
         enabled = self.device.type == "cuda" and self.precision == "bf16"

@@ -13,6 +13,7 @@ import random
 import resource
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -72,12 +73,20 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
 def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
-    """Run the towers on the inputs present in ``batch``; every output is L2-normalised."""
+    """Run the towers on the inputs present in ``batch``; every output is L2-normalised.
+
+    ``model`` is anything with open_clip's ``encode_image``/``encode_text``. Images (and second
+    views) go through the image tower in one call, all texts through the text tower in one call.
+    """
     out = EmbeddingBatch(labels=batch.labels, index=batch.index)
     images = [t for t in (batch.images, batch.image_view) if t is not None]
     if images:
-        x = encoder.preprocess(torch.cat(images).to(device, non_blocking=True))
+        x = encoder.preprocess(_cat(images).to(device, non_blocking=True))
         feats = model.encode_image(x, normalize=True)
         parts = feats.split([len(t) for t in images])
         names = [n for n, t in (("image", batch.images), ("image_view", batch.image_view)) if t is not None]
@@ -88,7 +97,7 @@ def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
         b, k, L = batch.hard_negative_text.shape
         texts.append(("hard_negative_text", batch.hard_negative_text.reshape(b * k, L)))
     if texts:
-        tok = torch.cat([t for _, t in texts]).to(device, non_blocking=True)
+        tok = _cat([t for _, t in texts]).to(device, non_blocking=True)
         feats = model.encode_text(tok, normalize=True)
         for (n, t), f in zip(texts, feats.split([len(t) for _, t in texts])):
             setattr(out, n, f)
@@ -124,6 +133,8 @@ class TrainResult:
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated by this run. CPU: the process's peak resident set size (ru_maxrss), which
+    covers everything the process did before, too."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -132,7 +143,11 @@ def peak_memory_mb(device: torch.device) -> float:
 def train(model, objective, encoder, data, budget: Budget, seed: int, device: torch.device,
           on_log: Callable[[int, dict], None] | None = None,
           on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train ``model`` with ``objective`` for exactly ``budget.steps`` steps."""
+    """Train ``model`` with ``objective`` for exactly ``budget.steps`` steps.
+
+    The loss is read back from the device only at logging steps (one sync per ``log_every``
+    steps); the non-finite guard then names the first bad step and stops the run.
+    """
     seed_everything(seed)
     model.to(device).train()
     objective.to(device).train()
@@ -142,50 +157,62 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(budget.warmup_steps, budget.steps))
     params = [p for g in opt.param_groups for p in g["params"]]
     use_bf16 = budget.precision == "bf16" and device.type == "cuda"
-    step_fn = model
+    towers = SimpleNamespace(encode_image=model.encode_image, encode_text=model.encode_text)
     if budget.compile:
-        step_fn = torch.compile(model)
+        towers = SimpleNamespace(encode_image=torch.compile(model.encode_image),
+                                 encode_text=torch.compile(model.encode_text))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    flops = 0.0
+    flops, t_first = 0.0, 0.0
     curve: list[tuple[int, float]] = []
+    pending: list[torch.Tensor] = []  # losses since the last read-back
     loss_value = float("nan")
     t0 = time.perf_counter()
     for step in range(budget.steps):
         batch = data.batch(step, budget.batch_size, fields)
-        counter = FlopCounterMode(display=False) if step == 0 else None
-        with counter if counter is not None else contextlib.nullcontext():
+        counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
+        with counter:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                emb = embed(step_fn, encoder, batch, device)
-                out = objective(emb)
+                out = objective(embed(towers, encoder, batch, device))
             loss = out.loss.float()
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(step, float(loss), out.logs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-        if counter is not None:
+        if step == 0:
             flops = float(counter.get_total_flops())
         if budget.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, budget.grad_clip)
         opt.step()
         sched.step()
         objective.after_step()
-        loss_value = float(loss.detach())
-        if on_step is not None:
-            on_step(step, loss_value)
-        if step % budget.log_every == 0 or step == budget.steps - 1:
+        pending.append(loss.detach())
+        last = step == budget.steps - 1
+        if step % budget.log_every == 0 or last:
+            values = torch.stack(pending).cpu()
+            bad = (~torch.isfinite(values)).nonzero()
+            logs = {k: float(v) for k, v in out.logs.items()}
+            if len(bad):
+                i = int(bad[0])
+                raise NonFiniteLossError(step - len(values) + 1 + i, float(values[i]), logs)
+            pending.clear()
+            loss_value = float(values[-1])
             curve.append((step, loss_value))
             if on_log is not None:
                 elapsed = time.perf_counter() - t0
                 on_log(step, {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0],
                               "train/samples_per_second": (step + 1) * budget.batch_size / elapsed,
-                              **{f"train/{k}": v for k, v in out.logs.items()}})
+                              **{f"train/{k}": v for k, v in logs.items()}})
+        if on_step is not None:
+            on_step(step, loss_value)
+        if step == 0:
+            t_first = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
+    # throughput leaves out step 0, which runs under the FLOP counter
+    timed_steps, timed = (budget.steps - 1, wall - t_first) if budget.steps > 1 else (1, wall)
     return TrainResult(
         steps=budget.steps, samples_seen=budget.samples_seen, wall_seconds=wall,
-        samples_per_second=budget.samples_seen / wall, peak_memory_mb=peak_memory_mb(device),
+        samples_per_second=timed_steps * budget.batch_size / timed, peak_memory_mb=peak_memory_mb(device),
         flops_per_step=flops, final_loss=loss_value, loss_curve=curve,
     )

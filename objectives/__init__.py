@@ -87,7 +87,7 @@ class WeightedSum(Objective):
         for w, obj in zip(self.weights, self.terms):
             out = obj(batch)
             total = w * out.loss if total is None else total + w * out.loss
-            logs[f"{obj.name}/loss"] = float(out.loss.detach())
+            logs[f"{obj.name}/loss"] = out.loss.detach()
             logs.update({f"{obj.name}/{k}": v for k, v in out.logs.items()})
         return LossOutput(total, logs)
 

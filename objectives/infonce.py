@@ -50,7 +50,7 @@ class CLIP(Objective):
         ls = self.params["label_smoothing"]
         loss = (F.cross_entropy(logits, target, label_smoothing=ls)
                 + F.cross_entropy(logits.T, target, label_smoothing=ls)) / 2
-        return LossOutput(loss, {"temperature": float(1.0 / s.detach())})
+        return LossOutput(loss, {"temperature": 1.0 / s.detach()})
 
     def after_step(self) -> None:
         self.scale.clamp_()

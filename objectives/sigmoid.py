@@ -50,7 +50,7 @@ class SigLIP(Objective):
         n = logits.shape[0]
         z = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
         loss = -F.logsigmoid(z * logits).sum() / n
-        return LossOutput(loss, {"temperature": float(1.0 / s.detach()), "bias": float(self.bias.detach())})
+        return LossOutput(loss, {"temperature": 1.0 / s.detach(), "bias": self.bias.detach()})
 
     def after_step(self) -> None:
         self.scale.clamp_()

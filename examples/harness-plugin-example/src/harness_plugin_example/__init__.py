@@ -36,7 +36,7 @@ class MarginInfoNCE(Objective):
         logits = self.scale() * sim
         target = torch.arange(sim.shape[0], device=sim.device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        return LossOutput(loss, {"temperature": float(1 / self.scale().detach())})
+        return LossOutput(loss, {"temperature": 1 / self.scale().detach()})
 
     def after_step(self) -> None:
         self.scale.clamp_()
