@@ -16,6 +16,8 @@ FIELDS = {
     "relation swap, object replacement)",
     "labels": "class labels (shapes world: the id of each scene's complete description)",
     "index": "the sample's index in the training set (per-sample state, e.g. learned temperatures)",
+    "concepts": "multi-hot caption concepts, (B, C) float (shapes world: the colour, shape, size and "
+    "relation words of the caption; CatLIP-style classification targets)",
 }
 
 
@@ -35,6 +37,7 @@ class EmbeddingBatch:
     hard_negative_text: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     index: torch.Tensor | None = None
+    concepts: torch.Tensor | None = None
     rank: int = 0
     world_size: int = 1
     extras: dict = field(default_factory=dict)

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from .batch import FIELDS
-from .shapes import ShapesSplit, ShapesWorld, flip_caption, vocabulary
+from .shapes import COLOUR_NAMES, SHAPES, SIZES, ShapesSplit, ShapesWorld, flip_caption, vocabulary
 
 #: fields the shapes world supplies to objectives
-SHAPES_FIELDS = frozenset({"image", "text", "image_view", "text_view", "hard_negative_text", "labels", "index"})
+SHAPES_FIELDS = frozenset({"image", "text", "image_view", "text_view", "hard_negative_text", "labels",
+                           "index", "concepts"})
 
 
 class MissingFieldError(ValueError):
@@ -38,6 +39,7 @@ class Batch:
     hard_negative_text: torch.Tensor | None = None  # (B, k, L)
     labels: torch.Tensor | None = None
     index: torch.Tensor | None = None
+    concepts: torch.Tensor | None = None  # (B, C) float multi-hot
 
 
 class ShapesTrainData:
@@ -61,6 +63,9 @@ class ShapesTrainData:
         negs = sp.negatives.reshape(-1)
         self.negatives = torch.stack([tok(negs), tok(flip(negs))]).view(2, n, k, -1)
         self.labels = torch.from_numpy(sp.labels)
+        self.concept_names = concept_vocabulary()
+        self.concepts = torch.stack([multi_hot(sp.captions, self.concept_names),
+                                     multi_hot(flip(sp.captions), self.concept_names)])
         self._order_epoch = -1
         self._order: np.ndarray | None = None
 
@@ -112,10 +117,28 @@ class ShapesTrainData:
             out.hard_negative_text = self.negatives[fl, idx]
         if "labels" in fields:
             out.labels = self.labels[idx]
+        if "concepts" in fields:
+            out.concepts = self.concepts[fl, idx]
         if "image_view" in fields:
             base = out.images if out.images is not None else self.images[idx]
             out.image_view = jitter(base, g)
         return out
+
+
+def concept_vocabulary() -> list[str]:
+    """Content words of the shapes grammar: sizes, colours, shapes and relation words."""
+    return [*SIZES, *COLOUR_NAMES, *SHAPES, "left", "right", "above", "below"]
+
+
+def multi_hot(captions, names: list[str]) -> torch.Tensor:
+    index = {w: i for i, w in enumerate(names)}
+    out = torch.zeros(len(captions), len(names))
+    for row, cap in enumerate(captions):
+        for w in str(cap).split():
+            j = index.get(w)
+            if j is not None:
+                out[row, j] = 1.0
+    return out
 
 
 def jitter(images: torch.Tensor, g: torch.Generator, max_shift: int = 2, noise: float = 6.0) -> torch.Tensor:

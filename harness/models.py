@@ -105,6 +105,10 @@ def build_model(cfg: ModelConfig, words: Sequence[str] | None = None):
     pretrained = cfg.pretrained
     if pretrained is not None and Path(pretrained).expanduser().exists():
         pretrained = str(Path(pretrained).expanduser())
+    root = logging.getLogger()
+    level = root.level
+    if pretrained is None:  # training from scratch is intended: hush "No pretrained weights loaded"
+        root.setLevel(logging.ERROR)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             cfg.name, pretrained=pretrained, output_dict=True, **kwargs
@@ -114,6 +118,8 @@ def build_model(cfg: ModelConfig, words: Sequence[str] | None = None):
             close = [m for m in open_clip.list_models() if cfg.name.lower() in m.lower()][:5]
             raise ValueError(f"unknown open_clip model {cfg.name!r}; e.g. {close or PRESETS}") from e
         raise
+    finally:
+        root.setLevel(level)
     if not use_words:
         tokenizer = open_clip.get_tokenizer(cfg.name)
     norm = [t for t in getattr(preprocess, "transforms", []) if type(t).__name__ == "Normalize"]

@@ -45,9 +45,33 @@ class RunOutcome:
 
 
 def expand_tasks(names: list[str]) -> list:
+    """Instantiate tasks, expanding suites into their members (each task once, in order)."""
     from tasks import TASKS
+    from tasks.base import Suite
 
-    return [TASKS.get(n)() for n in names]
+    out: dict[str, object] = {}
+    for name in names:
+        cls = TASKS.get(name)
+        members = [TASKS.get(m) for m in cls.members] if issubclass(cls, Suite) else [cls]
+        for m in members:
+            out.setdefault(m.name, m())
+    return list(out.values())
+
+
+TOWERS = {"image-text": {"image", "text"}, "image": {"image"}, "text": {"text"}}
+
+
+def check_modalities(name: str, modality: str, tasks: list) -> None:
+    """A task may only evaluate towers the objective trains (text-only objective on an image-text
+    task, or the reverse, is an error before training)."""
+    trained = TOWERS[modality]
+    for task in tasks:
+        needed = TOWERS[task.modality]
+        if not needed <= trained:
+            raise ValueError(
+                f"objective {name!r} trains the {modality} tower(s) only, but task {task.name!r} "
+                f"evaluates {task.modality} embeddings; pick a {modality} task or an image-text objective"
+            )
 
 
 def prepare(cfg: RunConfig) -> Plan:
@@ -57,11 +81,7 @@ def prepare(cfg: RunConfig) -> Plan:
     objective = build_objective(cfg.objective, cfg.objective_params)
     tasks = expand_tasks(cfg.tasks)
     ShapesTrainData.check_static(objective.requires, cfg.objective, cfg.train_data)
-    if objective.modality != "image-text":
-        raise ValueError(
-            f"objective {cfg.objective!r} trains the {objective.modality} tower only; the "
-            f"{cfg.train_data!r} image-text training run needs an image-text objective"
-        )
+    check_modalities(cfg.objective, objective.modality, tasks)
     device = resolve_device(cfg.budget.device)
     return Plan(cfg, objective, tasks, device)
 

@@ -83,7 +83,7 @@ def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
     ``model`` is anything with open_clip's ``encode_image``/``encode_text``. Images (and second
     views) go through the image tower in one call, all texts through the text tower in one call.
     """
-    out = EmbeddingBatch(labels=batch.labels, index=batch.index)
+    out = EmbeddingBatch(labels=batch.labels, index=batch.index, concepts=batch.concepts)
     images = [t for t in (batch.images, batch.image_view) if t is not None]
     if images:
         x = encoder.preprocess(_cat(images).to(device, non_blocking=True))
@@ -104,7 +104,7 @@ def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
         if out.hard_negative_text is not None:
             b, k = batch.hard_negative_text.shape[:2]
             out.hard_negative_text = out.hard_negative_text.view(b, k, -1)
-    for n in ("labels", "index"):
+    for n in ("labels", "index", "concepts"):
         t = getattr(out, n)
         if t is not None:
             setattr(out, n, t.to(device))
@@ -149,6 +149,7 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
     steps); the non-finite guard then names the first bad step and stops the run.
     """
     seed_everything(seed)
+    objective.setup(num_samples=len(data), batch_size=budget.batch_size, steps=budget.steps)
     model.to(device).train()
     objective.to(device).train()
     fields = set(objective.requires)

@@ -95,6 +95,10 @@ class WeightedSum(Objective):
         for o in self.terms:
             o.after_step()
 
+    def setup(self, **kw) -> None:
+        for o in self.terms:
+            o.setup(**kw)
+
 
 def build_objective(expr: str, params: dict[str, Any] | None = None) -> Objective:
     """Instantiate an objective expression. ``params`` keys are hyperparameter names for a single

@@ -109,6 +109,11 @@ class Objective(nn.Module):
         return self.loss(batch)
 
     # -- hooks ---------------------------------------------------------------------------------
+    def setup(self, *, num_samples: int, batch_size: int, steps: int) -> None:
+        """Called once before the optimiser is built, with the training set size and budget: the
+        place to create per-sample state (e.g. one learnable temperature per training sample) or
+        batch-size-dependent initial values."""
+
     @torch.no_grad()
     def after_step(self) -> None:
         """Called after every optimiser step (e.g. to clamp a learnable temperature)."""

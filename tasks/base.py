@@ -103,3 +103,17 @@ class Task:
 
 def as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+class Suite(Task):
+    """A named group of tasks, expanded into its members when a run is resolved."""
+
+    family = "suite"
+    members: ClassVar[tuple[str, ...]] = ()
+
+    def evaluate(self, ctx: EvalContext) -> TaskResult:  # pragma: no cover - expanded before running
+        raise TypeError(f"suite {self.name!r} is expanded into its tasks before evaluation")
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {**super().describe(), "main_score": "(suite)", "dataset": ", ".join(cls.members)}

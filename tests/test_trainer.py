@@ -28,6 +28,9 @@ class CountingData:
     def __init__(self, inner):
         self.inner, self.steps = inner, []
 
+    def __len__(self):
+        return len(self.inner)
+
     def batch(self, step, bs, fields):
         self.steps.append(step)
         return self.inner.batch(step, bs, fields)

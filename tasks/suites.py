@@ -1,0 +1,14 @@
+"""Task suites: names that stand for several tasks."""
+
+from . import register
+from .base import Suite
+
+
+@register("shapes")
+class ShapesSuite(Suite):
+    """Every shapes-world task: retrieval, zero-shot, linear probe, STS, compositionality,
+    image-to-image retrieval and geometry diagnostics."""
+
+    dataset = "shapes-world"
+    members = ("shapes-retrieval", "shapes-zeroshot", "shapes-linear", "shapes-sts",
+               "shapes-compositionality", "shapes-i2i", "shapes-geometry")
