@@ -7,8 +7,8 @@ from .base import Suite
 @register("shapes")
 class ShapesSuite(Suite):
     """Every shapes-world task: retrieval, zero-shot, linear probe, STS, compositionality,
-    image-to-image retrieval and geometry diagnostics."""
+    image-to-image and text-to-text retrieval, and geometry diagnostics."""
 
     dataset = "shapes-world"
     members = ("shapes-retrieval", "shapes-zeroshot", "shapes-linear", "shapes-sts",
-               "shapes-compositionality", "shapes-i2i", "shapes-geometry")
+               "shapes-compositionality", "shapes-i2i", "shapes-t2t", "shapes-geometry")
