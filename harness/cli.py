@@ -104,7 +104,7 @@ def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
         return 0
     table = Table(title=f"{len(rows)} {a.what}", title_justify="left")
     if a.what == "objectives":
-        cols = ("name", "family", "requires", "citation")
+        cols = ("name", "family", "modality", "requires", "distributed", "citation")
     else:
         cols = ("name", "family", "main_score", "dataset", "citation")
     for c in cols:

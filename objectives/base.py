@@ -132,11 +132,15 @@ class Objective(nn.Module):
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
+        # ``requires``/``modality`` may be instance properties that depend on hyperparameters:
+        # describe the default configuration then
+        proto = cls() if isinstance(cls.__dict__.get("requires"), property) or isinstance(
+            cls.__dict__.get("modality"), property) else cls
         return {
             "name": cls.name,
             "family": cls.family,
-            "modality": cls.modality,
-            "requires": sorted(cls.requires),
+            "modality": proto.modality,
+            "requires": sorted(proto.requires),
             "distributed": cls.distributed,
             "citation": cls.citation,
             "defaults": {k: hp.default for k, hp in cls.hparams.items()},
