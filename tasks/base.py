@@ -21,6 +21,8 @@ class TaskResult:
     main_metric: str
     higher_is_better: bool = True
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    #: per test item, a value whose mean is the main score (for paired bootstrap tests over items)
+    item_scores: list[float] | None = None
     dataset: str = ""
     dataset_fingerprint: str = ""
     n_items: int = 0

@@ -49,6 +49,7 @@ class ShapesCompositionality(Task):
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         preds = []
+        item_scores: list[float] = []
         fingerprint = ctx.world.fingerprint
         for split in self.splits:
             sp = ctx.world.split(split)
@@ -58,6 +59,8 @@ class ShapesCompositionality(Task):
             neg = ctx.cache.text(ctx.encoder, "shapes", split, "negatives", sp.negatives.reshape(-1)).view(n, k, -1)
             ok = caption_choice(img, pos, neg).numpy()
             two = sp.n_objects == 2
+            if split == "test":  # the main score: macro accuracy over the two-object test scenes
+                item_scores = ok[two].mean(axis=1).tolist()
             if two.any():
                 for j, t in enumerate(NEGATIVE_TYPES):
                     metrics[f"{split}/{t}/acc"] = float(ok[two, j].mean())
@@ -69,6 +72,6 @@ class ShapesCompositionality(Task):
             preds += [{"split": split, "item": i, "caption": str(sp.full_captions[i]),
                        **{str(sp.negative_types[i, j]): bool(ok[i, j]) for j in range(k)}}
                       for i in range(n)]
-        return self.result(metrics, predictions=preds, dataset="shapes-world/test+heldout",
+        return self.result(metrics, predictions=preds, item_scores=item_scores, dataset="shapes-world/test+heldout",
                            dataset_fingerprint=fingerprint, n_items=len(preds),
                            seconds=time.perf_counter() - t0)

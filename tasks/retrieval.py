@@ -83,6 +83,8 @@ class ShapesRetrieval(Task):
             {"item": i, "caption": str(sp.full_captions[i]), "t2i_rank": int(t2i[i]), "i2t_rank": int(i2t[i])}
             for i in range(len(sp))
         ]
-        return self.result(metrics, predictions=preds, dataset=f"shapes-world/{self.split}",
+        # each scene is one image and one caption: its R@1 hits in both directions, averaged
+        items = (((t2i <= 1).float() + (i2t <= 1).float()) / 2).tolist()
+        return self.result(metrics, predictions=preds, item_scores=items, dataset=f"shapes-world/{self.split}",
                            dataset_fingerprint=ctx.world.fingerprint, n_items=len(sp),
                            seconds=time.perf_counter() - t0)

@@ -81,6 +81,7 @@ class ShapesZeroShot(Task):
              "colour": COLOUR_NAMES[sp.colour[i, 0]], "pred_colour": COLOUR_NAMES[preds["colour"][i]]}
             for i in range(len(sp))
         ]
-        return self.result(metrics, predictions=items, dataset=f"shapes-world/{self.split}",
+        hits = ((preds["shape"] == sp.shape[:, 0]).astype(float) + (preds["colour"] == sp.colour[:, 0])) / 2
+        return self.result(metrics, predictions=items, item_scores=hits.tolist(), dataset=f"shapes-world/{self.split}",
                            dataset_fingerprint=ctx.world.fingerprint, n_items=len(sp),
                            seconds=time.perf_counter() - t0)

@@ -77,3 +77,21 @@ def test_caption_choice_is_strict():
     neg = torch.tensor([[[0.0, 1.0], [1.0, 0.0]],      # beaten; tie with the true caption -> wrong
                         [[0.0, 1.0], [1.0, 0.0]]])     # 0.8 < 1.0 -> wrong; 0.8 > 0.0 -> right
     assert caption_choice(img, pos, neg).tolist() == [[True, False], [False, True]]
+
+
+def test_item_scores_average_to_the_main_score(tmp_path):
+    """Paired bootstrap over items needs per-item values whose mean is the main score."""
+    import numpy as np
+
+    from harness.models import Encoder, ModelConfig, build_model
+    from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
+    from tasks import EvalContext, TASKS
+
+    torch.manual_seed(0)
+    model, tok, size, mean, std = build_model(ModelConfig(name="harness-micro"), words=vocabulary())
+    world = ShapesWorld(ShapesSpec(n_train=64, n_val=32, n_test=96, n_heldout=64, n_zeroshot=64), tmp_path)
+    ctx = EvalContext(encoder=Encoder(model, tok, size, mean, std), world=world)
+    for name in ("shapes-retrieval", "shapes-zeroshot", "shapes-compositionality"):
+        r = TASKS.get(name)().evaluate(ctx)
+        assert r.item_scores, name
+        assert np.mean(r.item_scores) == pytest.approx(r.main_score, abs=1e-6), name
