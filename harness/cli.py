@@ -92,6 +92,34 @@ def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
+    from .compare import CompareError, compare
+    from .registry import UnknownNameError
+
+    objectives = [o.strip() for o in (a.objectives or "").split(",") if o.strip()]
+    try:
+        if not objectives:
+            raise CompareError("no objectives given: pass --objectives NAME[,NAME...] "
+                               "(see `harness list objectives`)")
+        flags = _flags(a)
+        flags["objective"] = objectives[0]
+        cfg = resolve_config(a.budget, a.config, flags, a.set)
+        outcome_args = dict(objectives=objectives, seeds=a.seeds)
+        from .compare import plan_pairs
+
+        plan_pairs(cfg, **outcome_args)  # validate everything before MLflow is touched
+    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
+        rep.error(str(e))
+        return EXIT_USAGE
+    try:
+        outcome = compare(cfg, objectives, a.seeds, rep)
+    except KeyboardInterrupt:
+        rep.error("interrupted; the running child run is recorded as KILLED; rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    rep.info(f"comparison run {outcome.parent_run_id} in experiment {outcome.experiment!r}")
+    return EXIT_FAILED if outcome.failed else 0
+
+
 def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
     if a.what == "objectives":
         from objectives import OBJECTIVES as reg
@@ -140,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train one objective and evaluate its tasks")
     _add_config_args(p)
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("compare", help="train every objective x seed under one budget and rank them")
+    _add_config_args(p)
+    p.add_argument("--objectives", help="comma-separated objectives, e.g. clip,siglip,supcon")
+    p.add_argument("--tasks", dest="tasks", action="append", help="tasks or suites (comma-separated)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per objective (default 3)")
+    p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("list", help="list registered objectives or tasks")
     p.add_argument("what", choices=["objectives", "tasks"])
     p.add_argument("--json", action="store_true")

@@ -53,19 +53,14 @@ class ShapesTrainData:
         self.split: ShapesSplit = world.split(split)
         self.seed = seed
         sp = self.split
-        tok = lambda texts: tokenizer(list(texts))  # noqa: E731
-        flip = np.vectorize(flip_caption, otypes=[object])
         self.images = torch.from_numpy(sp.images)
-        n, k = sp.negatives.shape
-        # index [0] plain, [1] mirrored
-        self.tokens = torch.stack([tok(sp.captions), tok(flip(sp.captions))])
-        self.views = torch.stack([tok(sp.alt_captions), tok(flip(sp.alt_captions))])
-        negs = sp.negatives.reshape(-1)
-        self.negatives = torch.stack([tok(negs), tok(flip(negs))]).view(2, n, k, -1)
         self.labels = torch.from_numpy(sp.labels)
         self.concept_names = concept_vocabulary()
-        self.concepts = torch.stack([multi_hot(sp.captions, self.concept_names),
-                                     multi_hot(flip(sp.captions), self.concept_names)])
+        key = (world.fingerprint, split, tuple(getattr(tokenizer, "itos", ())) or id(tokenizer))
+        if key not in _TEXT_CACHE:  # tokenised once per world and vocabulary in a process
+            _TEXT_CACHE.clear()
+            _TEXT_CACHE[key] = _tokenise(sp, tokenizer, self.concept_names)
+        self.tokens, self.views, self.negatives, self.concepts = _TEXT_CACHE[key]
         self._order_epoch = -1
         self._order: np.ndarray | None = None
 
@@ -123,6 +118,22 @@ class ShapesTrainData:
             base = out.images if out.images is not None else self.images[idx]
             out.image_view = jitter(base, g)
         return out
+
+
+_TEXT_CACHE: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+
+def _tokenise(sp: ShapesSplit, tokenizer, concept_names: list[str]) -> tuple[torch.Tensor, ...]:
+    """Token ids of captions, second phrasings and negatives, plain [0] and mirrored [1]."""
+    tok = lambda texts: tokenizer(list(texts))  # noqa: E731
+    flip = np.vectorize(flip_caption, otypes=[object])
+    n, k = sp.negatives.shape
+    tokens = torch.stack([tok(sp.captions), tok(flip(sp.captions))])
+    views = torch.stack([tok(sp.alt_captions), tok(flip(sp.alt_captions))])
+    negs = sp.negatives.reshape(-1)
+    negatives = torch.stack([tok(negs), tok(flip(negs))]).view(2, n, k, -1)
+    concepts = torch.stack([multi_hot(sp.captions, concept_names), multi_hot(flip(sp.captions), concept_names)])
+    return tokens, views, negatives, concepts
 
 
 def concept_vocabulary() -> list[str]:

@@ -86,14 +86,26 @@ def prepare(cfg: RunConfig) -> Plan:
     return Plan(cfg, objective, tasks, device)
 
 
-def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None = None) -> RunOutcome:
+_WORLDS: dict[tuple[str, str], ShapesWorld] = {}
+
+
+def shapes_world(spec, cache_dir: Path, reporter: Reporter) -> ShapesWorld:
+    """One ShapesWorld per (spec, cache) per process: a sweep renders/loads each split once."""
+    key = (spec.fingerprint(), str(Path(cache_dir).resolve()))
+    if key not in _WORLDS:
+        _WORLDS[key] = ShapesWorld(spec, cache_dir, progress=reporter.info)
+    return _WORLDS[key]
+
+
+def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None = None,
+            extra_tags: dict[str, str] | None = None, nested: bool = False) -> RunOutcome:
+    """Train and evaluate one configuration as one MLflow run (a child run when ``nested``)."""
     reporter = reporter or Reporter(quiet=True)
     plan = plan or prepare(cfg)
     out_dir = Path(cfg.tracking.output_dir)
-    cache_dir = default_cache_dir(out_dir)
 
     # data and model (deterministic from the seed)
-    world = ShapesWorld(cfg.shapes, cache_dir, progress=reporter.info)
+    world = shapes_world(cfg.shapes, default_cache_dir(out_dir), reporter)
     seed_everything(cfg.seed)
     model, tokenizer, image_size, mean, std = build_model(cfg.model, words=vocabulary())
     encoder = Encoder(model, tokenizer, image_size, mean, std, device=plan.device,
@@ -111,11 +123,14 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
         "harness.model": cfg.model.name,
         "harness.dataset_fingerprint": world.fingerprint,
         "harness.role": "run",
+        "harness.track": "default",
         **versions(),
+        **(extra_tags or {}),
     }
     run_name = cfg.tracking.run_name or f"{cfg.objective.replace(' ', '')}-s{cfg.seed}"
     uri = tracking_uri(cfg.tracking.tracking_uri, out_dir)
-    recorder = MlflowRun(uri, cfg.tracking.experiment, run_name, tags, artifact_root=out_dir / "artifacts")
+    recorder = MlflowRun(uri, cfg.tracking.experiment, run_name, tags, artifact_root=out_dir / "artifacts",
+                         nested=nested)
     outcome = RunOutcome(run_id=None, status="RUNNING", identity=cfg.identity)
     try:
         with recorder:

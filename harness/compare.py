@@ -1,0 +1,152 @@
+"""``harness compare``: every (objective, seed) trained once under one budget, all tasks evaluated.
+
+The comparison is one MLflow parent run; each (objective, seed) is a child run. It is resumable: a
+pair whose run identity already FINISHED in the experiment is skipped (any other status is rerun).
+A pair that fails is recorded FAILED with its reason and the sweep goes on. Everything is validated
+before the first run starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import RunConfig
+from .console import Reporter
+from .runner import Plan, execute, prepare
+from .tracking import MlflowRun, tracking_uri, versions
+
+
+class CompareError(ValueError):
+    """A comparison that cannot start (bad objective list, seeds, tasks)."""
+
+
+@dataclass
+class PairResult:
+    objective: str
+    seed: int
+    identity: str
+    status: str  # FINISHED, FAILED, KILLED, SKIPPED (already finished earlier)
+    run_id: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class CompareOutcome:
+    parent_run_id: str | None
+    experiment: str
+    pairs: list[PairResult] = field(default_factory=list)
+    leaderboard: dict | None = None
+
+    @property
+    def failed(self) -> list[PairResult]:
+        return [p for p in self.pairs if p.status in ("FAILED", "KILLED")]
+
+
+def plan_pairs(base: RunConfig, objectives: list[str], seeds: int) -> list[tuple[RunConfig, Plan]]:
+    """One validated config per (objective, seed). Raises before anything runs."""
+    if not objectives or any(not o.strip() for o in objectives):
+        raise CompareError("no objectives given: pass --objectives NAME[,NAME...] (see `harness list objectives`)")
+    if len(set(objectives)) != len(objectives):
+        raise CompareError(f"an objective is listed twice in {objectives}")
+    if seeds < 1:
+        raise CompareError(f"--seeds must be at least 1, got {seeds}")
+    base_seed = base.seed
+    pairs = []
+    for obj in objectives:
+        params = {k.split(".", 1)[1]: v for k, v in base.objective_params.items() if k.startswith(obj + ".")}
+        for s in range(seeds):
+            cfg = base.model_copy(update={"objective": obj, "objective_params": params, "seed": base_seed + s})
+            cfg = RunConfig.model_validate(cfg.model_dump())  # re-validate the updated copy
+            pairs.append((cfg, prepare(cfg)))
+    return pairs
+
+
+def finished_identities(uri: str, experiment: str) -> dict[str, str]:
+    """identity -> run id of every FINISHED run in the experiment."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    runs = mlflow.MlflowClient().search_runs(
+        [exp.experiment_id], filter_string="attributes.status = 'FINISHED' and tags.`harness.role` = 'run'",
+        max_results=50000,
+    )
+    return {r.data.tags.get("harness.identity"): r.info.run_id for r in runs}
+
+
+def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Reporter | None = None,
+            track: str = "default", command: str | None = None) -> CompareOutcome:
+    reporter = reporter or Reporter(quiet=True)
+    pairs = plan_pairs(base, objectives, seeds)
+    out_dir = Path(base.tracking.output_dir)
+    uri = tracking_uri(base.tracking.tracking_uri, out_dir)
+    experiment = base.tracking.experiment
+    done = finished_identities(uri, experiment)
+    key = hashlib.sha256(",".join(sorted(c.identity for c, _ in pairs)).encode()).hexdigest()[:12]
+    tags = {
+        "harness.role": "compare",
+        "harness.objectives": ",".join(objectives),
+        "harness.tasks": ",".join(base.tasks),
+        "harness.seeds": str(seeds),
+        "harness.budget_id": pairs[0][0].budget_id,
+        "harness.budget_preset": base.budget_preset,
+        "harness.track": track,
+        "harness.compare_key": key,
+        "harness.command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        **versions(),
+    }
+    outcome = CompareOutcome(parent_run_id=None, experiment=experiment)
+    parent = MlflowRun(uri, experiment, base.tracking.run_name or f"compare-{key}", tags,
+                       artifact_root=out_dir / "artifacts")
+    total = len(pairs)
+    t_start = time.perf_counter()
+    executed: list[float] = []
+    with parent:
+        outcome.parent_run_id = parent.run_id
+        for i, (cfg, plan) in enumerate(pairs):
+            left = total - i
+            eta = f", eta {_fmt(sum(executed) / len(executed) * left)}" if executed else ""
+            n_done = sum(p.status in ("FINISHED", "SKIPPED") for p in outcome.pairs)
+            n_failed = len(outcome.failed)
+            reporter.info(f"[bold]compare[/] {i}/{total} done ({n_done} ok, {n_failed} failed), running "
+                          f"{cfg.objective} seed {cfg.seed}, {left - 1} left{eta}")
+            if cfg.identity in done:
+                outcome.pairs.append(PairResult(cfg.objective, cfg.seed, cfg.identity, "SKIPPED", done[cfg.identity]))
+                reporter.info(f"  {cfg.objective} seed {cfg.seed}: already finished (run {done[cfg.identity][:8]}), skipped")
+                continue
+            t0 = time.perf_counter()
+            pair = PairResult(cfg.objective, cfg.seed, cfg.identity, "FAILED")
+            try:
+                run = execute(cfg, reporter, plan, nested=True,
+                              extra_tags={"harness.track": track, "harness.compare_key": key})
+                pair.status, pair.run_id = run.status, run.run_id
+            except KeyboardInterrupt:
+                pair.status = "KILLED"
+                outcome.pairs.append(pair)
+                raise
+            except Exception as e:  # recorded FAILED in its own run; the sweep goes on
+                pair.error = f"{type(e).__name__}: {e}"
+                reporter.error(f"{cfg.objective} seed {cfg.seed} failed: {pair.error}")
+            pair.seconds = time.perf_counter() - t0
+            executed.append(pair.seconds)
+            outcome.pairs.append(pair)
+        reporter.info(f"[bold]compare[/] {total}/{total} done in {_fmt(time.perf_counter() - t_start)}: "
+                      f"{sum(p.status == 'FINISHED' for p in outcome.pairs)} trained, "
+                      f"{sum(p.status == 'SKIPPED' for p in outcome.pairs)} skipped, {len(outcome.failed)} failed")
+        MlflowRun.log_metrics({"compare/runs_failed": len(outcome.failed),
+                               "compare/wall_seconds": time.perf_counter() - t_start})
+    return outcome
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
