@@ -44,15 +44,28 @@ class RunOutcome:
     checkpoint_path: Path | None = None
 
 
-def expand_tasks(names: list[str]) -> list:
-    """Instantiate tasks, expanding suites into their members (each task once, in order)."""
+def expand_tasks(names: list[str], modality: str = "image-text", objective: str = "") -> list:
+    """Instantiate tasks, expanding suites into their members (each task once, in order).
+
+    A suite keeps the members that evaluate towers the objective trains (a text-only objective
+    gets the suite's text tasks); a task named explicitly must match, or it is an error.
+    """
     from tasks import TASKS
     from tasks.base import Suite
 
     out: dict[str, object] = {}
+    trained = TOWERS[modality]
     for name in names:
         cls = TASKS.get(name)
-        members = [TASKS.get(m) for m in cls.members] if issubclass(cls, Suite) else [cls]
+        if issubclass(cls, Suite):
+            members = [TASKS.get(m) for m in cls.members]
+            members = [m for m in members if TOWERS[m.modality] <= trained]
+            if not members:
+                raise ValueError(f"suite {name!r} has no task for the {modality} tower(s) that "
+                                 f"objective {objective!r} trains")
+        else:
+            check_modalities(objective, modality, [cls])
+            members = [cls]
         for m in members:
             out.setdefault(m.name, m())
     return list(out.values())
@@ -79,9 +92,8 @@ def prepare(cfg: RunConfig) -> Plan:
     from objectives import build_objective
 
     objective = build_objective(cfg.objective, cfg.objective_params)
-    tasks = expand_tasks(cfg.tasks)
+    tasks = expand_tasks(cfg.tasks, objective.modality, cfg.objective)
     ShapesTrainData.check_static(objective.requires, cfg.objective, cfg.train_data)
-    check_modalities(cfg.objective, objective.modality, tasks)
     device = resolve_device(cfg.budget.device)
     return Plan(cfg, objective, tasks, device)
 

@@ -189,3 +189,24 @@ def test_console_script_plain_output(workdir):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "step 8/8" in proc.stderr and "image_retrieval_recall@5" in proc.stdout
+
+
+class ImageOnly(Objective):
+    name = "image-only-probe"
+    modality = "image"
+    requires = frozenset({"image", "image_view"})
+
+    def loss(self, batch):
+        from harness.batch import LossOutput
+        return LossOutput(((batch.image - batch.image_view) ** 2).sum(-1).mean())
+
+
+def test_single_tower_objective_on_an_image_text_task_is_refused(workdir, capsys):
+    OBJECTIVES.register(ImageOnly.name)(ImageOnly)
+    try:
+        assert main(smoke_args(workdir, "--objective", "image-only-probe", "--task", "shapes-retrieval")) == 2
+    finally:
+        OBJECTIVES.unregister(ImageOnly.name)
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "trains the image tower(s) only" in err and "shapes-retrieval" in err
+    assert runs(workdir) == []
