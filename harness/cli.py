@@ -104,20 +104,55 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
         flags = _flags(a)
         flags["objective"] = objectives[0]
         cfg = resolve_config(a.budget, a.config, flags, a.set)
-        outcome_args = dict(objectives=objectives, seeds=a.seeds)
-        from .compare import plan_pairs
+        from .compare import plan_pairs, tuned_parameters
 
-        plan_pairs(cfg, **outcome_args)  # validate everything before MLflow is touched
+        tuned = None
+        if a.tuned:
+            from .runner import expand_tasks
+
+            tune_task = a.tuned_on or expand_tasks(cfg.tasks)[0].name
+            tuned = tuned_parameters(cfg, objectives, tune_task, a.storage)
+        plan_pairs(cfg, objectives, a.seeds, tuned)  # validate everything before MLflow is touched
     except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
         rep.error(str(e))
         return EXIT_USAGE
     try:
-        outcome = compare(cfg, objectives, a.seeds, rep)
+        outcome = compare(cfg, objectives, a.seeds, rep, tuned=tuned)
     except KeyboardInterrupt:
         rep.error("interrupted; the running child run is recorded as KILLED; rerun the same command to resume")
         return EXIT_INTERRUPTED
     rep.info(f"comparison run {outcome.parent_run_id} in experiment {outcome.experiment!r}")
     return EXIT_FAILED if outcome.failed else 0
+
+
+def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
+    from .registry import UnknownNameError
+    from .tune import tune
+
+    objectives = [o.strip() for o in (a.objectives or a.objective or "").split(",") if o.strip()]
+    tasks = [t.strip() for item in (a.tasks or []) for t in item.split(",") if t.strip()]
+    try:
+        if len(tasks) != 1:
+            raise ValueError("tune needs exactly one --task (the task whose validation score is optimised)")
+        flags = _flags(a)
+        flags["objective"] = objectives[0] if objectives else None
+        cfg = resolve_config(a.budget, a.config, flags, a.set)
+        summaries = tune(cfg, objectives, tasks[0], a.trials, rep, storage=a.storage, study=a.study,
+                         workers=a.workers, tune_lr=a.tune_lr, validate_every=a.validate_every, seed=a.sampler_seed)
+    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
+        rep.error(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        rep.error("interrupted; rerun the same command to resume the study")
+        return EXIT_INTERRUPTED
+    table = Table(title="tuning (validation split)", title_justify="left")
+    for c in ("objective", "study", "trials", "states", "best value", "best parameters"):
+        table.add_column(c, overflow="fold")
+    for s in summaries:
+        table.add_row(escape(s.objective), escape(s.study_name), str(s.n_trials), escape(json.dumps(s.states)),
+                      "-" if s.best_value is None else f"{s.best_value:.4f}", escape(json.dumps(s.best_params)))
+    rep.print(table)
+    return 0
 
 
 def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
@@ -173,7 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", help="comma-separated objectives, e.g. clip,siglip,supcon")
     p.add_argument("--tasks", dest="tasks", action="append", help="tasks or suites (comma-separated)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per objective (default 3)")
+    p.add_argument("--tuned", action="store_true", help="retrain each objective's best tuned "
+                   "configuration (from `harness tune`), as the 'tuned' leaderboard track")
+    p.add_argument("--tuned-on", help="the task the studies optimised (default: the first task)")
+    p.add_argument("--storage", help="Optuna storage of the studies (default .harness/optuna.db)")
     p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("tune", help="equal-budget Optuna tuning of objectives on the validation split")
+    _add_config_args(p)
+    p.add_argument("--objectives", help="several objectives, each given the same number of trials")
+    p.add_argument("--trials", type=int, default=20, help="trials per objective, counted study-wide "
+                   "including pruned and failed ones (default 20)")
+    p.add_argument("--storage", help="Optuna storage: sqlite:///PATH (default .harness/optuna.db), "
+                   "journal:PATH (default with --workers), or a database URL")
+    p.add_argument("--study", help="study name (default OBJECTIVE__TASK__BUDGETID)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--tune-lr", action="store_true", help="also tune the shared learning rate")
+    p.add_argument("--validate-every", type=int, help="steps between validation reports to the pruner")
+    p.add_argument("--sampler-seed", type=int, default=0)
+    p.set_defaults(fn=cmd_tune)
     p = sub.add_parser("list", help="list registered objectives or tasks")
     p.add_argument("what", choices=["objectives", "tasks"])
     p.add_argument("--json", action="store_true")

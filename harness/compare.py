@@ -48,8 +48,11 @@ class CompareOutcome:
         return [p for p in self.pairs if p.status in ("FAILED", "KILLED")]
 
 
-def plan_pairs(base: RunConfig, objectives: list[str], seeds: int) -> list[tuple[RunConfig, Plan]]:
-    """One validated config per (objective, seed). Raises before anything runs."""
+def plan_pairs(base: RunConfig, objectives: list[str], seeds: int,
+               tuned: dict[str, dict] | None = None) -> list[tuple[RunConfig, Plan]]:
+    """One validated config per (objective, seed). Raises before anything runs.
+
+    ``tuned`` maps an objective to its best tuned parameters (``budget.*`` keys set the budget)."""
     if not objectives or any(not o.strip() for o in objectives):
         raise CompareError("no objectives given: pass --objectives NAME[,NAME...] (see `harness list objectives`)")
     if len(set(objectives)) != len(objectives):
@@ -60,9 +63,17 @@ def plan_pairs(base: RunConfig, objectives: list[str], seeds: int) -> list[tuple
     pairs = []
     for obj in objectives:
         params = {k.split(".", 1)[1]: v for k, v in base.objective_params.items() if k.startswith(obj + ".")}
+        budget = {}
+        for k, v in (tuned or {}).get(obj, {}).items():
+            if k.startswith("budget."):
+                budget[k.split(".", 1)[1]] = v
+            else:
+                params[k] = v
         for s in range(seeds):
-            cfg = base.model_copy(update={"objective": obj, "objective_params": params, "seed": base_seed + s})
-            cfg = RunConfig.model_validate(cfg.model_dump())  # re-validate the updated copy
+            data = base.model_dump()
+            data.update(objective=obj, objective_params=params, seed=base_seed + s)
+            data["budget"].update(budget)
+            cfg = RunConfig.model_validate(data)
             pairs.append((cfg, prepare(cfg)))
     return pairs
 
@@ -82,10 +93,20 @@ def finished_identities(uri: str, experiment: str) -> dict[str, str]:
     return {r.data.tags.get("harness.identity"): r.info.run_id for r in runs}
 
 
+def tuned_parameters(base: RunConfig, objectives: list[str], task: str, storage: str | None) -> dict[str, dict]:
+    """Each objective's best parameters from its ``harness tune`` study on ``task``."""
+    from .tune import best_params
+
+    return {obj: best_params(obj, task, base, storage) for obj in objectives}
+
+
 def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Reporter | None = None,
-            track: str = "default", command: str | None = None) -> CompareOutcome:
+            tuned: dict[str, dict] | None = None, command: str | None = None) -> CompareOutcome:
+    """Run the sweep. With ``tuned`` (from :func:`tuned_parameters`) it is the "tuned" track: each
+    objective trains with its tuned parameters, and its runs keep the base budget id."""
     reporter = reporter or Reporter(quiet=True)
-    pairs = plan_pairs(base, objectives, seeds)
+    track = "tuned" if tuned is not None else "default"
+    pairs = plan_pairs(base, objectives, seeds, tuned)
     out_dir = Path(base.tracking.output_dir)
     uri = tracking_uri(base.tracking.tracking_uri, out_dir)
     experiment = base.tracking.experiment
@@ -96,7 +117,7 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
         "harness.objectives": ",".join(objectives),
         "harness.tasks": ",".join(base.tasks),
         "harness.seeds": str(seeds),
-        "harness.budget_id": pairs[0][0].budget_id,
+        "harness.budget_id": base.budget_id,
         "harness.budget_preset": base.budget_preset,
         "harness.track": track,
         "harness.compare_key": key,
@@ -126,7 +147,9 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
             pair = PairResult(cfg.objective, cfg.seed, cfg.identity, "FAILED")
             try:
                 run = execute(cfg, reporter, plan, nested=True,
-                              extra_tags={"harness.track": track, "harness.compare_key": key})
+                              extra_tags={"harness.track": track, "harness.compare_key": key,
+                                          # tuned runs may differ in a tuned learning rate only
+                                          "harness.budget_id": base.budget_id})
                 pair.status, pair.run_id = run.status, run.run_id
             except KeyboardInterrupt:
                 pair.status = "KILLED"

@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -110,8 +110,14 @@ def shapes_world(spec, cache_dir: Path, reporter: Reporter) -> ShapesWorld:
 
 
 def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None = None,
-            extra_tags: dict[str, str] | None = None, nested: bool = False) -> RunOutcome:
-    """Train and evaluate one configuration as one MLflow run (a child run when ``nested``)."""
+            extra_tags: dict[str, str] | None = None, nested: bool = False, validation: bool = False,
+            on_validation: Callable[[int, float], None] | None = None, validate_every: int = 0) -> RunOutcome:
+    """Train and evaluate one configuration as one MLflow run (a child run when ``nested``).
+
+    ``validation=True`` evaluates every task on the ``val`` split instead of test (tuning).
+    ``on_validation(step, main_score)`` receives the first task's validation score every
+    ``validate_every`` steps during training (Optuna's pruner is fed from there).
+    """
     reporter = reporter or Reporter(quiet=True)
     plan = plan or prepare(cfg)
     out_dir = Path(cfg.tracking.output_dir)
@@ -155,10 +161,20 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
 
             reporter.info(f"training [bold]{cfg.objective}[/] on {cfg.train_data}: {cfg.budget.steps} steps x "
                           f"{cfg.budget.batch_size} on {plan.device.type} (identity {cfg.identity})")
+            from tasks import EvalContext
+
+            validate = None
+            if on_validation is not None:
+                def validate(step: int) -> None:
+                    score = plan.tasks[0].evaluate(EvalContext(encoder=encoder, world=world, validation=True)).main_score
+                    recorder.log_metrics({f"val/{plan.tasks[0].name}/main_score": score}, step=step)
+                    on_validation(step, score)
+
             with reporter.training(cfg.budget.steps, f"{cfg.objective} seed {cfg.seed}") as update:
                 result = train(model, plan.objective, encoder, data, cfg.budget, cfg.seed, plan.device,
                                on_log=lambda step, m: recorder.log_metrics(m, step=step),
-                               on_step=lambda step, loss: update(step, loss, cfg.budget.batch_size))
+                               on_step=lambda step, loss: update(step, loss, cfg.budget.batch_size),
+                               validate=validate, validate_every=validate_every)
             outcome.train = result
             recorder.log_metrics({**result.cost(), "train/final_loss": result.final_loss})
 
@@ -167,9 +183,7 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
                                                           out_dir / "checkpoints", recorder.run_id)
                 recorder.log_artifact(outcome.checkpoint_path, "checkpoint")
 
-            from tasks import EvalContext
-
-            ctx = EvalContext(encoder=encoder, world=world)
+            ctx = EvalContext(encoder=encoder, world=world, validation=validation)
             for task in plan.tasks:
                 reporter.info(f"evaluating {task.name}")
                 res = task.evaluate(ctx)

@@ -84,7 +84,8 @@ class MlflowRun:
                 exp_id = mlflow.get_experiment_by_name(self.experiment).experiment_id
         else:
             exp_id = exp.experiment_id
-        run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name, tags=self.tags, nested=self.nested)
+        nested = self.nested or mlflow.active_run() is not None  # inside a compare/study parent
+        run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name, tags=self.tags, nested=nested)
         self.run_id = run.info.run_id
         return self
 
@@ -96,6 +97,9 @@ class MlflowRun:
         elif issubclass(exc_type, KeyboardInterrupt):
             self.status = "KILLED"
             mlflow.set_tag("harness.failure_reason", "interrupted (KeyboardInterrupt)")
+        elif exc_type.__name__ == "TrialPruned":  # optuna's pruner stopped this trial
+            self.status = "KILLED"
+            mlflow.set_tags({"harness.pruned": "true", "harness.failure_reason": f"pruned by Optuna: {exc}"})
         else:
             self.status = "FAILED"
             mlflow.set_tag("harness.failure_reason", f"{exc_type.__name__}: {exc}"[:4900])

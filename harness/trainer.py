@@ -142,11 +142,14 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def train(model, objective, encoder, data, budget: Budget, seed: int, device: torch.device,
           on_log: Callable[[int, dict], None] | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, float], None] | None = None,
+          validate: Callable[[int], None] | None = None, validate_every: int = 0) -> TrainResult:
     """Train ``model`` with ``objective`` for exactly ``budget.steps`` steps.
 
     The loss is read back from the device only at logging steps (one sync per ``log_every``
-    steps); the non-finite guard then names the first bad step and stops the run.
+    steps); the non-finite guard then names the first bad step and stops the run. ``validate(n)``
+    is called after every ``validate_every`` steps (n = steps done; not after the last step): the
+    tuner reports validation scores to Optuna's pruner from there. Its time is not training time.
     """
     seed_everything(seed)
     objective.setup(num_samples=len(data), batch_size=budget.batch_size, steps=budget.steps)
@@ -207,6 +210,11 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
             on_step(step, loss_value)
         if step == 0:
             t_first = time.perf_counter() - t0
+        if validate is not None and validate_every and (step + 1) % validate_every == 0 and not last:
+            tv = time.perf_counter()
+            validate(step + 1)
+            model.train()
+            t0 += time.perf_counter() - tv  # evaluation is not training time
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0

@@ -60,9 +60,20 @@ class EmbeddingCache:
 
 @dataclass
 class EvalContext:
+    """What tasks evaluate: the encoder, the run's shapes world, the shared embedding cache.
+
+    ``validation=True`` (tuning, checkpoint selection) redirects every evaluation split to the
+    ``val`` split: tasks ask ``ctx.split("test")`` rather than naming a split, so selection never
+    sees test data.
+    """
+
     encoder: Any
     world: Any = None  # the ShapesWorld of the run (shapes tasks)
     cache: EmbeddingCache = field(default_factory=EmbeddingCache)
+    validation: bool = False
+
+    def split(self, name: str) -> str:
+        return "val" if self.validation and name in ("test", "heldout", "zeroshot") else name
 
 
 class Task:

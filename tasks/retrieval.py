@@ -73,9 +73,10 @@ class ShapesRetrieval(Task):
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         t0 = time.perf_counter()
-        sp = ctx.world.split(self.split)
-        img = ctx.cache.image(ctx.encoder, "shapes", self.split, sp.images)
-        txt = ctx.cache.text(ctx.encoder, "shapes", self.split, "captions", sp.full_captions)
+        split = ctx.split(self.split)
+        sp = ctx.world.split(split)
+        img = ctx.cache.image(ctx.encoder, "shapes", split, sp.images)
+        txt = ctx.cache.text(ctx.encoder, "shapes", split, "captions", sp.full_captions)
         labels = torch.from_numpy(sp.labels)
         positives = labels[:, None] == labels[None, :]
         metrics, t2i, i2t = retrieval_metrics(img, txt, positives)
@@ -85,6 +86,6 @@ class ShapesRetrieval(Task):
         ]
         # each scene is one image and one caption: its R@1 hits in both directions, averaged
         items = (((t2i <= 1).float() + (i2t <= 1).float()) / 2).tolist()
-        return self.result(metrics, predictions=preds, item_scores=items, dataset=f"shapes-world/{self.split}",
+        return self.result(metrics, predictions=preds, item_scores=items, dataset=f"shapes-world/{split}",
                            dataset_fingerprint=ctx.world.fingerprint, n_items=len(sp),
                            seconds=time.perf_counter() - t0)
