@@ -226,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-every", type=int, help="steps between validation reports to the pruner")
     p.add_argument("--sampler-seed", type=int, default=0)
     p.set_defaults(fn=cmd_tune)
+    p = sub.add_parser("leaderboard", help="rank objectives from MLflow: terminal, Markdown, HTML, JSON, CSV")
+    from . import leaderboard
+
+    leaderboard.add_arguments(p)
+    p.set_defaults(fn=leaderboard.main)
     p = sub.add_parser("list", help="list registered objectives or tasks")
     p.add_argument("what", choices=["objectives", "tasks"])
     p.add_argument("--json", action="store_true")

@@ -166,7 +166,27 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
                       f"{sum(p.status == 'SKIPPED' for p in outcome.pairs)} skipped, {len(outcome.failed)} failed")
         MlflowRun.log_metrics({"compare/runs_failed": len(outcome.failed),
                                "compare/wall_seconds": time.perf_counter() - t_start})
+        # every pair of this comparison, reused runs included: the leaderboard reads this list
+        MlflowRun.log_dict({"pairs": [{"objective": p.objective, "seed": p.seed, "run_id": p.run_id,
+                                       "status": p.status, "identity": p.identity} for p in outcome.pairs]},
+                           "pairs.json")
+    outcome.leaderboard = _leaderboard(outcome, uri, out_dir, reporter)
     return outcome
+
+
+def _leaderboard(outcome: CompareOutcome, uri: str, out_dir: Path, reporter: Reporter) -> dict | None:
+    """Rank the comparison from MLflow, write leaderboard.{md,html,json,csv}, attach them to the parent."""
+    from .leaderboard import LeaderboardError, render_table, summarize_comparison
+
+    target = out_dir / "leaderboards" / (outcome.parent_run_id or "compare")
+    try:
+        board = summarize_comparison(outcome.experiment, outcome.parent_run_id, uri, out_dir=target)
+    except LeaderboardError as e:
+        reporter.error(f"no leaderboard: {e}")
+        return None
+    reporter.print(render_table(board))
+    reporter.info(f"leaderboard files: {target}")
+    return board.to_dict()["summary"]
 
 
 def _fmt(seconds: float) -> str:

@@ -127,7 +127,10 @@ class Objective(nn.Module):
                 out[k] = trial.suggest_categorical(k, list(hp.choices))
             elif hp.search is not None:
                 lo, hi, log = hp.search
-                out[k] = trial.suggest_float(k, lo, hi, log=log)
+                if isinstance(hp.default, int) and not isinstance(hp.default, bool):
+                    out[k] = trial.suggest_int(k, int(lo), int(hi), log=log)
+                else:
+                    out[k] = trial.suggest_float(k, lo, hi, log=log)
         return out
 
     @classmethod
@@ -164,4 +167,5 @@ class LearnableScale(nn.Module):
 
     @torch.no_grad()
     def clamp_(self) -> None:
-        self.log_scale.clamp_(0.0, self.max_log)
+        if isinstance(self.log_scale, nn.Parameter):  # a fixed temperature is left as configured
+            self.log_scale.clamp_(0.0, self.max_log)

@@ -42,9 +42,20 @@ def test_compare_trains_each_pair_once_and_resumes(workdir):
     assert len({c.data.tags["harness.budget_id"] for c in children}) == 1
     assert all(c.info.status == "FINISHED" for c in children)
     assert parents[0].data.tags["harness.objectives"] == "clip,siglip"
+    import mlflow
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(pid, "leaderboard")}
+    assert {"leaderboard/leaderboard.md", "leaderboard/leaderboard.html", "leaderboard/leaderboard.json",
+            "leaderboard/leaderboard.csv"} <= arts
     # same command again: every pair is already finished, nothing is retrained
     assert main(compare_args(workdir, "--objectives", "clip,siglip", "--seeds", "2")) == 0
     assert len([r for r in runs(workdir) if r.data.tags.get("harness.role") == "run"]) == 4
+    # the second comparison reuses the runs and still ranks all of them, from MLflow alone
+    assert main(["leaderboard", "--output-dir", str(workdir), "--parent", "latest", "--format", "json"]) == 0
+
+
+def test_leaderboard_of_an_empty_experiment_exits_2(workdir, capsys):
+    assert main(["leaderboard", "--output-dir", str(workdir), "--experiment", "nothing-here"]) == 2
+    assert "no" in capsys.readouterr().err.lower()
 
 
 def test_a_failing_pair_is_recorded_and_the_sweep_goes_on(workdir, broken):

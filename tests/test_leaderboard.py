@@ -1,0 +1,505 @@
+"""`harness leaderboard`: rebuilt from a fake MLflow store (3 objectives x 3 seeds, no training)."""
+
+import argparse
+import base64
+import csv
+import io
+import json
+import math
+import shutil
+import subprocess
+import time
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from rich.console import Console
+from scipy import stats
+
+from harness import leaderboard as lb
+from harness.console import Reporter
+from harness.tracking import metric_key
+
+T975_2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2), by hand from a t table: 4.303
+BUDGET = "budget0123456789"
+OBJECTIVES = ("clip", "siglip", "weak")
+SEEDS = (0, 1, 2)
+TYPES = ("color", "size", "relation")
+ERROR = {"clip": [0.30, 0.32, 0.31], "siglip": [0.31, 0.30, 0.32], "weak": [0.10, 0.13, 0.11]}
+WALL = {"clip": [10.0, 12.0, 14.0], "siglip": [20.0, 20.0, 20.0], "weak": [5.0, 6.0, 7.0]}
+
+
+def retrieval_items(objective: str, seed: int) -> np.ndarray:
+    """clip and siglip: the same items up to a few flips (indistinguishable); weak: far below."""
+    rng = np.random.default_rng(100 + seed)
+    clip = (rng.random(200) < 0.6).astype(float)
+    if objective == "clip":
+        return clip
+    if objective == "weak":
+        return (np.random.default_rng(200 + seed).random(200) < 0.3).astype(float)
+    s = clip.copy()
+    ones, zeros = np.flatnonzero(clip == 1), np.flatnonzero(clip == 0)
+    up, down = {0: (2, 2), 1: (3, 1), 2: (1, 3)}[seed]  # net change 0, +2, -2 items
+    s[zeros[:up]] = 1
+    s[ones[:down]] = 0
+    return s
+
+
+def comp_ok(objective: str, seed: int, split: str) -> np.ndarray:
+    p = {"clip": 0.9, "siglip": 0.7, "weak": 0.5}[objective] - (0.1 if split == "heldout" else 0.0)
+    rng = np.random.default_rng(1000 * OBJECTIVES.index(objective) + 10 * seed + (split == "heldout"))
+    return (rng.random((120, 3)) < p).astype(float)
+
+
+def task_docs(objective: str, seed: int) -> dict:
+    i = SEEDS.index(seed)
+    items = retrieval_items(objective, seed)
+    ret = {"metrics": {"mean_recall@1": float(items.mean()),
+                       "image_retrieval_recall@5": float(min(1, items.mean() + 0.3))},
+           "main_score": float(items.mean()), "main_metric": "mean_recall@1", "higher_is_better": True,
+           "item_scores": items.tolist(), "n_items": 200}
+    comp_metrics = {}
+    for split in ("test", "heldout"):
+        ok = comp_ok(objective, seed, split)
+        for j, t in enumerate(TYPES):
+            comp_metrics[f"{split}/{t}/acc"] = float(ok[:, j].mean())
+        comp_metrics[f"{split}/all/acc"] = float(ok.all(axis=1).mean())
+        comp_metrics[f"{split}/macro_acc"] = float(np.mean([comp_metrics[f"{split}/{t}/acc"] for t in TYPES]))
+        comp_metrics[f"{split}/single/color/acc"] = 0.5
+    test_items = comp_ok(objective, seed, "test").mean(axis=1)
+    comp = {"metrics": comp_metrics, "main_score": comp_metrics["test/macro_acc"], "main_metric": "test/macro_acc",
+            "higher_is_better": True, "item_scores": test_items.tolist(), "n_items": 120}
+    err = {"metrics": {"error": ERROR[objective][i]}, "main_score": ERROR[objective][i], "main_metric": "error",
+           "higher_is_better": False, "item_scores": None, "n_items": 0}
+    return {"shapes-retrieval": ret, "shapes-compositionality": comp, "fake-error": err}
+
+
+def log_run(client, exp_id, objective, seed, *, budget=BUDGET, track="default", parent=None, status="FINISHED",
+            tasks=None, wall=1.0, reason=None, compare_key=None, start_time=None, role="run"):
+    from mlflow.entities import Metric
+
+    tags = {"harness.role": role, "harness.objective": objective, "harness.seed": str(seed),
+            "harness.identity": f"id-{objective}-{seed}-{track}", "harness.budget_id": budget,
+            "harness.track": track, "harness.tasks": "shapes", "harness.dataset_fingerprint": "fp1",
+            "mlflow.runName": f"{objective}-s{seed}"}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    if compare_key:
+        tags["harness.compare_key"] = compare_key
+    if reason:
+        tags["harness.failure_reason"] = reason
+    run = client.create_run(exp_id, start_time=start_time, tags=tags)
+    rid = run.info.run_id
+    if status == "FINISHED":
+        tasks = tasks if tasks is not None else task_docs(objective, seed)
+        ms = []
+        for task, t in tasks.items():
+            ms.append(Metric(f"{task}/main_score", t["main_score"], 0, 0))
+            ms += [Metric(metric_key(f"{task}/{k}"), v, 0, 0) for k, v in t["metrics"].items()]
+        ms += [Metric("cost/wall_seconds", wall, 0, 0), Metric("cost/samples_per_second", 1000.0 / wall, 0, 0),
+               Metric("cost/peak_memory_mb", 500.0, 0, 0), Metric("cost/flops_per_step", 2e9, 0, 0),
+               Metric("cost/samples_seen", 1000.0, 0, 0)]
+        ms += [Metric("train/loss", 5.0 - step / 10 - 0.1 * seed - 0.5 * OBJECTIVES.index(objective)
+                      if objective in OBJECTIVES else 1.0, step, step) for step in (0, 10, 20)]
+        client.log_batch(rid, metrics=ms)
+        doc = {"run_id": rid, "tasks": {k: {"task": k, **v} for k, v in tasks.items()}, "config": {}, "train": {}}
+        client.log_dict(rid, doc, f"{tags['harness.identity']}-{rid[:8]}.json")
+        client.log_dict(rid, {"seed": seed}, "config.yaml")
+    client.set_terminated(rid, status)
+    return rid
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, template_db):
+    from mlflow.tracking import MlflowClient
+
+    d = tmp_path_factory.mktemp("lb")
+    shutil.copy(template_db, d / "mlflow.db")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    art = (d / "artifacts").as_uri()
+    exp = client.create_experiment("harness", artifact_location=art)
+    parent_tags = {"harness.role": "compare", "harness.objectives": "clip,siglip,weak", "harness.tasks": "shapes",
+                   "harness.seeds": "3", "harness.budget_id": BUDGET, "harness.track": "default",
+                   "harness.compare_key": "key1", "harness.command": "harness compare --objectives clip,siglip,weak"}
+    parent = client.create_run(exp, tags=parent_tags).info.run_id
+    # an earlier failure of clip seed 2, superseded by the finished child below
+    log_run(client, exp, "clip", 2, parent=parent, status="FAILED", reason="RuntimeError: flaky", start_time=1000)
+    ids = {}
+    for o in OBJECTIVES:
+        for s in SEEDS:
+            ids[(o, s)] = log_run(client, exp, o, s, parent=parent, wall=WALL[o][s], compare_key="key1")
+    log_run(client, exp, "broken", 0, parent=parent, status="FAILED", reason="RuntimeError: boom\ntraceback...")
+    client.set_terminated(parent, "FINISHED")
+    # a resumed comparison: every pair was already finished, so it has no children of its own
+    resumed = client.create_run(exp, tags={**parent_tags}).info.run_id
+    client.set_terminated(resumed, "FINISHED")
+    # a comparison without children or compare key that lists the runs it reused in pairs.json
+    later = int(time.time() * 1000) + 60_000  # the newest comparison ("latest")
+    listed = client.create_run(exp, start_time=later,
+                               tags={"harness.role": "compare", "harness.objectives": "weak,siglip"}).info.run_id
+    client.log_dict(listed, {"pairs": [{"objective": o, "seed": s, "run_id": ids[(o, s)], "status": "SKIPPED"}
+                                       for o, s in (("weak", 0), ("weak", 1), ("siglip", 2))]}, "pairs.json")
+    client.set_terminated(listed, "FINISHED")
+    # a single `harness run` on the tuned track (never mixed with the default track)
+    log_run(client, exp, "clip", 0, track="tuned", wall=9.0)
+
+    mixed = client.create_experiment("mixed", artifact_location=art)
+    log_run(client, mixed, "clip", 0, budget="aaaa1111")
+    log_run(client, mixed, "clip", 1, budget="aaaa1111")
+    log_run(client, mixed, "siglip", 0, budget="bbbb2222")
+    nothing = client.create_experiment("nothing", artifact_location=art)
+    log_run(client, nothing, "clip", 0, status="FAILED", reason="ValueError: bad")
+    return {"uri": uri, "parent": parent, "resumed": resumed, "listed": listed, "ids": ids, "dir": d}
+
+
+@pytest.fixture(scope="module")
+def board(store):
+    boards = lb.build(lb.collect("harness", store["parent"], tracking_uri=store["uri"]))
+    assert len(boards) == 1
+    return boards[0]
+
+
+def main_values(task: str, objective: str) -> list[float]:
+    return [task_docs(objective, s)[task]["main_score"] for s in SEEDS]
+
+
+# -- collection ---------------------------------------------------------------------------------------
+def test_collect_reads_children_metrics_items_and_history(store):
+    col = lb.collect("harness", store["parent"], tracking_uri=store["uri"])
+    assert col.parent_run_id == store["parent"]
+    assert {(r.objective, r.seed) for r in col.runs} == {(o, s) for o in OBJECTIVES for s in SEEDS}
+    clip0 = next(r for r in col.runs if (r.objective, r.seed) == ("clip", 0))
+    assert clip0.run_id == store["ids"][("clip", 0)]
+    # metric names come back with '@' (from '_at_' via the results JSON)
+    assert clip0.metrics["shapes-retrieval"]["mean_recall@1"] == pytest.approx(retrieval_items("clip", 0).mean())
+    assert clip0.item_scores["shapes-retrieval"] == retrieval_items("clip", 0).tolist()
+    assert "fake-error" not in clip0.item_scores and clip0.higher_is_better["fake-error"] is False
+    assert clip0.loss == [(0, 5.0), (10, 4.0), (20, 3.0)]
+    assert clip0.cost["wall_seconds"] == 10.0 and clip0.results_artifact.endswith(f"-{clip0.run_id[:8]}.json")
+    # the superseded failure is dropped, the real one listed with its reason
+    assert [(r.objective, r.status) for r in col.failed] == [("broken", "FAILED")]
+    assert col.failed[0].failure_reason.startswith("RuntimeError: boom")
+    assert any("rerun successfully" in n for n in col.notes)
+
+
+def test_a_resumed_comparison_finds_the_runs_it_reused(store):
+    col = lb.collect("harness", store["resumed"], tracking_uri=store["uri"])
+    assert len(col.runs) == 9 and any("reused" in n for n in col.notes)
+    assert lb.collect("harness", store["parent"][:10], tracking_uri=store["uri"]).parent_run_id == store["parent"]
+    assert lb.collect("harness", "latest", tracking_uri=store["uri"]).parent_run_id == store["listed"]
+
+
+def test_experiment_wide_gives_one_board_per_track(store):
+    boards = lb.build(lb.collect("harness", tracking_uri=store["uri"]))
+    assert [b.track for b in boards] == ["default", "tuned"]
+    assert len(boards[0].runs) == 9 and [r.objective for r in boards[1].runs] == ["clip"]
+    only = lb.build(lb.collect("harness", track="tuned", tracking_uri=store["uri"]))
+    assert [b.track for b in only] == ["tuned"] and only[0].seeds == [0]
+
+
+def test_no_finished_runs(store):
+    with pytest.raises(lb.NoRunsError, match="no FINISHED run.*1 run"):
+        lb.collect("nothing", tracking_uri=store["uri"])
+    with pytest.raises(lb.NoRunsError, match="no MLflow experiment 'nope'.*harness, mixed, nothing"):
+        lb.collect("nope", tracking_uri=store["uri"])
+    assert issubclass(lb.NoRunsError, ValueError)
+
+
+def test_mixed_budget_ids_are_refused_unless_one_is_selected(store):
+    col = lb.collect("mixed", tracking_uri=store["uri"])
+    with pytest.raises(lb.MixedBudgetsError) as e:
+        lb.build(col)
+    msg = str(e.value)
+    assert "aaaa1111: 2 finished run(s)" in msg and "bbbb2222: 1 finished run(s)" in msg and "--budget-id" in msg
+    assert e.value.budget_ids == {"aaaa1111": 2, "bbbb2222": 1}
+    (a,) = lb.build(col, budget_id="aaaa")  # a prefix is enough
+    assert a.budget_id == "aaaa1111" and a.objectives == ["clip"] and a.seeds == [0, 1]
+    (b,) = lb.build(col, budget_id="bbbb2222")
+    s = b.task_boards["shapes-retrieval"].scores["siglip"]
+    assert s.n == 1 and s.ci is None and lb.fmt_summary(s).endswith("± n/a")
+    with pytest.raises(lb.NoRunsError, match="matches none"):
+        lb.build(col, budget_id="cccc")
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+def test_means_and_confidence_intervals(board):
+    w = board.cost["clip"]["wall_seconds"]
+    assert w.mean == pytest.approx(12.0) and w.std == pytest.approx(2.0)
+    assert w.ci == pytest.approx(T975_2 * 2.0 / math.sqrt(3))  # 4.968
+    assert board.cost["siglip"]["wall_seconds"].ci == pytest.approx(0.0)
+    err = board.task_boards["fake-error"].scores["weak"]
+    assert err.mean == pytest.approx(0.34 / 3)
+    assert err.ci == pytest.approx(T975_2 * np.std([0.10, 0.13, 0.11], ddof=1) / math.sqrt(3))
+    for o in OBJECTIVES:
+        v = main_values("shapes-retrieval", o)
+        s = board.task_boards["shapes-retrieval"].scores[o]
+        assert s.mean == pytest.approx(np.mean(v))
+        assert (s.low, s.high) == pytest.approx(stats.t.interval(0.95, 2, loc=np.mean(v), scale=stats.sem(v)))
+    m = board.task_boards["shapes-compositionality"].metrics["test/color/acc"]["weak"]
+    assert m.mean == pytest.approx(np.mean([task_docs("weak", s)["shapes-compositionality"]["metrics"]
+                                            ["test/color/acc"] for s in SEEDS]))
+
+
+def test_paired_tests_against_the_baseline(board):
+    assert board.baseline == "clip"
+    for task in ("shapes-retrieval", "shapes-compositionality", "fake-error"):
+        for o in ("siglip", "weak"):
+            t = board.task_boards[task].tests[o]
+            ref = stats.ttest_rel(main_values(task, o), main_values(task, "clip"))
+            assert t.n_seeds == 3
+            assert t.p_ttest == pytest.approx(1.0 if math.isnan(ref.pvalue) else ref.pvalue)
+            assert t.delta == pytest.approx(np.mean(main_values(task, o)) - np.mean(main_values(task, "clip")))
+    ret = board.task_boards["shapes-retrieval"].tests
+    assert ret["siglip"].p_bootstrap > 0.5 and ret["siglip"].delta_items == pytest.approx(0.0, abs=1e-12)
+    assert ret["weak"].p_bootstrap < 0.01 and ret["weak"].boot_high < 0 and ret["weak"].n_items == 200
+    assert board.task_boards["fake-error"].tests["weak"].p_bootstrap is None  # no item scores
+    # every metric gets a t-test against the baseline
+    mt = board.task_boards["shapes-compositionality"].metric_tests["test/size/acc"]["weak"]
+    vals = {o: [task_docs(o, s)["shapes-compositionality"]["metrics"]["test/size/acc"] for s in SEEDS]
+            for o in ("weak", "clip")}
+    assert mt.p_ttest == pytest.approx(stats.ttest_rel(vals["weak"], vals["clip"]).pvalue)
+
+
+def test_paired_bootstrap_is_seeded_and_two_sided():
+    counts = lb.bootstrap_counts(50, 1000, seed=3)
+    assert counts.shape == (1000, 50) and np.all(counts.sum(axis=1) == 50)
+    assert np.array_equal(counts, lb.bootstrap_counts(50, 1000, seed=3))
+    d = np.r_[np.ones(30), np.zeros(20)] * 0.1
+    delta, p, lo, hi = lb.paired_bootstrap(d, counts)
+    delta2, p2, lo2, hi2 = lb.paired_bootstrap(-d, counts)
+    assert delta == pytest.approx(0.06) and delta2 == pytest.approx(-0.06) and p == pytest.approx(p2) and p < 0.01
+    assert lo < delta < hi and lo2 == pytest.approx(-hi)
+    assert lb.paired_bootstrap(np.zeros(50), counts)[1] == 1.0
+    noise = np.random.default_rng(0).normal(size=50)
+    assert lb.paired_bootstrap(noise - noise.mean(), counts)[1] > 0.9
+
+
+def test_shared_and_distinct_ranks(board):
+    tb = board.task_boards
+    assert tb["shapes-retrieval"].ranks == {"clip": 1, "siglip": 1, "weak": 3}  # clip ~ siglip
+    assert tb["shapes-compositionality"].ranks == {"clip": 1, "siglip": 2, "weak": 3}  # all separated
+    assert tb["fake-error"].ranks == {"weak": 1, "clip": 2, "siglip": 2}  # lower is better
+    assert tb["shapes-retrieval"].better["weak"] == ["clip", "siglip"]
+    assert not tb["fake-error"].higher_is_better
+
+
+def test_mean_rank_borda_and_order(board):
+    assert board.mean_rank == pytest.approx({"clip": 4 / 3, "siglip": 5 / 3, "weak": 7 / 3})
+    assert board.borda == {"clip": 3, "siglip": 2, "weak": 2}
+    assert board.objectives == ["clip", "siglip", "weak"]
+    assert board.n_tasks == {"clip": 3, "siglip": 3, "weak": 3}
+
+
+def test_rank_rules_and_baseline_choice(store):
+    col = lb.collect("harness", store["parent"], tracking_uri=store["uri"])
+    (strict,) = lb.build(col, rank_rule="both", baseline="weak")
+    assert strict.baseline == "weak" and "weak" not in strict.task_boards["fake-error"].tests
+    assert strict.task_boards["shapes-retrieval"].ranks["siglip"] == 1
+    (a,), (b,) = lb.build(col), lb.build(col)
+    assert a.task_boards["shapes-retrieval"].tests["weak"].p_bootstrap == \
+        b.task_boards["shapes-retrieval"].tests["weak"].p_bootstrap
+    with pytest.raises(lb.LeaderboardError, match="baseline 'nope'"):
+        lb.build(col, baseline="nope")
+
+
+def test_loss_curves_and_costs(board):
+    c = board.loss_curves["clip"]
+    assert c["step"] == [0, 10, 20] and c["mean"] == pytest.approx([4.9, 3.9, 2.9]) and c["n"] == 3
+    assert board.cost["weak"]["flops_per_step"].mean == 2e9
+    header, rows = lb.summary_rows(board)
+    assert header[-4:] == ["wall s", "samples/s", "peak MB", "GFLOPs/step"]
+    assert rows[0][-4:] == ["12.0", f"{np.mean([100, 1000 / 12, 1000 / 14]):.0f}", "500", "2.00"]
+
+
+# -- rendering ----------------------------------------------------------------------------------------
+class Checker(HTMLParser):
+    VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.ids, self.imgs, self.tags, self.refs = [], [], [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if "id" in a:
+            self.ids.append(a["id"])
+        if tag == "img":
+            self.imgs.append(a)
+        for k in ("src", "href", "srcset", "action", "data"):
+            if k in a:
+                self.refs.append(a[k])
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unexpected </{tag}> with open {self.stack[-3:]}")
+        else:
+            self.stack.pop()
+
+
+def test_html_is_self_contained_and_well_formed(board, tmp_path):
+    paths = lb.render_all(board, tmp_path)
+    assert set(paths) == {"md", "html", "json", "csv"} and all(p.exists() for p in paths.values())
+    page = paths["html"].read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    c = Checker()
+    c.feed(page)
+    c.close()
+    assert not c.errors and not c.stack
+    for section in ("provenance", "leaderboard", "tasks", "scores", "loss", "compositionality", "cost", "failed",
+                    "method"):
+        assert section in c.ids
+    assert len(c.imgs) == 4
+    for img in c.imgs:
+        assert img["src"].startswith("data:image/png;base64,") and img.get("alt")
+        assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(r.startswith("data:") or r.startswith("#") for r in c.refs)
+    assert not {"script", "link", "iframe", "object", "embed"} & set(c.tags)
+    assert "url(" not in page and "@import" not in page and "http://" not in page and "https://" not in page
+    assert store_parent_in(page, board) and "RuntimeError: boom" in page and BUDGET in page
+
+
+def store_parent_in(text, board):
+    return board.provenance["parent_run_id"] in text
+
+
+def test_html_without_compositionality_or_history_says_so(store):
+    col = lb.collect("mixed", tracking_uri=store["uri"], with_history=False)
+    for r in col.runs:
+        r.scores.pop("shapes-compositionality")
+    (b,) = lb.build(col, budget_id="aaaa1111")
+    page = lb.render_html(b)
+    assert "no train/loss history" in page and "no shapes-compositionality results" in page
+    assert page.count("<img ") == 2
+
+
+def test_markdown_round_trip(board):
+    md = lb.render_markdown(board)
+    for needle in (board.provenance["parent_run_id"], BUDGET, "seeds: 0, 1, 2",
+                   "`harness compare --objectives clip,siglip,weak`", "experiment: harness"):
+        assert needle in md
+    rows = lb.parse_markdown_table(md, "## Leaderboard")
+    assert [r["objective"] for r in rows] == ["clip (baseline)", "siglip", "weak"]
+    tb = board.task_boards["shapes-retrieval"]
+    assert rows[0]["shapes-retrieval (rank)"] == f"{lb.fmt_summary(tb.scores['clip'])} (1)"
+    assert rows[2]["fake-error (rank)"].endswith("(1)")
+    assert [(r["mean rank"], r["Borda"], r["seeds"]) for r in rows] == [("1.33", "3", "3"), ("1.67", "2", "3"),
+                                                                          ("2.33", "2", "3")]
+    task = lb.parse_markdown_table(md, "## Task shapes-retrieval")
+    assert [r["rank"] for r in task] == ["1", "1", "3"]
+    assert task[2]["p (paired bootstrap, items)"] == lb.fmt_p(tb.tests["weak"].p_bootstrap)
+    failed = lb.parse_markdown_table(md, "## Not ranked")
+    assert failed[0]["objective"] == "broken" and failed[0]["reason"] == "RuntimeError: boom"
+    assert [r["objective"] for r in lb.parse_markdown_table(md, "## Task shapes-compositionality")] == list(OBJECTIVES)
+    assert "| test/relation/acc |" in md
+
+
+def test_csv_round_trip(board):
+    rows = list(csv.DictReader(io.StringIO(lb.render_csv(board))))
+    assert list(rows[0]) == lb.LONG_FIELDS
+    vals = [r for r in rows if r["kind"] == "value" and r["objective"] == "clip" and r["task"] == "shapes-retrieval"
+            and r["metric"] == "main_score"]
+    expected = list(zip(SEEDS, main_values("shapes-retrieval", "clip")))
+    assert [(int(r["seed"]), float(r["value"])) for r in vals] == expected
+    assert [r["run_id"] for r in vals] == [r.run_id for r in board.runs if r.objective == "clip"]
+    mean = next(r for r in rows if r["kind"] == "mean" and r["objective"] == "weak" and r["task"] == "fake-error"
+                and r["metric"] == "main_score")
+    assert float(mean["value"]) == pytest.approx(0.34 / 3) and mean["seed"] == ""
+    ranks = {r["objective"]: float(r["value"]) for r in rows if r["kind"] == "mean_rank"}
+    assert ranks == pytest.approx(board.mean_rank)
+    at = [r for r in rows if r["metric"] == "image_retrieval_recall@5" and r["kind"] == "value"]
+    assert len(at) == 9
+
+
+def test_json_round_trip(board):
+    doc = json.loads(lb.render_json(board))
+    assert doc["provenance"]["parent_run_id"] == board.provenance["parent_run_id"]
+    assert doc["provenance"]["command"] == "harness compare --objectives clip,siglip,weak"
+    assert doc["objectives"] == ["clip", "siglip", "weak"] and doc["seeds"] == [0, 1, 2]
+    assert doc["summary"]["clip"]["borda"] == 3 and doc["summary"]["weak"]["ranks"]["fake-error"] == 1
+    assert doc["task_boards"]["shapes-retrieval"]["scores"]["weak"]["values"]["1"] == \
+        pytest.approx(main_values("shapes-retrieval", "weak")[1])
+    assert doc["failed"][0]["reason"].startswith("RuntimeError: boom")
+    assert len([r for r in doc["rows"] if r["kind"] == "value"]) == len(
+        [r for r in board.long_rows() if r["kind"] == "value"])
+    assert doc["statistics"] == {"alpha": 0.05, "n_boot": 1000, "rank_rule": "either",
+                                 "ci": "95% Student-t over seeds"}
+
+
+def test_summarize_comparison_writes_and_logs_on_the_parent(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    b = lb.summarize_comparison("harness", store["resumed"], store["uri"], out_dir=tmp_path)
+    assert b.objectives == ["clip", "siglip", "weak"] and (tmp_path / "leaderboard.html").exists()
+    names = {f.path for f in MlflowClient(tracking_uri=store["uri"]).list_artifacts(store["resumed"], "leaderboard")}
+    assert names == {f"leaderboard/leaderboard.{x}" for x in ("md", "html", "json", "csv")}
+
+
+def test_a_parent_pairs_json_lists_reused_runs(store):
+    col = lb.collect("harness", store["listed"], tracking_uri=store["uri"])
+    assert {(r.objective, r.seed) for r in col.runs} == {("weak", 0), ("weak", 1), ("siglip", 2)}
+
+
+def test_terminal_table(board):
+    con = Console(file=io.StringIO(), width=250, color_system=None)
+    con.print(lb.render_table(board))
+    out = con.file.getvalue()
+    assert "clip (baseline)" in out and "mean rank" in out and BUDGET in out
+    assert lb.fmt_summary(board.task_boards["fake-error"].scores["weak"]) + " (1)" in out
+
+
+# -- command line -------------------------------------------------------------------------------------
+def cli(store, *argv):
+    p = argparse.ArgumentParser()
+    lb.add_arguments(p)
+    args = p.parse_args(["--tracking-uri", store["uri"], *argv])
+    err = io.StringIO()
+    rep = Reporter(quiet=False, console=Console(file=err, width=300, color_system=None))
+    return lb.main(args, rep), err.getvalue()
+
+
+def test_cli_exit_codes(store, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, err = cli(store, "--experiment", "nothing")
+    assert code == 2 and "no FINISHED run" in err
+    code, err = cli(store, "--experiment", "mixed")
+    assert code == 2 and "--budget-id" in err and "aaaa1111" in err
+    p = argparse.ArgumentParser()
+    lb.add_arguments(p)
+    args = p.parse_args(["--output-dir", str(tmp_path / "none")])
+    err = io.StringIO()
+    assert lb.main(args, Reporter(console=Console(file=err, width=300))) == 2
+    assert "no MLflow store" in err.getvalue() and not (tmp_path / "none").exists()
+
+
+def test_cli_formats_and_out(store, tmp_path, capsys):
+    code, _ = cli(store, "--parent", store["parent"], "--format", "json")
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["objectives"] == ["clip", "siglip", "weak"]
+    code, _ = cli(store, "--format", "csv")  # experiment-wide: two tracks, one CSV
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and {r["track"] for r in rows} == {"default", "tuned"} and out.count("track,kind") == 1
+    code, err = cli(store, "--parent", store["parent"][:8], "--format", "table")
+    out = capsys.readouterr().out
+    assert code == 0 and "clip (baseline)" in out and "broken" in out and "RuntimeError: boom" in out
+    assert max(len(line) for line in out.splitlines()) > 100  # not squeezed into 80 columns when piped
+    code, err = cli(store, "--out", str(tmp_path / "w"), "--format", "md")
+    assert code == 0 and (tmp_path / "w" / "tuned" / "leaderboard.md").exists()
+    assert "# Leaderboard: harness, track tuned" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+                    reason="headless Chromium not installed")
+def test_html_renders_in_headless_chromium(board, tmp_path):
+    path = lb.render_all(board, tmp_path)["html"]
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and 'id="compositionality"' in out.stdout
