@@ -60,7 +60,11 @@ class HParam:
             raise HyperparameterError(
                 f"{objective}: {name}={value!r} is outside its valid range {self.describe_range()}"
             )
-        return type(self.default)(v) if isinstance(self.default, int) else v
+        if isinstance(self.default, int):
+            if v != int(v):
+                raise HyperparameterError(f"{objective}: {name} must be an integer, got {value!r}")
+            return int(v)
+        return v
 
 
 class Objective(nn.Module):
