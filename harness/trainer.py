@@ -152,7 +152,8 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
     tuner reports validation scores to Optuna's pruner from there. Its time is not training time.
     """
     seed_everything(seed)
-    objective.setup(num_samples=len(data), batch_size=budget.batch_size, steps=budget.steps)
+    objective.setup(num_samples=len(data), batch_size=budget.batch_size, steps=budget.steps,
+                    embed_dim=getattr(getattr(model, "visual", None), "output_dim", None))
     model.to(device).train()
     objective.to(device).train()
     fields = set(objective.requires)

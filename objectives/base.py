@@ -113,10 +113,11 @@ class Objective(nn.Module):
         return self.loss(batch)
 
     # -- hooks ---------------------------------------------------------------------------------
-    def setup(self, *, num_samples: int, batch_size: int, steps: int) -> None:
-        """Called once before the optimiser is built, with the training set size and budget: the
-        place to create per-sample state (e.g. one learnable temperature per training sample) or
-        batch-size-dependent initial values."""
+    def setup(self, *, num_samples: int, batch_size: int, steps: int, embed_dim: int | None = None) -> None:
+        """Called once before the optimiser is built, with the training set size, the budget and the
+        model's embedding width: the place to create per-sample state (e.g. one learnable
+        temperature per training sample), heads sized to the model, or batch-size-dependent
+        initial values."""
 
     @torch.no_grad()
     def after_step(self) -> None:

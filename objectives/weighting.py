@@ -146,7 +146,7 @@ class ISogCLR(Objective):
                                       f"[tau_min, tau_max] = [{p['tau_min']}, {p['tau_max']}]")
         self._pending: list = []
 
-    def setup(self, *, num_samples: int, batch_size: int, steps: int) -> None:
+    def setup(self, *, num_samples: int, batch_size: int, steps: int, **kw) -> None:
         self.register_buffer("tau", torch.full((2, num_samples), self.params["tau_init"]))
         self.register_buffer("log_s", torch.zeros(2, num_samples))
         self.register_buffer("u", torch.zeros(2, num_samples))
