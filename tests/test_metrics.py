@@ -95,3 +95,28 @@ def test_item_scores_average_to_the_main_score(tmp_path):
         r = TASKS.get(name)().evaluate(ctx)
         assert r.item_scores, name
         assert np.mean(r.item_scores) == pytest.approx(r.main_score, abs=1e-6), name
+
+
+def test_validation_mode_never_reads_a_test_split(tmp_path, monkeypatch):
+    """Tuning evaluates with validation=True: every shapes task must then read train/val only."""
+    from harness.models import Encoder, ModelConfig, build_model
+    from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
+    from tasks import TASKS, EvalContext
+
+    torch.manual_seed(0)
+    model, tok, size, mean, std = build_model(ModelConfig(name="harness-micro"), words=vocabulary())
+    world = ShapesWorld(ShapesSpec(n_train=256, n_val=96, n_test=64, n_heldout=64, n_zeroshot=64), tmp_path)
+    real = ShapesWorld.split
+    read = []
+
+    def guarded(self, name):
+        read.append(name)
+        assert name in ("train", "val"), f"validation mode read the {name} split"
+        return real(self, name)
+
+    monkeypatch.setattr(ShapesWorld, "split", guarded)
+    ctx = EvalContext(encoder=Encoder(model, tok, size, mean, std), world=world, validation=True)
+    for name in TASKS.get("shapes").members:
+        r = TASKS.get(name)().evaluate(ctx)
+        assert r.main_metric in r.metrics, name
+    assert "val" in read
