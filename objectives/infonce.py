@@ -11,6 +11,15 @@ from . import register
 from .base import HParam, LearnableScale, Objective
 
 
+def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+                      label_smoothing: float = 0.0) -> torch.Tensor:
+    """1/2 [CE(s A B^T, I) + CE(s B A^T, I)]: row i of ``a`` is paired with row i of ``b``."""
+    logits = scale * a @ b.T
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+            + F.cross_entropy(logits.T, target, label_smoothing=label_smoothing)) / 2
+
+
 @register("clip")
 class CLIP(Objective):
     """Symmetric InfoNCE over image-text pairs (CPC, van den Oord et al. 2018; CLIP, Radford et al.
@@ -45,11 +54,7 @@ class CLIP(Objective):
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         s = self.scale()
-        logits = s * batch.image @ batch.text.T
-        target = torch.arange(logits.shape[0], device=logits.device)
-        ls = self.params["label_smoothing"]
-        loss = (F.cross_entropy(logits, target, label_smoothing=ls)
-                + F.cross_entropy(logits.T, target, label_smoothing=ls)) / 2
+        loss = symmetric_infonce(batch.image, batch.text, s, self.params["label_smoothing"])
         return LossOutput(loss, {"temperature": 1.0 / s.detach()})
 
     def after_step(self) -> None:

@@ -4,19 +4,12 @@ and an inter- plus intra-modal InfoNCE (TCL-style)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from harness.batch import EmbeddingBatch, LossOutput
 
 from . import register
 from .base import HParam, LearnableScale, Objective
-
-
-def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """1/2 [CE(s A B^T, I) + CE(s B A^T, I)]: row i of ``a`` is paired with row i of ``b``."""
-    logits = scale * a @ b.T
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+from .infonce import symmetric_infonce
 
 
 @register("tic")
