@@ -39,6 +39,10 @@ class Budget(BaseModel):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CUDA")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    loss_chunk_size: int | None = Field(
+        None, ge=1, description="tiled clip/siglip losses: rows per chunk, never the B x B logits (Inf-CL)")
+    gradcache_chunk: int | None = Field(
+        None, ge=1, description="GradCache: encode the batch in sub-batches of this size, exact gradients")
     eval_batch_size: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1, description="step-metric logging interval")
 

@@ -23,6 +23,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from .batch import EmbeddingBatch
 from .config import Budget
 from .data import Batch
+from .gradcache import gradcache_step
+
+from objectives.base import Objective
 
 
 class NonFiniteLossError(RuntimeError):
@@ -168,6 +171,9 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
                                  encode_text=torch.compile(model.encode_text))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    chunk = budget.loss_chunk_size
+    objective.apply(lambda m: setattr(m, "loss_chunk_size", chunk) if isinstance(m, Objective) else None)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
 
     flops, t_first = 0.0, 0.0
     curve: list[tuple[int, float]] = []
@@ -178,11 +184,16 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
         batch = data.batch(step, budget.batch_size, fields)
         counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
         with counter:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out = objective(embed(towers, encoder, batch, device))
-            loss = out.loss.float()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if budget.gradcache_chunk:  # exact gradients of the whole batch, encoded in sub-batches
+                out = gradcache_step(lambda b: embed(towers, encoder, b, device), objective, batch,
+                                     budget.gradcache_chunk, device=device, autocast=autocast)
+                loss = out.loss.float()
+            else:
+                with autocast():
+                    out = objective(embed(towers, encoder, batch, device))
+                loss = out.loss.float()
+                loss.backward()
         if step == 0:
             flops = float(counter.get_total_flops())
         if budget.grad_clip is not None:

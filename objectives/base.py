@@ -86,6 +86,8 @@ class Objective(nn.Module):
     #: "local" loss per rank, or "unsupported"
     distributed: ClassVar[str] = "global"
     hparams: ClassVar[dict[str, HParam]] = {}
+    #: rows per chunk for objectives with a tiled implementation (set from ``budget.loss_chunk_size``)
+    loss_chunk_size: int | None = None
 
     def __init__(self, **params: Any):
         super().__init__()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.batch import EmbeddingBatch, LossOutput
+from harness.tiled import tiled_infonce
 
 from . import register
 from .base import HParam, LearnableScale, Objective
@@ -33,6 +34,9 @@ class CLIP(Objective):
     exactly open_clip's ``ClipLoss``. The temperature is learnable from log(1/0.07) and clamped to
     scale <= 100 after every step, as in CLIP. ``label_smoothing`` is torch's cross-entropy option.
 
+    With ``budget.loss_chunk_size`` the loss is computed tiled (``harness.tiled``, Inf-CL style):
+    equal values and gradients without materialising the B x B logits.
+
     Distributed: global negatives (the logits span every rank's batch).
     """
 
@@ -54,7 +58,11 @@ class CLIP(Objective):
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         s = self.scale()
-        loss = symmetric_infonce(batch.image, batch.text, s, self.params["label_smoothing"])
+        chunk, ls = self.loss_chunk_size, self.params["label_smoothing"]
+        if chunk and chunk < batch.image.shape[0]:  # exact, without the B x B logits
+            loss = tiled_infonce(batch.image, batch.text, s, chunk, label_smoothing=ls)
+        else:
+            loss = symmetric_infonce(batch.image, batch.text, s, ls)
         return LossOutput(loss, {"temperature": 1.0 / s.detach()})
 
     def after_step(self) -> None:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.batch import EmbeddingBatch, LossOutput
+from harness.tiled import tiled_sigmoid
 
 from . import register
 from .base import HParam, LearnableScale, Objective
@@ -23,6 +24,8 @@ class SigLIP(Objective):
 
     exactly open_clip's ``SigLipLoss``. Paper defaults: t' = log 10 (temperature 0.1) and
     b = -10, both learnable; the scale is clamped to <= 100 after each step as open_clip does.
+
+    With ``budget.loss_chunk_size`` the loss is computed in chunks (``harness.tiled``).
 
     Distributed: global negatives (each rank's images against every rank's texts).
     """
@@ -46,10 +49,13 @@ class SigLIP(Objective):
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         s = self.scale()
-        logits = s * batch.image @ batch.text.T + self.bias
-        n = logits.shape[0]
-        z = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
-        loss = -F.logsigmoid(z * logits).sum() / n
+        n = batch.image.shape[0]
+        if self.loss_chunk_size and self.loss_chunk_size < n:  # exact, without the B x B logits
+            loss = tiled_sigmoid(batch.image, batch.text, s, self.bias, self.loss_chunk_size)
+        else:
+            logits = s * batch.image @ batch.text.T + self.bias
+            z = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+            loss = -F.logsigmoid(z * logits).sum() / n
         return LossOutput(loss, {"temperature": 1.0 / s.detach(), "bias": self.bias.detach()})
 
     def after_step(self) -> None:

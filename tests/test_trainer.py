@@ -105,3 +105,18 @@ def test_local_open_clip_checkpoint_with_open_clip_tokenizer(tmp_path):
     assert torch.allclose(enc.encode_text(["a red circle"]).norm(dim=-1), torch.ones(1))
     with pytest.raises(ValueError, match="unknown open_clip model"):
         build_model(ModelConfig(name="no-such-arch"))
+
+
+@pytest.mark.parametrize("objective", ["clip", "siglip"])
+@pytest.mark.parametrize("option", ["loss_chunk_size", "gradcache_chunk"])
+def test_tiled_loss_and_gradcache_train_like_the_plain_step(world, objective, option):
+    """budget.loss_chunk_size (tiled loss) and budget.gradcache_chunk (GradCache) are exact: the
+    loss curve of a short run matches the plain step's."""
+    curves = []
+    for value in (None, 8):
+        model, tok, enc = setup(world)
+        data = ShapesTrainData(world, tok, seed=0)
+        budget = Budget(steps=5, batch_size=32, warmup_steps=1, log_every=1, **{option: value})
+        res = train(model, OBJECTIVES.get(objective)(), enc, data, budget, seed=0, device=torch.device("cpu"))
+        curves.append([v for _, v in res.loss_curve])
+    assert curves[0] == pytest.approx(curves[1], rel=1e-4)
