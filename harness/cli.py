@@ -84,6 +84,10 @@ def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
         if a.verbose:
             raise
         return EXIT_FAILED
+    from .distributed import is_main
+
+    if not is_main():  # torchrun: rank 0 prints and records
+        return 0
     tr = outcome.train
     title = (f"{cfg.objective} | seed {cfg.seed} | {cfg.budget_preset} budget | "
              f"{tr.wall_seconds:.0f}s train, {tr.samples_per_second:.0f} samples/s")
@@ -249,8 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    rep = Reporter(quiet=a.quiet)
-    return a.fn(a, rep)
+    from .distributed import cleanup, init_from_env, is_main
+
+    rank, world = init_from_env()  # under torchrun: one process group; a no-op otherwise
+    if world > 1 and a.command in ("compare", "tune"):
+        print(f"error: `harness {a.command}` runs in one process; launch each training run with "
+              "`torchrun ... -m harness run` instead", file=sys.stderr)
+        return EXIT_USAGE
+    rep = Reporter(quiet=a.quiet or not is_main())
+    try:
+        return a.fn(a, rep)
+    finally:
+        cleanup()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .batch import FIELDS
+from .distributed import world_info
 from .shapes import COLOUR_NAMES, SHAPES, SIZES, ShapesSplit, ShapesWorld, flip_caption, vocabulary
 
 #: fields the shapes world supplies to objectives
@@ -95,6 +96,16 @@ class ShapesTrainData:
         return self._order[pos * batch_size : (pos + 1) * batch_size]
 
     def batch(self, step: int, batch_size: int, fields: set[str] | frozenset[str]) -> Batch:
+        """The inputs of ``step``. Under torch.distributed ``batch_size`` is the global batch: every
+        rank draws it identically (order and augmentations) and keeps its own rows."""
+        full = self._global_batch(step, batch_size, fields)
+        rank, world = world_info()
+        if world == 1:
+            return full
+        b = batch_size // world
+        return Batch(**{k: (v[rank * b:(rank + 1) * b] if v is not None else None) for k, v in vars(full).items()})
+
+    def _global_batch(self, step: int, batch_size: int, fields: set[str] | frozenset[str]) -> Batch:
         idx_np = self.indices(step, batch_size)
         idx = torch.from_numpy(idx_np)
         g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + step)

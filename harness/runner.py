@@ -21,7 +21,8 @@ from .console import Reporter
 from .data import ShapesTrainData
 from .models import Encoder, build_model
 from .shapes import ShapesWorld, default_cache_dir, vocabulary
-from .tracking import MlflowRun, tracking_uri, versions
+from .distributed import is_main, world_info
+from .tracking import MlflowRun, NullRun, tracking_uri, versions
 from .trainer import TrainResult, resolve_device, seed_everything, train
 
 
@@ -95,6 +96,14 @@ def prepare(cfg: RunConfig) -> Plan:
     tasks = expand_tasks(cfg.tasks, objective.modality, cfg.objective)
     ShapesTrainData.check_static(objective.requires, cfg.objective, cfg.train_data)
     device = resolve_device(cfg.budget.device)
+    _, world = world_info()
+    if world > 1:
+        if objective.distributed == "unsupported":
+            raise ValueError(f"objective {cfg.objective!r} does not support torch.distributed; "
+                             "run it in one process")
+        if cfg.budget.batch_size % world:
+            raise ValueError(f"budget.batch_size {cfg.budget.batch_size} (the global batch) must be a "
+                             f"multiple of the {world} processes")
     return Plan(cfg, objective, tasks, device)
 
 
@@ -147,8 +156,9 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
     }
     run_name = cfg.tracking.run_name or f"{cfg.objective.replace(' ', '')}-s{cfg.seed}"
     uri = tracking_uri(cfg.tracking.tracking_uri, out_dir)
+    main = is_main()
     recorder = MlflowRun(uri, cfg.tracking.experiment, run_name, tags, artifact_root=out_dir / "artifacts",
-                         nested=nested)
+                         nested=nested) if main else NullRun()
     outcome = RunOutcome(run_id=None, status="RUNNING", identity=cfg.identity)
     try:
         with recorder:
@@ -178,6 +188,8 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
             outcome.train = result
             recorder.log_metrics({**result.cost(), "train/final_loss": result.final_loss})
 
+            if not main:  # torchrun: rank 0 alone checkpoints, evaluates and records
+                return outcome
             if cfg.tracking.checkpoint:
                 outcome.checkpoint_path = save_checkpoint(cfg, model, plan.objective, tokenizer,
                                                           out_dir / "checkpoints", recorder.run_id)

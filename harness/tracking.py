@@ -58,6 +58,23 @@ def versions() -> dict[str, str]:
             "harness.open_clip_version": open_clip.__version__, "harness.git_sha": git_sha()}
 
 
+class NullRun:
+    """What a non-zero torchrun rank records: nothing (only rank 0 talks to MLflow)."""
+
+    run_id = None
+    status = "FINISHED"
+
+    def __enter__(self) -> "NullRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.status = "FINISHED" if exc_type is None else "FAILED"
+        return False
+
+    def __getattr__(self, name):  # log_params, log_metrics, log_dict, log_artifact, set_tags
+        return lambda *a, **k: None
+
+
 class MlflowRun:
     """Context manager around one MLflow run; ends it FINISHED, FAILED (reason tag) or KILLED."""
 

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .batch import EmbeddingBatch
 from .config import Budget
 from .data import Batch
+from .distributed import average_gradients, broadcast_parameters, gather_batch, world_info
 from .gradcache import gradcache_step
 
 from objectives.base import Objective
@@ -171,6 +172,11 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
                                  encode_text=torch.compile(model.encode_text))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    _, world = world_info()
+    if world > 1:  # torchrun: rank 0's initial weights everywhere; each step sees the global batch
+        broadcast_parameters(model)
+        broadcast_parameters(objective)
+    loss_fn = (lambda e: objective(gather_batch(e))) if world > 1 else objective
     chunk = budget.loss_chunk_size
     objective.apply(lambda m: setattr(m, "loss_chunk_size", chunk) if isinstance(m, Objective) else None)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
@@ -186,14 +192,16 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
         with counter:
             opt.zero_grad(set_to_none=True)
             if budget.gradcache_chunk:  # exact gradients of the whole batch, encoded in sub-batches
-                out = gradcache_step(lambda b: embed(towers, encoder, b, device), objective, batch,
+                out = gradcache_step(lambda b: embed(towers, encoder, b, device), loss_fn, batch,
                                      budget.gradcache_chunk, device=device, autocast=autocast)
                 loss = out.loss.float()
             else:
                 with autocast():
-                    out = objective(embed(towers, encoder, batch, device))
+                    out = loss_fn(embed(towers, encoder, batch, device))
                 loss = out.loss.float()
                 loss.backward()
+        if world > 1:  # what DDP does: the mean over ranks of the local gradients
+            average_gradients(params)
         if step == 0:
             flops = float(counter.get_total_flops())
         if budget.grad_clip is not None:
