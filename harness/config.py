@@ -43,6 +43,8 @@ class Budget(BaseModel):
         None, ge=1, description="tiled clip/siglip losses: rows per chunk, never the B x B logits (Inf-CL)")
     gradcache_chunk: int | None = Field(
         None, ge=1, description="GradCache: encode the batch in sub-batches of this size, exact gradients")
+    loader_workers: int = Field(0, ge=0, description="background threads preparing batches ahead "
+                                "(pinned memory on CUDA); 0 = prepare each batch in the training loop")
     eval_batch_size: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1, description="step-metric logging interval")
 
@@ -95,7 +97,7 @@ class RunConfig(BaseModel):
         d = self.model_dump(mode="json")
         d.pop("tracking")
         d.pop("budget_preset")  # its values are in 'budget', 'model' and 'shapes'
-        for k in ("log_every", "eval_batch_size", "device"):
+        for k in ("log_every", "eval_batch_size", "device", "loader_workers"):
             d["budget"].pop(k)
         return d
 
@@ -125,7 +127,7 @@ BUDGET_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "gpu": {
         "budget": {"steps": 5000, "batch_size": 1024, "warmup_steps": 250, "lr": 1e-3,
-                   "precision": "bf16", "device": "cuda", "eval_batch_size": 2000},
+                   "precision": "bf16", "device": "cuda", "eval_batch_size": 2000, "loader_workers": 2},
         "model": {"name": "harness-small"},
         "shapes": {"image_size": 64, "n_train": 200000, "n_test": 5000, "n_heldout": 5000,
                    "n_val": 2000, "n_zeroshot": 2000},

@@ -147,6 +147,44 @@ def _tokenise(sp: ShapesSplit, tokenizer, concept_names: list[str]) -> tuple[tor
     return tokens, views, negatives, concepts
 
 
+class Prefetcher:
+    """Batches of steps ``0..steps-1`` prepared by ``workers`` background threads, ``depth`` ahead,
+    in order; pinned (page-locked) on CUDA so host-to-device copies can overlap compute.
+
+    Batches depend only on the step, so prefetching changes nothing in what is trained on.
+    """
+
+    def __init__(self, data, steps: int, batch_size: int, fields, workers: int = 1, depth: int = 2,
+                 pin: bool = False):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.data, self.steps, self.batch_size, self.fields, self.pin = data, steps, batch_size, fields, pin
+        self.depth = max(1, depth)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="harness-data")
+        self.pending: dict[int, object] = {}
+        self._lock = __import__("threading").Lock()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _make(self, step: int) -> Batch:
+        with self._lock:  # ShapesTrainData keeps a per-epoch permutation: one producer at a time
+            b = self.data.batch(step, self.batch_size, self.fields)
+        if self.pin:
+            b = Batch(**{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in vars(b).items()})
+        return b
+
+    def batch(self, step: int, batch_size: int, fields) -> Batch:
+        for s in range(step, min(step + self.depth + 1, self.steps)):
+            if s not in self.pending:
+                self.pending[s] = self.pool.submit(self._make, s)
+        fut = self.pending.pop(step, None) or self.pool.submit(self._make, step)
+        return fut.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def concept_vocabulary() -> list[str]:
     """Content words of the shapes grammar: sizes, colours, shapes and relation words."""
     return [*SIZES, *COLOUR_NAMES, *SHAPES, "left", "right", "above", "below"]

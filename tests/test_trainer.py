@@ -120,3 +120,14 @@ def test_tiled_loss_and_gradcache_train_like_the_plain_step(world, objective, op
         res = train(model, OBJECTIVES.get(objective)(), enc, data, budget, seed=0, device=torch.device("cpu"))
         curves.append([v for _, v in res.loss_curve])
     assert curves[0] == pytest.approx(curves[1], rel=1e-4)
+
+
+def test_prefetching_loader_trains_identically(world):
+    curves = []
+    for workers in (0, 2):
+        model, tok, enc = setup(world)
+        data = ShapesTrainData(world, tok, seed=0)
+        budget = Budget(steps=6, batch_size=16, warmup_steps=1, log_every=1, loader_workers=workers)
+        res = train(model, OBJECTIVES.get("clip")(), enc, data, budget, seed=0, device=torch.device("cpu"))
+        curves.append([v for _, v in res.loss_curve])
+    assert curves[0] == curves[1]
