@@ -15,7 +15,6 @@ suggestions.
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 import os
 import traceback
@@ -166,11 +165,3 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
         self.failures.pop(name, None)
-
-
-def import_string(path: str) -> Any:
-    module, _, attr = path.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split(".") if attr else []:
-        obj = getattr(obj, part)
-    return obj
