@@ -1,0 +1,617 @@
+"""One prepared check of the CUDA paths and of ViT-B/32 throughput, for a lent GPU (one H200).
+
+Run by ``bench/gpu_check.sh`` on the device machine (it installs what is missing first); it
+writes ``$OUT/gpu_check.txt`` and ``$OUT/gpu_check.json`` after every section, so a run that is
+stopped still leaves what it measured. Everything is guarded by ``--time-budget`` (seconds from
+the start of this script): a measurement that would not fit is skipped and listed as skipped.
+
+(a) CUDA agrees with the CPU
+    * ``harness-micro`` (word tokenizer), one shapes-world batch (B = 256): the ``clip`` and
+      ``siglip`` objectives' loss and gradients (every model parameter and the objective's
+      temperature / bias) on CPU float32 against CUDA float32 (TF32 off; tolerance: loss 1e-5
+      relative, gradients 1e-4 relative L2 norm of the difference) and CUDA bf16 autocast (loose:
+      loss 2e-2, gradients 0.1 relative norm and cosine >= 0.99).
+    * ``harness.tiled`` against the naive B x B losses on CUDA at B = 4096, d = 512, float32, chunk
+      1024: loss and gradients (x, y, scale, bias) within 1e-5 relative (max |difference| / max
+      |reference|, as in tests/test_tiled.py), with the peak memory and time of each.
+(b) ``python -m harness run --budget smoke --device cuda`` end to end in a temporary output
+    directory: exit code 0 (needs the package installed, for its entry points, and MLflow).
+(c) Throughput of open_clip ``ViT-B-32`` (random init, 224 px random uint8 images, 77-token random
+    text, bf16 autocast, AdamW, the harness's ``train()``): ``clip`` and ``siglip``, naive and
+    tiled (``budget.loss_chunk_size``), at B = 4096 and 16384, towers encoded with GradCache
+    (``budget.gradcache_chunk``, 1024 by default, at both sizes so they compare). Per measurement:
+    ``--warmup`` untimed steps (step 0 runs under the trainer's FLOP counter) and ``--timed``
+    timed steps (synchronised at both ends), samples/s, peak memory
+    (``torch.cuda.max_memory_allocated``, model, optimiser state and the batch included), FLOPs
+    per step from ``torch.utils.flop_counter.FlopCounterMode`` (the trainer's count on step 0),
+    and utilisation against ``--peak-tflops`` (default 989, the H200's dense bf16 peak):
+    HFU counts every FLOP executed (GradCache's extra no-grad forward included); MFU leaves that
+    recomputation out (model FLOPs = forward + backward once).
+
+``--smoke`` runs the same code on tiny settings (harness-micro, B = 64/128, short steps) so it can
+be checked on a CPU: ``python bench/gpu_check.py --smoke --device cpu``. Exit code: 0 when every
+check that ran passed (measurements never fail), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable from a copy of the tree without an install
+    sys.path.insert(0, str(ROOT))
+
+T_START = time.perf_counter()
+
+
+class OutOfTime(RuntimeError):
+    pass
+
+
+# -- report -----------------------------------------------------------------------------------
+
+class Report:
+    """Lines for gpu_check.txt and a dict for gpu_check.json, both rewritten after every section."""
+
+    def __init__(self, out: Path, deadline: float):
+        self.out, self.deadline = out, deadline
+        self.lines: list[str] = []
+        self.data: dict = {"meta": {}, "devices": [], "tiled": [], "run": None, "throughput": [],
+                           "skipped": [], "errors": []}
+        self.failed = False
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def line(self, s: str = "") -> None:
+        print(s, flush=True)
+        self.lines.append(s)
+
+    def skip(self, what: str, why: str) -> None:
+        self.data["skipped"].append({"what": what, "why": why})
+        self.line(f"SKIPPED {what}: {why}")
+
+    def error(self, what: str, e: BaseException) -> None:
+        self.failed = True
+        tb = traceback.format_exc(limit=6)
+        self.data["errors"].append({"what": what, "error": f"{type(e).__name__}: {e}", "traceback": tb})
+        self.line(f"ERROR in {what}: {type(e).__name__}: {e}")
+        for t in tb.strip().splitlines()[-6:]:
+            self.line(f"    {t}")
+
+    def write(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data["meta"]["elapsed_s"] = round(time.perf_counter() - T_START, 1)
+        self.data["status"] = "FAIL" if self.failed else "PASS"
+        for name, text in (("gpu_check.txt", "\n".join(self.lines) + "\n"),
+                           ("gpu_check.json", json.dumps(self.data, indent=1, default=str) + "\n")):
+            tmp = self.out / (name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.out / name)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """TF32 off for matmuls and cuDNN convolutions (cuDNN allows TF32 by default: the patch
+    embedding of a ViT is a convolution), restored afterwards."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-8) -> float:
+    """max |a - b| / max |b| (tests/test_tiled.py's measure), with a floor on the denominator."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(atol / 1e-5))
+
+
+# -- (a) devices agree --------------------------------------------------------------------------
+
+def shapes_batch(cache: Path, n: int, words_model: str):
+    from harness.data import ShapesTrainData
+    from harness.models import ModelConfig, build_model
+    from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
+
+    spec = ShapesSpec(n_train=max(2048, n), n_val=128, n_test=128, n_heldout=128, n_zeroshot=128)
+    torch.manual_seed(0)
+    model, tok, size, mean, std = build_model(ModelConfig(name=words_model), words=vocabulary())
+    data = ShapesTrainData(ShapesWorld(spec, cache), tok, seed=0)
+    return model, (tok, size, mean, std), data.batch(0, n, {"image", "text"})
+
+
+def loss_and_grads(model0, enc_args, cls, batch, device: torch.device, bf16: bool):
+    from harness.models import Encoder
+    from harness.trainer import embed
+
+    model = copy.deepcopy(model0).to(device).train()
+    objective = cls().to(device).train()
+    encoder = Encoder(model, *enc_args, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = objective(embed(model, encoder, batch, device))
+    loss = out.loss.float()
+    loss.backward()
+    grads = {}
+    for prefix, mod in (("model.", model), ("objective.", objective)):
+        for n, p in mod.named_parameters():
+            if p.grad is not None:
+                grads[prefix + n] = p.grad.detach().double().cpu()
+    return float(loss.detach()), grads
+
+
+def compare_grads(got: dict, ref: dict) -> dict:
+    if set(got) != set(ref):
+        return {"error": f"different parameters have gradients: {sorted(set(got) ^ set(ref))[:5]}"}
+    names = sorted(ref)
+    g = torch.cat([got[n].flatten() for n in names])
+    r = torch.cat([ref[n].flatten() for n in names])
+    worst = max(names, key=lambda n: rel_err(got[n], ref[n]))
+    return {"grad_rel_norm": float((g - r).norm() / r.norm().clamp_min(1e-30)),
+            "grad_cosine": float(g @ r / (g.norm() * r.norm()).clamp_min(1e-30)),
+            "worst_tensor": worst, "worst_tensor_rel_err": rel_err(got[worst], ref[worst]),
+            "objective_grads": {n: [float(got[n].flatten()[0]), float(ref[n].flatten()[0])]
+                                for n in names if n.startswith("objective.")}}
+
+
+def check_devices(rep: Report, args, device: torch.device, cache: Path) -> None:
+    from objectives.infonce import CLIP
+    from objectives.sigmoid import SigLIP
+
+    cpu = torch.device("cpu")
+    B = args.a_batch
+    model0, enc_args, batch = shapes_batch(cache, B, "harness-micro")
+    n_params = sum(p.numel() for p in model0.parameters())
+    rep.line(f"(a1) harness-micro ({n_params / 1e3:.0f} k params), one shapes batch B = {B}; reference CPU fp32; "
+             "TF32 off for the fp32 comparison")
+    tol = {"fp32": (1e-5, 1e-4, None), "bf16": (2e-2, 1e-1, 0.99)}
+    with strict_fp32():
+        for name, cls in (("clip", CLIP), ("siglip", SigLIP)):
+            ref_loss, ref_grads = loss_and_grads(model0, enc_args, cls, batch, cpu, bf16=False)
+            for prec in ("fp32", "bf16"):
+                what = f"{device.type} {prec}" + (" autocast" if prec == "bf16" else "")
+                loss, grads = loss_and_grads(model0, enc_args, cls, batch, device, bf16=prec == "bf16")
+                cmp = compare_grads(grads, ref_grads)
+                loss_rel = abs(loss - ref_loss) / max(abs(ref_loss), 1e-30)
+                t_loss, t_grad, t_cos = tol[prec]
+                ok = ("error" not in cmp and loss_rel <= t_loss and cmp["grad_rel_norm"] <= t_grad
+                      and (t_cos is None or cmp["grad_cosine"] >= t_cos))
+                if device.type == "cpu" and prec == "bf16":
+                    what = "cpu bf16 autocast"  # the smoke stand-in for CUDA bf16
+                row = {"objective": name, "path": what, "loss": loss, "ref_loss": ref_loss, "loss_rel": loss_rel,
+                       **cmp, "tolerance": {"loss_rel": t_loss, "grad_rel_norm": t_grad, "grad_cosine": t_cos},
+                       "pass": ok}
+                rep.data["devices"].append(row)
+                rep.failed |= not ok
+                if "error" in cmp:
+                    rep.line(f"  {'PASS' if ok else 'FAIL'} {name:6} {what:18} {cmp['error']}")
+                    continue
+                rep.line(f"  {'PASS' if ok else 'FAIL'} {name:6} {what:18} loss {loss:.6f} vs {ref_loss:.6f} "
+                         f"(rel {loss_rel:.1e} <= {t_loss:.0e}) | grads rel-norm {cmp['grad_rel_norm']:.1e} "
+                         f"(<= {t_grad:.0e}) cos {cmp['grad_cosine']:.6f} | worst {cmp['worst_tensor']} "
+                         f"{cmp['worst_tensor_rel_err']:.1e}")
+    rep.write()
+
+
+def check_tiled(rep: Report, args, device: torch.device) -> None:
+    from harness.tiled import naive_infonce, naive_sigmoid, tiled_infonce, tiled_sigmoid
+
+    n, d, chunk = args.tiled_batch, 512, args.tiled_chunk
+    rep.line(f"(a2) tiled vs naive losses on {device.type}: B = {n}, d = {d}, chunk = {chunk}, float32 "
+             "(TF32 off), tolerance 1e-5 relative (max |diff| / max |ref|)")
+    g = torch.Generator().manual_seed(5)
+    x0 = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    y0 = F.normalize(x0 + 1.5 * F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1), dim=-1)
+    with strict_fp32():
+        for kind in ("infonce", "sigmoid"):
+            res = {}
+            for impl in ("naive", "tiled"):
+                x = x0.float().to(device).requires_grad_()
+                y = y0.float().to(device).requires_grad_()
+                s = torch.tensor(1 / 0.07 if kind == "infonce" else 10.0, device=device, requires_grad=True)
+                b = torch.tensor(-10.0, device=device, requires_grad=True)
+                ins = [x, y, s] + ([b] if kind == "sigmoid" else [])
+                if kind == "infonce":
+                    fn = (lambda: tiled_infonce(x, y, s, chunk)) if impl == "tiled" else (lambda: naive_infonce(x, y, s))
+                else:
+                    fn = (lambda: tiled_sigmoid(x, y, s, b, chunk)) if impl == "tiled" else (lambda: naive_sigmoid(x, y, s, b))
+                torch.autograd.grad(fn(), ins)  # warm-up
+                sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                    base = torch.cuda.memory_allocated(device)
+                t0 = time.perf_counter()
+                loss = fn()
+                grads = torch.autograd.grad(loss, ins)
+                sync(device)
+                dt = time.perf_counter() - t0
+                peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else float("nan")
+                res[impl] = (loss.detach(), [t.detach() for t in grads], dt, peak)
+                del x, y, s, b, ins, loss, grads
+            (ln, gn, tn, pn), (lt, gt, tt, pt) = res["naive"], res["tiled"]
+            names = ["x", "y", "scale"] + (["bias"] if kind == "sigmoid" else [])
+            errs = {"loss": rel_err(lt, ln), **{f"grad_{k}": rel_err(a, c) for k, a, c in zip(names, gt, gn)}}
+            ok = all(v <= 1e-5 for v in errs.values())
+            rep.failed |= not ok
+            rep.data["tiled"].append({"loss": kind, "B": n, "d": d, "chunk": chunk, "rel_err": errs, "pass": ok,
+                                      "naive_s": tn, "tiled_s": tt, "naive_peak_mib": pn, "tiled_peak_mib": pt,
+                                      "value": float(lt)})
+            mem = f" | peak extra MiB naive {pn:.0f} tiled {pt:.0f}" if device.type == "cuda" else ""
+            rep.line(f"  {'PASS' if ok else 'FAIL'} {kind:7} loss {float(lt):.6f} | rel err "
+                     + " ".join(f"{k} {v:.1e}" for k, v in errs.items())
+                     + f" | fwd+bwd s naive {tn:.4f} tiled {tt:.4f}{mem}")
+            del res
+            free_memory()
+    rep.write()
+
+
+# -- (b) harness run end to end -------------------------------------------------------------------
+
+def check_run(rep: Report, args, device: torch.device) -> None:
+    from importlib.metadata import entry_points
+
+    missing = [m for m in ("mlflow", "open_clip", "pydantic", "rich", "yaml") if importlib.util.find_spec(m) is None]
+    if missing:
+        rep.skip("(b) harness run", f"missing Python packages: {', '.join(missing)}")
+        rep.data["run"] = {"skipped": f"missing {missing}"}
+        return
+    if not [e for e in entry_points(group="harness.objectives") if e.name == "siglip"]:
+        rep.skip("(b) harness run", "the package is not installed (no 'harness.objectives' entry points; "
+                 "pip install --no-deps -e . registers them)")
+        rep.data["run"] = {"skipped": "not installed"}
+        return
+    timeout = min(args.run_timeout, rep.left() - args.reserve)
+    if timeout < 30:
+        rep.skip("(b) harness run", f"out of time ({rep.left():.0f} s left)")
+        return
+    with tempfile.TemporaryDirectory(prefix="gpu_check_run-") as tmp:
+        cmd = [sys.executable, "-m", "harness", "run", "--budget", "smoke", "--device", device.type,
+               "--output-dir", tmp, "--no-checkpoint"]
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HARNESS_CACHE")}
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        rep.line(f"(b) {' '.join(cmd[1:4])} {' '.join(cmd[4:8])} (output dir: a temporary directory; timeout {timeout:.0f} s)")
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout)
+            rc, text = p.returncode, (p.stdout or "") + (p.stderr or "")
+        except subprocess.TimeoutExpired as e:
+            rc = None
+            text = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        dt = time.perf_counter() - t0
+    ok = rc == 0
+    rep.failed |= not ok
+    tail = text.strip().splitlines()[-25:]
+    rep.data["run"] = {"cmd": cmd[1:], "exit_code": rc, "seconds": dt, "pass": ok, "output_tail": tail}
+    rep.line(f"  {'PASS' if ok else 'FAIL'} exit code {rc if rc is not None else 'none (timed out)'} in {dt:.0f} s; "
+             "last lines:")
+    for t in tail[-12:]:
+        rep.line(f"    | {t}")
+    rep.write()
+
+
+# -- (c) throughput -----------------------------------------------------------------------------
+
+class RandomData:
+    """One random batch, made once on the device, handed out at every step (no loading cost)."""
+
+    def __init__(self, n: int, image_size: int, ctx: int, vocab: int, sot: int, eot: int, device):
+        from harness.data import Batch
+
+        g = torch.Generator(device=device).manual_seed(n)
+        self.n = n
+        images = torch.randint(0, 256, (n, image_size, image_size, 3), generator=g, device=device, dtype=torch.uint8)
+        tokens = torch.randint(1, min(sot, eot), (n, ctx), generator=g, device=device)
+        tokens[:, 0], tokens[:, -1] = sot, eot
+        self.b = Batch(images=images, tokens=tokens)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, step, batch_size, fields):
+        assert batch_size == self.n and set(fields) <= {"image", "text"}, (batch_size, fields)
+        return self.b
+
+
+def recompute_flops(model, encoder, batch, chunk: int, device, bf16: bool) -> float:
+    """FLOPs of GradCache's extra no-grad forward over the whole batch (one sub-batch counted, scaled:
+    the towers' cost is linear in the rows)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.gradcache import split_batch
+    from harness.trainer import embed
+
+    sub = split_batch(batch, chunk)[0]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        embed(model, encoder, sub, device)
+    return float(counter.get_total_flops()) * batch.images.shape[0] / sub.images.shape[0]
+
+
+def measure(rep: Report, args, device, model0, enc_args, data: RandomData, cls, impl: str) -> dict:
+    from harness.config import Budget
+    from harness.gradcache import split_batch
+    from harness.models import Encoder
+    from harness.trainer import embed, train
+
+    B = data.n
+    bf16 = device.type == "cuda" and not args.fp32
+    gc_chunk = args.gradcache_chunk if args.gradcache_chunk and args.gradcache_chunk < B else None
+    extra = {"loader_workers": 0} if "loader_workers" in Budget.model_fields else {}
+    # lr 1e-4: a few steps from random init must stay finite (the trainer stops on a non-finite loss)
+    budget = Budget(steps=args.warmup + args.timed, batch_size=B, warmup_steps=1, lr=1e-4, device=device.type,
+                    precision="bf16" if bf16 else "fp32", loss_chunk_size=args.loss_chunk if impl == "tiled" else None,
+                    gradcache_chunk=gc_chunk, log_every=10**6, **extra)
+    model = copy.deepcopy(model0)
+    encoder = Encoder(model, *enc_args, device=device)
+    objective = cls()
+    marks: list[float] = []
+    hard_stop = rep.deadline - args.reserve / 2
+
+    def on_step(step: int, loss: float) -> None:
+        if step == args.warmup - 1 or step == budget.steps - 1:
+            sync(device)
+        marks.append(time.perf_counter())
+        if time.perf_counter() > hard_stop and step < budget.steps - 1:
+            raise OutOfTime(f"stopped after step {step}: the time budget ran out")
+
+    free_memory()
+    result = train(model, objective, encoder, data, budget, 0, device, on_step=on_step)
+    t_step = (marks[-1] - marks[args.warmup - 1]) / args.timed
+    flops = result.flops_per_step
+    rec = recompute_flops(model, encoder, data.b, gc_chunk, device, bf16) if gc_chunk else 0.0
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        emb = embed(model, encoder, split_batch(data.b, 2)[0], device)  # what the loss is given
+    emb_dtype = str(emb.image.dtype).replace("torch.", "")
+    model_flops = flops - rec
+    peak = args.peak_tflops * 1e12
+    row = {"objective": cls.name if hasattr(cls, "name") else cls.__name__, "impl": impl, "B": B,
+           "gradcache_chunk": gc_chunk, "loss_chunk": budget.loss_chunk_size, "precision": budget.precision,
+           "s_per_step": t_step, "samples_per_s": B / t_step, "flops_per_step": flops,
+           "recompute_flops": rec, "model_flops_per_step": model_flops,
+           "fwd_gflop_per_sample": (rec / B / 1e9) if gc_chunk else None,
+           "mfu": model_flops / t_step / peak, "hfu": flops / t_step / peak,
+           "peak_mem_gib": result.peak_memory_mb / 1024, "final_loss": result.final_loss,
+           "embedding_dtype": emb_dtype,
+           "warmup_steps": args.warmup, "timed_steps": args.timed}
+    del model, encoder, objective, emb
+    free_memory()
+    return row
+
+
+def check_throughput(rep: Report, args, device: torch.device) -> None:
+    import open_clip
+
+    from harness.models import ModelConfig, build_model
+    from objectives.infonce import CLIP
+    from objectives.sigmoid import SigLIP
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    model0, tok, image_size, mean, std = build_model(ModelConfig(name=args.model, tokenizer="open_clip"))
+    ctx = int(getattr(model0, "context_length", 77))
+    vocab = int(getattr(model0, "vocab_size", 49408))
+    sot, eot = getattr(tok, "sot_token_id", vocab - 2), getattr(tok, "eot_token_id", vocab - 1)
+    n_params = sum(p.numel() for p in model0.parameters())
+    bf16 = device.type == "cuda" and not args.fp32
+    rep.line(f"(c) {args.model} ({n_params / 1e6:.1f} M params, random init), {image_size} px random images, "
+             f"{ctx}-token random text, {'bf16 autocast' if bf16 else 'fp32'}, AdamW; GradCache chunk "
+             f"{args.gradcache_chunk} (every B), tiled loss chunk {args.loss_chunk}; {args.warmup} warmup + "
+             f"{args.timed} timed steps each; peak used for MFU/HFU: {args.peak_tflops:g} TFLOP/s "
+             f"(model built in {time.perf_counter() - t0:.1f} s)")
+    rep.data["meta"].update({"c_model": args.model, "c_params": n_params, "c_image_size": image_size,
+                             "c_context_length": ctx, "peak_tflops": args.peak_tflops,
+                             "open_clip_version": open_clip.__version__})
+    objectives = {"clip": CLIP, "siglip": SigLIP}
+    plan = [(name, B, impl) for name in ("clip", "siglip") for B in args.sizes for impl in ("naive", "tiled")]
+    datasets: dict[int, RandomData] = {}
+    done: list[dict] = []
+    head = (f"  {'objective':9} {'impl':5} {'B':>6} | {'s/step':>7} {'samples/s':>9} | {'TFLOP/step':>10} "
+            f"{'MFU':>6} {'HFU':>6} | {'peak GiB':>8} | loss")
+    printed_head = False
+    for name, B, impl in plan:
+        est = estimate_seconds(done, name, impl, B, args)
+        if est > rep.left() - args.reserve:
+            rep.skip(f"(c) {name} {impl} B={B}", f"out of time: ~{est:.0f} s needed, {rep.left():.0f} s left")
+            rep.data["throughput"].append({"objective": name, "impl": impl, "B": B, "skipped": "out of time"})
+            rep.write()
+            continue
+        try:
+            if B not in datasets:  # one batch on the device at a time: peaks stay comparable
+                datasets.clear()
+                free_memory()
+                datasets[B] = RandomData(B, image_size, ctx, vocab, sot, eot, device)
+            row = measure(rep, args, device, model0, (tok, image_size, mean, std), datasets[B],
+                          objectives[name], impl)
+            row["objective"] = name
+        except OutOfTime as e:
+            rep.skip(f"(c) {name} {impl} B={B}", str(e))
+            rep.data["throughput"].append({"objective": name, "impl": impl, "B": B, "skipped": str(e)})
+            free_memory()
+            rep.write()
+            continue
+        except torch.cuda.OutOfMemoryError as e:
+            free_memory()
+            rep.line(f"  {name} {impl} B={B}: out of memory ({str(e).splitlines()[0][:120]})")
+            rep.data["throughput"].append({"objective": name, "impl": impl, "B": B, "error": "OOM"})
+            rep.write()
+            continue
+        except Exception as e:  # a failed measurement is reported, the rest still run
+            rep.error(f"(c) {name} {impl} B={B}", e)
+            free_memory()
+            rep.write()
+            continue
+        done.append(row)
+        rep.data["throughput"].append(row)
+        if not printed_head:
+            rep.line(head)
+            printed_head = True
+        util = (f"{row['mfu']:>6.1%} {row['hfu']:>6.1%}" if device.type == "cuda" else f"{'n/a':>6} {'n/a':>6}")
+        rep.line(f"  {name:9} {impl:5} {B:>6} | {row['s_per_step']:>7.3f} {row['samples_per_s']:>9.0f} | "
+                 f"{row['model_flops_per_step'] / 1e12:>10.4g} {util} | {row['peak_mem_gib']:>8.2f} | "
+                 f"{row['final_loss']:.4f}")
+        rep.write()
+    del datasets
+    free_memory()
+    per_sample = [r["fwd_gflop_per_sample"] for r in done if r.get("fwd_gflop_per_sample")]
+    if per_sample:
+        rep.line(f"  forward FLOPs per sample (both towers, counted): {per_sample[0]:.4g} GFLOP; "
+                 "TFLOP/step = model FLOPs (forward + backward once); HFU adds GradCache's extra forward")
+    rep.line("  peak GiB: " + ("torch.cuda.max_memory_allocated over the run: weights, AdamW state, gradients and "
+                          "the batch's uint8 images and tokens on the device included" if device.type == "cuda"
+                          else "the process's peak resident set size (CPU)"))
+    tiled = [r for r in done if r["impl"] == "tiled"]
+    if tiled:
+        d = int(getattr(getattr(model0, "visual", None), "output_dim", 512))
+        worst = max(2 * r["B"] ** 2 * d / r["model_flops_per_step"] for r in tiled)
+        rep.line("  note: FlopCounterMode counts no FLOPs for the in-place addmm_ that harness.tiled's backward uses "
+                 f"for dY, so tiled rows (and the trainer's cost/flops_per_step) miss 2*B^2*d per step "
+                 f"(at most {worst:.2%} of a step here)")
+    if done:
+        rep.line(f"  embeddings reach the loss as {done[0]['embedding_dtype']} "
+                 "(the tiled losses' matmuls run in that dtype)")
+    rep.write()
+
+
+def estimate_seconds(done: list[dict], name: str, impl: str, B: int, args) -> float:
+    """Seconds one measurement should take, from what was measured so far (linear in B)."""
+    steps = args.warmup + args.timed
+    same = [r for r in done if r["objective"] == name and r["impl"] == impl]
+    pool = same or done
+    if not pool:
+        return args.first_guess_s
+    r = max(pool, key=lambda r: r["B"])
+    return steps * r["s_per_step"] * B / r["B"] * 1.3 + 10.0
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--smoke", action="store_true", help="tiny settings, for checking the script on a CPU")
+    ap.add_argument("--out", default=None, help="report folder (default $OUT, else a new temporary folder)")
+    ap.add_argument("--time-budget", type=float, default=280.0, help="seconds for the whole script (default 280)")
+    ap.add_argument("--reserve", type=float, default=10.0, help="seconds kept back for the final report")
+    ap.add_argument("--sections", default="a,b,c", help="which sections to run (default a,b,c)")
+    ap.add_argument("--a-batch", type=int, default=None, help="(a1) batch size (default 256; smoke 64)")
+    ap.add_argument("--tiled-batch", type=int, default=None, help="(a2) B (default 4096; smoke 512)")
+    ap.add_argument("--tiled-chunk", type=int, default=None, help="(a2) chunk (default 1024; smoke 128)")
+    ap.add_argument("--run-timeout", type=float, default=120.0, help="(b) seconds at most")
+    ap.add_argument("--model", default=None, help="(c) open_clip model (default ViT-B-32; smoke harness-micro)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="(c) batch sizes (default 4096 16384)")
+    ap.add_argument("--gradcache-chunk", type=int, default=None, help="(c) GradCache sub-batch (default 1024; 0: off)")
+    ap.add_argument("--loss-chunk", type=int, default=None, help="(c) tiled loss chunk (default 1024)")
+    ap.add_argument("--warmup", type=int, default=2, help="(c) untimed steps (>= 1; step 0 counts FLOPs)")
+    ap.add_argument("--timed", type=int, default=None, help="(c) timed steps (default 5; smoke 2)")
+    ap.add_argument("--fp32", action="store_true", help="(c) no bf16 autocast")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H200 SXM: 989)")
+    ap.add_argument("--first-guess-s", type=float, default=45.0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    small = args.smoke
+    args.a_batch = args.a_batch or (64 if small else 256)
+    args.tiled_batch = args.tiled_batch or (512 if small else 4096)
+    args.tiled_chunk = args.tiled_chunk or (128 if small else 1024)
+    args.model = args.model or ("harness-micro" if small else "ViT-B-32")
+    args.sizes = args.sizes or ([64, 128] if small else [4096, 16384])
+    args.gradcache_chunk = (32 if small else 1024) if args.gradcache_chunk is None else args.gradcache_chunk
+    args.loss_chunk = args.loss_chunk or (32 if small else 1024)
+    args.timed = args.timed or (2 if small else 5)
+    if small:
+        args.first_guess_s = 10.0
+    if args.warmup < 1 or args.timed < 1:
+        ap.error("need --warmup >= 1 and --timed >= 1")
+    sections = set(s.strip() for s in args.sections.split(","))
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    out = Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu_check-"))
+    rep = Report(out, T_START + args.time_budget)
+    meta = rep.data["meta"]
+    meta.update({"argv": sys.argv[1:], "smoke": small, "device": str(device), "python": platform.python_version(),
+                 "torch": torch.__version__, "cuda": torch.version.cuda, "time_budget_s": args.time_budget})
+    rep.line(f"gpu_check: {'SMOKE (tiny settings) ' if small else ''}device {device}, torch {torch.__version__}, "
+             f"python {platform.python_version()}, report in {out}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            rep.line("CUDA is not available: nothing to check")
+            rep.failed = True
+            rep.write()
+            return 1
+        p = torch.cuda.get_device_properties(device)
+        meta.update({"gpu": p.name, "sm_count": p.multi_processor_count, "gpu_mem_gib": p.total_memory / 2**30,
+                     "tf32_defaults": {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                                       "cudnn": torch.backends.cudnn.allow_tf32}})
+        rep.line(f"GPU {p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB; TF32 defaults: "
+                 f"matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}")
+    if device.type == "cpu" and not small:
+        rep.line("note: a CPU run at full size is slow; use --smoke on a CPU")
+    setup = os.environ.get("GPU_CHECK_SETUP")  # what bench/gpu_check.sh installed or found
+    if setup:
+        meta["setup"] = setup
+        rep.line(f"setup: {setup}")
+    rep.line(f"time budget {args.time_budget:.0f} s")
+    rep.write()
+
+    with tempfile.TemporaryDirectory(prefix="gpu_check-cache-") as cache:
+        steps = [("a", "(a1) CPU vs device", lambda: check_devices(rep, args, device, Path(cache))),
+                 ("a", "(a2) tiled vs naive", lambda: check_tiled(rep, args, device)),
+                 ("b", "(b) harness run", lambda: check_run(rep, args, device)),
+                 ("c", "(c) throughput", lambda: check_throughput(rep, args, device))]
+        for key, what, fn in steps:
+            rep.line()
+            if key not in sections:
+                rep.skip(what, "not in --sections")
+                continue
+            if rep.left() < args.reserve + 5:
+                rep.skip(what, f"out of time ({rep.left():.0f} s left)")
+                continue
+            try:
+                fn()
+            except ImportError as e:
+                rep.skip(what, f"cannot import: {e}")
+            except Exception as e:
+                rep.error(what, e)
+            rep.write()
+            free_memory()
+    rep.line()
+    n_skip = len(rep.data["skipped"])
+    rep.line(f"{'FAIL' if rep.failed else 'PASS'}: checks {'failed' if rep.failed else 'passed'}"
+             f"{f', {n_skip} item(s) skipped' if n_skip else ''}; {time.perf_counter() - T_START:.0f} s in all")
+    rep.write()
+    return 1 if rep.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
