@@ -251,6 +251,16 @@ def _results_document(client, run_id: str) -> tuple[dict | None, str | None]:
     return None, None
 
 
+def _is_diagnostic(task: str) -> bool:
+    """Tasks of the geometry family describe the embedding space; they are not ranking targets."""
+    try:
+        from tasks import TASKS
+
+        return TASKS.get(task).family == "geometry"
+    except Exception:  # noqa: BLE001 - unknown task: ranked like any other
+        return False
+
+
 def _registry_direction(task: str) -> bool | None:
     try:
         from tasks import TASKS
@@ -807,12 +817,14 @@ def build(collected: Collected, *, budget_id: str | None = None, baseline: str |
             if tb is not None:
                 boards_t[t] = tb
         mean_rank, borda, n_tasks = {}, {}, {}
+        # diagnostic tasks (geometry) are shown but never part of the aggregate ranking
+        ranked = {t: tb for t, tb in boards_t.items() if not _is_diagnostic(t)}
         for o in objectives:
-            rs = [tb.ranks[o] for tb in boards_t.values() if o in tb.ranks]
+            rs = [tb.ranks[o] for tb in ranked.values() if o in tb.ranks]
             mean_rank[o] = float(np.mean(rs)) if rs else None
             n_tasks[o] = len(rs)
             borda[o] = sum(sum(1 for p, rp in tb.ranks.items() if p != o and rp > tb.ranks[o])
-                           for tb in boards_t.values() if o in tb.ranks)
+                           for tb in ranked.values() if o in tb.ranks)
         objectives.sort(key=lambda o: (mean_rank[o] if mean_rank[o] is not None else math.inf, -borda[o], o))
         cost = {}
         for o in objectives:
@@ -960,7 +972,7 @@ def method_lines(board: Leaderboard) -> list[str]:
         f"Paired bootstrap: the per-item differences of the item scores (matched by item index and seed), averaged "
         f"over the common seeds; items resampled with replacement {board.n_boot} times (seeded numpy Generator); "
         f"two-sided p = (1 + #|d* - d| >= |d|) / (B + 1).",
-        "Mean rank: over the tasks an objective has. Borda count: per task, the number of objectives with a "
+        "Mean rank: over the tasks an objective has, diagnostic tasks (geometry) excluded. Borda count: per task, the number of objectives with a "
         "strictly worse rank, summed over tasks. Order: mean rank, then Borda count, then name.",
         "Cost columns: means over seeds of cost/wall_seconds, cost/samples_per_second, cost/peak_memory_mb and "
         "cost/flops_per_step (GFLOPs, forward + backward, one step).",
