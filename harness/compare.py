@@ -176,7 +176,7 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
 
 def _leaderboard(outcome: CompareOutcome, uri: str, out_dir: Path, reporter: Reporter) -> dict | None:
     """Rank the comparison from MLflow, write leaderboard.{md,html,json,csv}, attach them to the parent."""
-    from .leaderboard import LeaderboardError, render_table, summarize_comparison
+    from .leaderboard import LeaderboardError, print_wide, render_table, summarize_comparison
 
     target = out_dir / "leaderboards" / (outcome.parent_run_id or "compare")
     try:
@@ -184,7 +184,8 @@ def _leaderboard(outcome: CompareOutcome, uri: str, out_dir: Path, reporter: Rep
     except LeaderboardError as e:
         reporter.error(f"no leaderboard: {e}")
         return None
-    reporter.print(render_table(board))
+    if not reporter.quiet:
+        print_wide(render_table(board))
     reporter.info(f"leaderboard files: {target}")
     return board.to_dict()["summary"]
 

@@ -7,6 +7,7 @@ that raises ends FAILED with a ``harness.failure_reason`` tag; Ctrl-C ends it KI
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -34,7 +35,9 @@ def metric_key(key: str) -> str:
     return re.sub(r"[^/\w.\- :]", "_", key.replace("@", "_at_"))
 
 
+@functools.lru_cache(maxsize=1)
 def git_sha() -> str:
+    """The commit of the code this process loaded (read once: a sweep keeps one sha)."""
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
