@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from harness.batch import EmbeddingBatch, LossOutput
 
 from . import register
 from .base import HParam, LearnableScale, Objective
+from .infonce import symmetric_ce
 
 
 def sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -31,12 +31,6 @@ def uniformity(z: torch.Tensor, t: float) -> torch.Tensor:
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
     """L_align = mean_i ||x_i - y_i||_2^alpha (official ``(x - y).norm(dim=1).pow(alpha).mean()``)."""
     return (x - y).pow(2).sum(1).pow(alpha / 2).mean()
-
-
-def clip_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over a (B, B) logit matrix whose diagonal holds the positives."""
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 @register("align-uniform")
@@ -122,7 +116,7 @@ class CUA(Objective):
         p = self.params
         x, y = batch.image, batch.text
         s = self.scale()
-        contrastive = clip_loss(s * x @ y.T)
+        contrastive = symmetric_ce(s * x @ y.T)
         unif = (uniformity(x, p["t"]) + uniformity(y, p["t"])) / 2
         align = alignment(x, y, p["alpha"])
         loss = contrastive + p["uniform_weight"] * unif + p["align_weight"] * align
@@ -219,9 +213,9 @@ class KernelInfoNCE(Objective):
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         p = self.params
         d2 = sq_dists(batch.image, batch.text)
-        gauss = clip_loss(-d2 / p["temperature"])
+        gauss = symmetric_ce(-d2 / p["temperature"])
         if p["mix"] == 0:
             return LossOutput(gauss, {"gaussian": gauss.detach()})
-        kern = clip_loss(-d2.clamp_min(1e-12).pow(p["gamma"] / 2) / p["temperature"])
+        kern = symmetric_ce(-d2.clamp_min(1e-12).pow(p["gamma"] / 2) / p["temperature"])
         loss = p["mix"] * kern + (1 - p["mix"]) * gauss
         return LossOutput(loss, {"gamma_kernel": kern.detach(), "gaussian": gauss.detach()})

@@ -12,13 +12,17 @@ from . import register
 from .base import HParam, LearnableScale, Objective
 
 
-def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
-                      label_smoothing: float = 0.0) -> torch.Tensor:
-    """1/2 [CE(s A B^T, I) + CE(s B A^T, I)]: row i of ``a`` is paired with row i of ``b``."""
-    logits = scale * a @ b.T
+def symmetric_ce(logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """1/2 [CE(L, I) + CE(L^T, I)] over a (B, B) logit matrix whose diagonal holds the positives."""
     target = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, target, label_smoothing=label_smoothing)
             + F.cross_entropy(logits.T, target, label_smoothing=label_smoothing)) / 2
+
+
+def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+                      label_smoothing: float = 0.0) -> torch.Tensor:
+    """1/2 [CE(s A B^T, I) + CE(s B A^T, I)]: row i of ``a`` is paired with row i of ``b``."""
+    return symmetric_ce(scale * a @ b.T, label_smoothing)
 
 
 @register("clip")

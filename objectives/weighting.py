@@ -17,6 +17,7 @@ from harness.batch import EmbeddingBatch, LossOutput
 
 from . import register
 from .base import HParam, HyperparameterError, LearnableScale, Objective
+from .infonce import symmetric_ce
 
 
 def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -320,12 +321,11 @@ class AMCL(Objective):
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         zi, zt = self.heads(batch.image), self.heads(batch.text)
-        target = torch.arange(zi.shape[1], device=zi.device)
         d, total, logs = zi.shape[-1], 0.0, {}
         for h, sc in enumerate(self.scales):
             s = sc()
             logits = s * zi[h] @ zt[h].T
-            clip = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            clip = symmetric_ce(logits)
             omega = -(d / 2) * torch.log(s) + s  # Omega(tau) with tau = 1/s
             total = total + clip + self.params["beta"] * omega
             logs[f"temperature_{h}"] = 1.0 / s.detach()
