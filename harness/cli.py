@@ -96,6 +96,26 @@ def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
+def cmd_eval(a: argparse.Namespace, rep: Reporter) -> int:
+    from .registry import UnknownNameError
+    from .runner import evaluate_only, expand_tasks
+
+    try:
+        cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
+        expand_tasks(cfg.tasks)
+    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
+        rep.error(str(e))
+        return EXIT_USAGE
+    try:
+        outcome = evaluate_only(cfg, rep)
+    except Exception as e:  # recorded FAILED
+        rep.error(f"evaluation failed ({type(e).__name__}: {e}); recorded as FAILED in MLflow")
+        return EXIT_FAILED
+    rep.print(rep.results_table(outcome.results, f"{cfg.model.name} ({cfg.model.pretrained or 'random init'})"))
+    rep.info(f"MLflow run {outcome.run_id} ({outcome.status}); results: {outcome.results_path}")
+    return 0
+
+
 def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
     from .compare import CompareError, compare
     from .registry import UnknownNameError
@@ -207,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train one objective and evaluate its tasks")
     _add_config_args(p)
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("eval", help="evaluate an open_clip model (pretrained tag or checkpoint) without training")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("compare", help="train every objective x seed under one budget and rank them")
     _add_config_args(p)
     p.add_argument("--objectives", help="comma-separated objectives, e.g. clip,siglip,supcon")

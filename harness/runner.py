@@ -196,19 +196,57 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
                 recorder.log_artifact(outcome.checkpoint_path, "checkpoint")
 
             ctx = EvalContext(encoder=encoder, world=world, validation=validation)
-            for task in plan.tasks:
-                reporter.info(f"evaluating {task.name}")
-                res = task.evaluate(ctx)
-                outcome.results.append(res)
-                recorder.log_metrics({f"{task.name}/{k}": v for k, v in res.metrics.items()})
-                recorder.log_metrics({f"{task.name}/main_score": res.main_score})
+            evaluate_and_record(cfg, plan.tasks, ctx, recorder, reporter, outcome, tags)
+    finally:
+        outcome.status = recorder.status or "FAILED"
+    return outcome
 
-            doc = results_document(cfg, outcome, world, tags)
-            path = out_dir / "results" / f"{cfg.identity}-{recorder.run_id[:8]}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(doc, indent=1))
-            outcome.results_path = path
-            recorder.log_artifact(path)
+
+def evaluate_and_record(cfg: RunConfig, tasks: list, ctx, recorder, reporter: Reporter,
+                        outcome: RunOutcome, tags: dict) -> None:
+    """Evaluate every task (embeddings shared through ``ctx.cache``), log the metrics, and write
+    and log the results JSON."""
+    for task in tasks:
+        reporter.info(f"evaluating {task.name}")
+        res = task.evaluate(ctx)
+        outcome.results.append(res)
+        recorder.log_metrics({f"{task.name}/{k}": v for k, v in res.metrics.items()})
+        recorder.log_metrics({f"{task.name}/main_score": res.main_score})
+    doc = results_document(cfg, outcome, ctx.world, tags)
+    path = Path(cfg.tracking.output_dir) / "results" / f"{cfg.identity}-{recorder.run_id[:8]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))
+    outcome.results_path = path
+    recorder.log_artifact(path)
+
+
+def evaluate_only(cfg: RunConfig, reporter: Reporter | None = None) -> RunOutcome:
+    """``harness eval``: evaluate an open_clip model (a pretrained tag or a local checkpoint) on
+    the configured tasks, with no training, as one MLflow run (``harness.role=eval``)."""
+    from tasks import EvalContext
+
+    reporter = reporter or Reporter(quiet=True)
+    tasks = expand_tasks(cfg.tasks)
+    device = resolve_device(cfg.budget.device)
+    out_dir = Path(cfg.tracking.output_dir)
+    world = shapes_world(cfg.shapes, default_cache_dir(out_dir), reporter)
+    model, tokenizer, image_size, mean, std = build_model(cfg.model, words=vocabulary())
+    model.to(device)
+    encoder = Encoder(model, tokenizer, image_size, mean, std, device=device,
+                      batch_size=cfg.budget.eval_batch_size, precision=cfg.budget.precision)
+    tags = {"harness.role": "eval", "harness.model": cfg.model.name,
+            "harness.pretrained": str(cfg.model.pretrained), "harness.tasks": ",".join(cfg.tasks),
+            "harness.dataset_fingerprint": world.fingerprint, "harness.identity": cfg.identity, **versions()}
+    name = cfg.tracking.run_name or f"eval-{cfg.model.name}"
+    recorder = MlflowRun(tracking_uri(cfg.tracking.tracking_uri, out_dir), cfg.tracking.experiment, name, tags,
+                         artifact_root=out_dir / "artifacts")
+    outcome = RunOutcome(run_id=None, status="RUNNING", identity=cfg.identity)
+    try:
+        with recorder:
+            outcome.run_id = recorder.run_id
+            recorder.log_params({f"model.{k}": v for k, v in cfg.model.model_dump().items()})
+            ctx = EvalContext(encoder=encoder, world=world)
+            evaluate_and_record(cfg, tasks, ctx, recorder, reporter, outcome, tags)
     finally:
         outcome.status = recorder.status or "FAILED"
     return outcome

@@ -210,3 +210,24 @@ def test_single_tower_objective_on_an_image_text_task_is_refused(workdir, capsys
     err = capsys.readouterr().err.replace("\n", " ")
     assert "trains the image tower(s) only" in err and "shapes-retrieval" in err
     assert runs(workdir) == []
+
+
+def test_eval_a_local_open_clip_checkpoint_without_training(workdir, tmp_path):
+    import open_clip
+
+    from harness.models import register_presets
+
+    register_presets()
+    torch.manual_seed(0)
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": open_clip.create_model("harness-micro").state_dict()}, path)
+    args = ["-q", "eval", "--budget", "smoke", "--output-dir", str(workdir), "--model", "harness-micro",
+            "--pretrained", str(path), "--set", "model.tokenizer=open_clip", "--task", "shapes-retrieval,shapes-zeroshot"]
+    assert main(args) == 0
+    (run,) = runs(workdir)
+    assert run.info.status == "FINISHED" and run.data.tags["harness.role"] == "eval"
+    assert "shapes-zeroshot/main_score" in run.data.metrics and not any(k.startswith("train/") for k in run.data.metrics)
+    assert main(args) == 0  # same weights, same numbers
+    a, b = runs(workdir)
+    assert a.data.metrics == b.data.metrics
+    assert main(["-q", "eval", "--budget", "smoke", "--output-dir", str(workdir), "--task", "shapes-nope"]) == 2
