@@ -128,7 +128,7 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
         flags = _flags(a)
         flags["objective"] = objectives[0]
         cfg = resolve_config(a.budget, a.config, flags, a.set)
-        from .compare import plan_pairs, tuned_parameters
+        from .compare import tuned_parameters
 
         tuned = None
         if a.tuned:
@@ -136,12 +136,12 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
 
             tune_task = a.tuned_on or expand_tasks(cfg.tasks)[0].name
             tuned = tuned_parameters(cfg, objectives, tune_task, a.storage)
-        plan_pairs(cfg, objectives, a.seeds, tuned)  # validate everything before MLflow is touched
+        # compare() validates every pair before MLflow is touched; a run's own failure is recorded
+        # inside it, so what escapes here is bad input
+        outcome = compare(cfg, objectives, a.seeds, rep, tuned=tuned)
     except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
         rep.error(str(e))
         return EXIT_USAGE
-    try:
-        outcome = compare(cfg, objectives, a.seeds, rep, tuned=tuned)
     except KeyboardInterrupt:
         rep.error("interrupted; the running child run is recorded as KILLED; rerun the same command to resume")
         return EXIT_INTERRUPTED

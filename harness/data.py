@@ -68,10 +68,6 @@ class ShapesTrainData:
     def __len__(self) -> int:
         return len(self.split)
 
-    @staticmethod
-    def vocabulary() -> list[str]:
-        return vocabulary()
-
     @classmethod
     def check_static(cls, requires, objective: str, train_data: str = "shapes") -> None:
         """Raise before training if ``objective`` needs fields this data cannot supply."""

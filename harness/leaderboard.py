@@ -78,12 +78,6 @@ import numpy as np
 
 from .tracking import metric_key
 
-COST_METRICS = {  # column -> MLflow metric (under "cost/")
-    "wall_seconds": "wall_seconds",
-    "samples_per_second": "samples_per_second",
-    "peak_memory_mb": "peak_memory_mb",
-    "flops_per_step": "flops_per_step",
-}
 NOT_TASKS = {"cost", "train", "compare", "system", "eval"}
 RANK_RULES = ("either", "both", "bootstrap", "ttest")
 COMPOSITIONALITY = "shapes-compositionality"

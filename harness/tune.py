@@ -208,14 +208,13 @@ def tune(base: RunConfig, objectives: list[str], task: str, n_trials: int, repor
     if workers > 1 and url.startswith("sqlite"):
         raise TuneError("SQLite cannot serve several worker processes safely; use a journal file "
                         "(the default with --workers) or a database server URL")
-    open_storage(url)  # fail early on an unreachable storage
+    storage_obj = open_storage(url)  # fails early on an unreachable storage; reused below
     direction = "maximize" if task_cls.higher_is_better else "minimize"
     every = validate_every or max(1, base.budget.steps // 4)
     uri = tracking_uri(base.tracking.tracking_uri, base.tracking.output_dir)
     summaries = []
     for obj in objectives:
         name = study or study_name(obj, task, base.budget_id)
-        storage_obj = open_storage(url)
         st = _make_study(storage_obj, name, seed, direction)
         defaults = paper_defaults(OBJECTIVES.get(obj), base, tune_lr)
         if not st.trials:
@@ -242,7 +241,7 @@ def tune(base: RunConfig, objectives: list[str], task: str, n_trials: int, repor
             _optimize(base=base, **kwargs)
             for p in procs:
                 p.join()
-            summaries.append(_summarise(open_storage(url), name, obj, parent.run_id, reporter))
+            summaries.append(_summarise(storage_obj, name, obj, parent.run_id, reporter))
     return summaries
 
 

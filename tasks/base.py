@@ -6,7 +6,6 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
 
-import numpy as np
 import torch
 
 
@@ -112,10 +111,6 @@ class Task:
             main_score=float(metrics[self.main_score]), main_metric=self.main_score,
             higher_is_better=self.higher_is_better, version=self.version, **kw,
         )
-
-
-def as_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 class Suite(Task):

@@ -14,7 +14,7 @@ from scipy.stats import pearsonr, spearmanr
 from harness.shapes import COLOUR_NAMES, RELATIONS, SHAPES, SIZES
 
 from . import register
-from .base import EvalContext, Task, TaskResult, as_numpy
+from .base import EvalContext, Task, TaskResult
 
 
 def sts_metrics(emb1, emb2, gold) -> dict[str, float]:
@@ -22,8 +22,8 @@ def sts_metrics(emb1, emb2, gold) -> dict[str, float]:
     of ``emb1[i]`` and ``emb2[i]`` against the gold scores (MTEB's ``cosine_spearman`` /
     ``cosine_pearson``). A correlation that is undefined (constant similarities or gold) is 0.
     """
-    e1 = F.normalize(torch.as_tensor(as_numpy(emb1), dtype=torch.float64), dim=-1)
-    e2 = F.normalize(torch.as_tensor(as_numpy(emb2), dtype=torch.float64), dim=-1)
+    e1 = F.normalize(torch.as_tensor(emb1, dtype=torch.float64), dim=-1)
+    e2 = F.normalize(torch.as_tensor(emb2, dtype=torch.float64), dim=-1)
     cos = (e1 * e2).sum(-1).numpy()
     gold = np.asarray(gold, dtype=np.float64)
     if len(cos) != len(gold):

@@ -16,7 +16,7 @@ from harness import distributed as hd
 from harness.batch import EmbeddingBatch
 from objectives import OBJECTIVES
 
-from test_distributed import free_port
+from test_distributed import free_port, spawn_workers
 
 W, B, D_IN, D, K, C = 2, 6, 5, 8, 3, 19
 NAMES = sorted(n for n in OBJECTIVES.names() if OBJECTIVES.get(n).distributed != "unsupported")
@@ -66,13 +66,14 @@ def worker(rank: int, world: int, port: int, out_dir: str):
                 results[name] = (loss, [p.grad.clone() for p in tower.parameters()], own)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
+        hd.barrier()  # no rank tears the group down while another still uses it
         hd.cleanup()
 
 
 @pytest.fixture(scope="module")
 def dist_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist-objectives")
-    torch.multiprocessing.spawn(worker, args=(W, free_port(), str(out)), nprocs=W, join=True)
+    spawn_workers(worker, out)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(W)]
 
 
