@@ -42,6 +42,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-name")
     p.add_argument("--output-dir", help="where the cache, checkpoints and results go (default .harness)")
     p.add_argument("--no-checkpoint", action="store_true")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
+                   help="read a real dataset from a local path: NAME is a task (coco-retrieval) or a "
+                   "dataset id (repeatable)")
+    p.add_argument("--strict-images", action="store_true", default=None,
+                   help="an undecodable image is an error (default: skipped and counted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set budget.warmup_steps=10 (repeatable)")
 
@@ -57,11 +62,23 @@ def _flags(a: argparse.Namespace) -> dict[str, Any]:
         "budget": {k: v for k, v in {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
                                       "device": a.device}.items() if v is not None},
         "model": {k: v for k, v in {"name": a.model, "pretrained": a.pretrained}.items() if v is not None},
+        "data": {k: v for k, v in {"paths": _data_paths(a.data),
+                                     "strict_images": a.strict_images}.items() if v},
         "tracking": {k: v for k, v in {"experiment": a.experiment, "tracking_uri": a.tracking_uri,
                                         "run_name": a.run_name, "output_dir": a.output_dir,
                                         "checkpoint": False if a.no_checkpoint else None}.items()
                      if v is not None},
     }
+
+
+def _data_paths(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--data expects NAME=PATH (e.g. coco-retrieval=/data/coco), got {item!r}")
+        out[name.strip()] = path.strip()
+    return out
 
 
 def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
@@ -98,11 +115,11 @@ def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
 
 def cmd_eval(a: argparse.Namespace, rep: Reporter) -> int:
     from .registry import UnknownNameError
-    from .runner import evaluate_only, expand_tasks
+    from .runner import check_task_data, evaluate_only, expand_tasks
 
     try:
         cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
-        expand_tasks(cfg.tasks)
+        check_task_data(expand_tasks(cfg.tasks), cfg)
     except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
         rep.error(str(e))
         return EXIT_USAGE

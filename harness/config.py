@@ -65,6 +65,23 @@ class Tracking(BaseModel):
     output_dir: str = ".harness"
 
 
+class DataConfig(BaseModel):
+    """Where real datasets are read from, and how strictly. Not part of the run identity: the
+    dataset fingerprints recorded with every result say what data was used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paths: dict[str, str] = Field(default_factory=dict, description="task name or dataset id -> local "
+                                  "path (parquet/arrow/save_to_disk/CSV/JSONL/webdataset/image folder)")
+    strict_images: bool = Field(False, description="an undecodable image is an error (default: skipped "
+                                "and counted in the results)")
+
+    def options(self):
+        from .sources import DataOptions
+
+        return DataOptions(paths=dict(self.paths), strict_images=self.strict_images)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,6 +95,7 @@ class RunConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     shapes: ShapesSpec = Field(default_factory=ShapesSpec)
     tracking: Tracking = Field(default_factory=Tracking)
+    data: DataConfig = Field(default_factory=DataConfig)
 
     @field_validator("tasks")
     @classmethod
@@ -96,6 +114,7 @@ class RunConfig(BaseModel):
     def identity_payload(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
         d.pop("tracking")
+        d.pop("data")
         d.pop("budget_preset")  # its values are in 'budget', 'model' and 'shapes'
         for k in ("log_every", "eval_batch_size", "device", "loader_workers"):
             d["budget"].pop(k)

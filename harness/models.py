@@ -162,6 +162,10 @@ class Encoder:
 
     @torch.no_grad()
     def encode_image(self, images) -> torch.Tensor:
+        """uint8 (N, H, W, 3) images, or an :class:`harness.sources.ImageColumn` of real images
+        (decoded batch by batch with open_clip's evaluation resize/crop; undecodable ones get NaN rows)."""
+        if hasattr(images, "load") and hasattr(images, "undecodable"):
+            return self._encode_column(images)
         images = torch.as_tensor(images)
         self.model.eval()
         out = []
@@ -170,6 +174,26 @@ class Encoder:
             with self._autocast():
                 out.append(self.model.encode_image(x, normalize=True).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
+
+    def _encode_column(self, column) -> torch.Tensor:
+        from .sources import pil_transform
+
+        if getattr(self, "_pil", None) is None:
+            self._pil = pil_transform(getattr(self.model.visual, "preprocess_cfg", None), self.image_size)
+        out, bad = [], []
+        blank = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        for i in range(0, len(column), self.batch_size):
+            arrays = []
+            for j in range(i, min(i + self.batch_size, len(column))):
+                img = column.load(j)
+                if img is None:
+                    bad.append(j)
+                arrays.append(blank if img is None else self._pil(img))
+            out.append(self.encode_image(np.stack(arrays)))
+        emb = torch.cat(out) if out else torch.empty(0)
+        if bad:
+            emb[torch.tensor(bad)] = float("nan")
+        return emb
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

@@ -88,12 +88,21 @@ def check_modalities(name: str, modality: str, tasks: list) -> None:
             )
 
 
+def check_task_data(tasks: list, cfg: RunConfig) -> None:
+    """Load every real dataset the tasks read (local copy or Hub) and check its columns: a missing,
+    gated or malformed dataset fails here, before MLflow is touched or anything is trained."""
+    options = cfg.data.options()
+    for task in tasks:
+        task.check_data(options)
+
+
 def prepare(cfg: RunConfig) -> Plan:
     """Resolve and validate everything; raises before any expensive work or MLflow write."""
     from objectives import build_objective
 
     objective = build_objective(cfg.objective, cfg.objective_params)
     tasks = expand_tasks(cfg.tasks, objective.modality, cfg.objective)
+    check_task_data(tasks, cfg)
     ShapesTrainData.check_static(objective.requires, cfg.objective, cfg.train_data)
     device = resolve_device(cfg.budget.device)
     _, world = world_info()
@@ -176,7 +185,8 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
             validate = None
             if on_validation is not None:
                 def validate(step: int) -> None:
-                    score = plan.tasks[0].evaluate(EvalContext(encoder=encoder, world=world, validation=True)).main_score
+                    score = plan.tasks[0].evaluate(EvalContext(encoder=encoder, world=world, validation=True,
+                                                               data=cfg.data.options())).main_score
                     recorder.log_metrics({f"val/{plan.tasks[0].name}/main_score": score}, step=step)
                     on_validation(step, score)
 
@@ -195,7 +205,7 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
                                                           out_dir / "checkpoints", recorder.run_id)
                 recorder.log_artifact(outcome.checkpoint_path, "checkpoint")
 
-            ctx = EvalContext(encoder=encoder, world=world, validation=validation)
+            ctx = EvalContext(encoder=encoder, world=world, validation=validation, data=cfg.data.options())
             evaluate_and_record(cfg, plan.tasks, ctx, recorder, reporter, outcome, tags)
     finally:
         outcome.status = recorder.status or "FAILED"
@@ -227,6 +237,7 @@ def evaluate_only(cfg: RunConfig, reporter: Reporter | None = None) -> RunOutcom
 
     reporter = reporter or Reporter(quiet=True)
     tasks = expand_tasks(cfg.tasks)
+    check_task_data(tasks, cfg)
     device = resolve_device(cfg.budget.device)
     out_dir = Path(cfg.tracking.output_dir)
     world = shapes_world(cfg.shapes, default_cache_dir(out_dir), reporter)
@@ -245,7 +256,7 @@ def evaluate_only(cfg: RunConfig, reporter: Reporter | None = None) -> RunOutcom
         with recorder:
             outcome.run_id = recorder.run_id
             recorder.log_params({f"model.{k}": v for k, v in cfg.model.model_dump().items()})
-            ctx = EvalContext(encoder=encoder, world=world)
+            ctx = EvalContext(encoder=encoder, world=world, data=cfg.data.options())
             evaluate_and_record(cfg, tasks, ctx, recorder, reporter, outcome, tags)
     finally:
         outcome.status = recorder.status or "FAILED"

@@ -8,6 +8,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from harness.sources import DataOptions, HubSource, ImageColumn, fingerprint, load_table, origin
+
 
 @dataclass
 class TaskResult:
@@ -70,6 +72,8 @@ class EvalContext:
     world: Any = None  # the ShapesWorld of the run (shapes tasks)
     cache: EmbeddingCache = field(default_factory=EmbeddingCache)
     validation: bool = False
+    #: local paths of real datasets and the strict-images flag (tasks reading Hub / local data)
+    data: DataOptions = field(default_factory=DataOptions)
 
     def split(self, name: str) -> str:
         return "val" if self.validation and name in ("test", "heldout", "zeroshot") else name
@@ -94,6 +98,10 @@ class Task:
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def check_data(self, options: DataOptions) -> None:
+        """Raise if the task's data is missing or malformed; called before training. Tasks on
+        generated data have nothing to check."""
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
@@ -125,3 +133,69 @@ class Suite(Task):
     @classmethod
     def describe(cls) -> dict[str, Any]:
         return {**super().describe(), "main_score": "(suite)", "dataset": ", ".join(cls.members)}
+
+
+class DatasetTask(Task):
+    """A task on a real dataset (Hugging Face Hub or a local copy in the same format).
+
+    Subclasses declare ``source`` (a :class:`HubSource`: id, config, split, pinned revision),
+    ``columns`` (what :meth:`table` requires) and, under validation (tuning, checkpoint
+    selection), ``validation_source`` / ``validation_split``: a split that is never the test split,
+    or None when the dataset has none (then validation mode refuses the task).
+    """
+
+    source: ClassVar[HubSource]
+    columns: ClassVar[tuple[str, ...]] = ()
+    validation_split: ClassVar[str | None] = None
+    default_train_data: ClassVar[str] = "shapes"
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        d = super().describe()
+        src = getattr(cls, "source", None)
+        if src is not None:
+            d.update(dataset=src.repo, revision=src.revision, split=src.split, config=src.config,
+                     gated=src.gated)
+        return d
+
+    def split_name(self, ctx: EvalContext) -> str:
+        if not ctx.validation:
+            return self.source.split
+        if self.validation_split is None:
+            raise ValueError(f"task {self.name!r} has no validation split; it cannot be used for tuning "
+                             "or checkpoint selection (its only split is the test split)")
+        return self.validation_split
+
+    def check_data(self, options: DataOptions) -> None:
+        load_table(self.name, self.source, options, self.columns)
+
+    def table(self, ctx: EvalContext, split: str | None = None):
+        return load_table(self.name, self.source, ctx.data, self.columns, split=split or self.split_name(ctx))
+
+    def images(self, ctx: EvalContext, table, column, **kw) -> ImageColumn:
+        return ImageColumn(table, column, name=f"{self.name}/{self.split_name(ctx)}",
+                           strict=ctx.data.strict_images, **kw)
+
+    def image_embeddings(self, ctx: EvalContext, column: ImageColumn, table) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of ``column`` (cached per encoder and table) and a bool mask of the rows whose
+        image decoded (NaN rows are the undecodable ones)."""
+        key = (id(ctx.encoder), fingerprint_of(table), column.key(), "image")
+        emb = ctx.cache.get(key, lambda: ctx.encoder.encode_image(column))
+        return emb, ~torch.isnan(emb).any(dim=1)
+
+    def text_embeddings(self, ctx: EvalContext, table, name: str, texts) -> torch.Tensor:
+        return ctx.cache.text(ctx.encoder, fingerprint_of(table), "", name, texts)
+
+    def provenance(self, table) -> dict[str, Any]:
+        """``dataset`` and ``dataset_fingerprint`` for :meth:`Task.result`."""
+        return {"dataset": origin(table) or self.source.repo, "dataset_fingerprint": fingerprint_of(table)}
+
+
+_FINGERPRINTS: dict[int, str] = {}
+
+
+def fingerprint_of(table) -> str:
+    """:func:`harness.sources.fingerprint`, computed once per loaded table."""
+    if id(table) not in _FINGERPRINTS:
+        _FINGERPRINTS[id(table)] = fingerprint(table)
+    return _FINGERPRINTS[id(table)]

@@ -5,6 +5,21 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# real-dataset tests read local fixtures only: the Hub is never contacted
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hf_cache(tmp_path_factory):
+    """``datasets`` writes its arrow cache here, not into the user's ~/.cache."""
+    import datasets
+
+    d = tmp_path_factory.mktemp("hf-datasets")
+    old = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = d
+    yield d
+    datasets.config.HF_DATASETS_CACHE = old
 
 
 @pytest.fixture(scope="session")
