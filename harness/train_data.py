@@ -1,0 +1,302 @@
+"""Training data by name: the shapes world, real image-text sets, and sentence corpora.
+
+``--train-data NAME`` picks one of :data:`TRAIN_DATA`; when it is not given, the run trains on the
+data its first task implies (``coco-retrieval`` -> ``coco``, ``stsb`` -> ``nli``, shapes tasks ->
+``shapes``). Real sets are read like evaluation sets (harness/sources.py): a local copy given with
+``--data NAME=PATH`` (or ``$HARNESS_DATA_DIR/<dataset id>``), else the Hugging Face Hub.
+
+Every training set yields batches in an order and with augmentation draws that depend only on the
+run seed and the step (never on the objective), as the shapes world does: objectives compared on
+the same data see the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .data import Batch, MissingFieldError, jitter
+from .distributed import world_info
+from .sources import DataOptions, HubSource, ImageColumn, MissingColumnsError, fingerprint, load_table
+
+
+@dataclass(frozen=True)
+class TrainDataSpec:
+    """A named training set: what kind of data it is and where it lives."""
+
+    name: str
+    kind: str  # "shapes", "image-text", "sentences", "nli"
+    source: HubSource | None = None
+    #: keep rows whose ``split`` column has this value (nlphuji/flickr30k holds every split in one table)
+    split_value: str | None = None
+    license: str = ""
+    doc: str = ""
+
+    @property
+    def modality(self) -> str:
+        return "image-text" if self.kind in ("shapes", "image-text") else "text"
+
+
+TRAIN_DATA: dict[str, TrainDataSpec] = {s.name: s for s in (
+    TrainDataSpec("shapes", "shapes", license="generated",
+                  doc="the embedded shapes world (train split), rendered offline"),
+    TrainDataSpec("shapes-sentences", "sentences", license="generated",
+                  doc="the shapes world's training captions as a sentence corpus (text track, offline); "
+                      "the second view is the caption's other phrasing"),
+    TrainDataSpec("coco", "image-text",
+                  HubSource("undefined443/coco-karpathy-wds", split="train"),
+                  license="CC BY 4.0 (annotations); images under Flickr terms",
+                  doc="COCO 2014 Karpathy train split (113,287 images x 5 captions), webdataset: jpg + "
+                      "json{captions}; disjoint from the 5k test images of coco-retrieval"),
+    TrainDataSpec("flickr30k", "image-text",
+                  HubSource("nlphuji/flickr30k", split="test", revision="refs/convert/parquet",
+                            data_files="TEST/test/*.parquet"),
+                  split_value="train", license="Flickr terms of use; research only",
+                  doc="Flickr30k Karpathy train split (29,000 images x 5 captions): the rows of "
+                      "nlphuji/flickr30k with split == 'train'"),
+    TrainDataSpec("nli", "nli", HubSource("sentence-transformers/nli-for-simcse", config="triplet", split="train"),
+                  license="CC BY-SA 4.0 (SNLI), MNLI: mixed (see GLUE)",
+                  doc="supervised SimCSE triplets (anchor, entailment, contradiction), 274,951 rows"),
+    TrainDataSpec("wiki1m", "sentences",
+                  HubSource("princeton-nlp/datasets-for-simcse", split="train", data_files="wiki1m_for_simcse.txt"),
+                  license="CC BY-SA 3.0 (Wikipedia)",
+                  doc="unsupervised SimCSE: 1M Wikipedia sentences, one per line"),
+)}
+
+#: caption columns, in order of preference, and image columns of image-text tables
+CAPTION_COLUMNS = ("caption", "captions", "sentences", "txt", "json", "text")
+IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
+
+
+def resolve_name(train_data: str | None, tasks: Sequence) -> str:
+    """``train_data`` if given, else the default of the first task (``shapes`` for no task)."""
+    if train_data:
+        return train_data
+    return getattr(tasks[0], "default_train_data", "shapes") if tasks else "shapes"
+
+
+def spec(name: str) -> TrainDataSpec:
+    if name not in TRAIN_DATA:
+        raise ValueError(f"unknown training data {name!r}; valid: {', '.join(TRAIN_DATA)}")
+    return TRAIN_DATA[name]
+
+
+def provides(kind: str, supervised_nli: bool = False) -> frozenset[str]:
+    from .data import SHAPES_FIELDS
+
+    return {
+        "shapes": SHAPES_FIELDS,
+        "image-text": ImageTextTrainData.provides,
+        "sentences": frozenset({"text", "text_view", "index"}),
+        "nli": frozenset({"text", "text_view", "hard_negative_text", "index"}),
+    }[kind]
+
+
+def check(name: str, objective, objective_name: str, options: DataOptions, max_samples: int | None = None) -> None:
+    """Before training: the data exists, has its columns, supplies what the objective needs, and
+    feeds the towers the objective trains."""
+    s = spec(name)
+    missing = set(objective.requires) - set(provides(s.kind))
+    if missing:
+        from .batch import FIELDS
+
+        need = "; ".join(f"{m} ({FIELDS.get(m, '?')})" for m in sorted(missing))
+        raise MissingFieldError(f"objective {objective_name!r} needs {need}, which training data {name!r} "
+                                f"does not supply (it supplies {', '.join(sorted(provides(s.kind)))})")
+    if s.modality == "text" and objective.modality != "text":
+        raise ValueError(f"training data {name!r} is text only, but objective {objective_name!r} trains the "
+                         f"{objective.modality} tower(s); pick a text objective (e.g. simcse) or image-text data")
+    if s.source is not None and s.name != "wiki1m":
+        table = load_table(name, s.source, options)
+        if s.kind == "image-text":
+            image_text_columns(table, name)
+        elif s.kind == "nli":
+            from .sources import check_columns
+
+            check_columns(table, ("anchor", "positive", "negative"), name)
+
+
+def image_text_columns(table, name: str) -> tuple[str, str]:
+    cols = table.column_names
+    image = next((c for c in IMAGE_COLUMNS if c in cols), None)
+    caption = next((c for c in CAPTION_COLUMNS if c in cols), None)
+    if image is None or caption is None:
+        raise MissingColumnsError(
+            f"training data {name!r} needs an image column (one of {', '.join(IMAGE_COLUMNS)}) and a caption "
+            f"column (one of {', '.join(CAPTION_COLUMNS)}); found {', '.join(cols)}")
+    return image, caption
+
+
+def _captions_of(value: Any) -> list[str]:
+    """Captions of one row: a string (several lines = several captions), a list, or a webdataset
+    ``json`` record with ``captions`` / ``caption`` / ``sentences``."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8")
+    if isinstance(value, dict):
+        for k in ("captions", "caption", "sentences", "raw"):
+            if k in value:
+                return _captions_of(value[k])
+        return []
+    if isinstance(value, str):
+        return [line.strip() for line in value.splitlines() if line.strip()]
+    if isinstance(value, (list, tuple)):
+        out = []
+        for v in value:
+            out += [v["raw"]] if isinstance(v, dict) and "raw" in v else _captions_of(v)
+        return out
+    return []
+
+
+class ImageTextTrainData:
+    """A real image-text training set held as uint8 images at the model's input resolution.
+
+    Images are decoded once, with open_clip's evaluation resize / centre crop, into a memory-mapped
+    file in the harness cache (``<cache>/train-<name>-<fingerprint>-<size>.u8``): the next run with
+    the same data and resolution reuses it. Undecodable images are dropped (and counted,
+    :attr:`n_undecodable`). Each image keeps all its captions; a step's caption for an image is
+    drawn from (seed, step), its ``text_view`` is another of its captions (a real second
+    phrasing), its ``image_view`` a jittered copy. ``labels`` is the image's row, so two captions
+    of one image are one class. Memory: N x S x S x 3 bytes on disk (COCO train at 32 px: 350 MB;
+    at 224 px: 17 GB).
+    """
+
+    provides = frozenset({"image", "text", "text_view", "image_view", "index", "labels"})
+
+    def __init__(self, name: str, table, tokenizer, seed: int, image_size: int, preprocess_cfg: dict | None,
+                 cache_dir: Path, split_value: str | None = None, max_samples: int | None = None,
+                 strict: bool = False, workers: int = 4):
+        from .sources import pil_transform
+
+        self.name, self.seed = name, seed
+        image_col, caption_col = image_text_columns(table, name)
+        rows = np.arange(len(table))
+        if split_value is not None:
+            if "split" not in table.column_names:
+                raise MissingColumnsError(f"training data {name!r} needs a 'split' column to keep its "
+                                          f"{split_value!r} rows; found {', '.join(table.column_names)}")
+            rows = np.flatnonzero(np.asarray(table["split"]) == split_value)
+        if max_samples is not None:
+            rows = rows[:max_samples]
+        captions = [_captions_of(v) for v in table.select(rows.tolist())[caption_col]] if len(rows) else []
+        keep = [i for i, c in enumerate(captions) if c]
+        rows, captions = rows[keep], [captions[i] for i in keep]
+        if not len(rows):
+            raise ValueError(f"training data {name!r} has no rows with captions")
+        column = ImageColumn(table, image_col, name=name, strict=strict, rows=rows.tolist())
+        key = hashlib.sha256(json.dumps([fingerprint(table), rows.tolist()[:1000], len(rows), image_size,
+                                         sorted((preprocess_cfg or {}).items(), key=str)], default=str)
+                             .encode()).hexdigest()[:16]
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        path = cache_dir / f"train-{name}-{key}-{image_size}.u8"
+        meta = path.with_suffix(".json")
+        shape = (len(rows), image_size, image_size, 3)
+        if not (path.exists() and meta.exists()):
+            transform = pil_transform(preprocess_cfg, image_size)
+            tmp = path.with_suffix(".tmp")
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            ok = np.ones(len(rows), dtype=bool)
+
+            def work(i: int) -> None:
+                img = column.load(i)
+                if img is None:
+                    ok[i] = False
+                else:
+                    arr[i] = transform(img)
+
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
+                list(pool.map(work, range(len(rows))))
+            arr.flush()
+            del arr
+            os.replace(tmp, path)
+            meta.write_text(json.dumps({"ok": ok.tolist()}))
+        ok = np.asarray(json.loads(meta.read_text())["ok"], dtype=bool)
+        images = np.load(path, mmap_mode="r")
+        self.n_undecodable = int((~ok).sum())
+        self.rows = rows[ok]
+        self.images = images  # indexed through self.valid
+        self.valid = np.flatnonzero(ok)
+        self.captions = [captions[i] for i in self.valid]
+        flat = [c for cs in self.captions for c in cs]
+        self.offsets = np.cumsum([0] + [len(cs) for cs in self.captions])
+        self.tokens = tokenizer(flat)
+        self._order_epoch, self._order = -1, None
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def indices(self, step: int, batch_size: int) -> np.ndarray:
+        """Sample indices of ``step``: epochs of seeded permutations (as ShapesTrainData)."""
+        n = len(self)
+        if batch_size > n:
+            raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples of {self.name!r}")
+        epoch, pos = divmod(step, n // batch_size)
+        if epoch != self._order_epoch:
+            self._order, self._order_epoch = np.random.default_rng([self.seed, epoch, 2718]).permutation(n), epoch
+        return self._order[pos * batch_size:(pos + 1) * batch_size]
+
+    def batch(self, step: int, batch_size: int, fields) -> Batch:
+        idx = self.indices(step, batch_size)
+        rng = np.random.default_rng([self.seed, step, 31337])
+        counts = self.offsets[idx + 1] - self.offsets[idx]
+        first = rng.integers(0, counts)
+        second = (first + 1 + rng.integers(0, np.maximum(counts - 1, 1))) % counts  # another caption if any
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + step)
+        out = Batch()
+        rank, world = world_info()
+        sl = slice(rank * (batch_size // world), (rank + 1) * (batch_size // world)) if world > 1 else slice(None)
+        need_img = bool({"image", "image_view"} & set(fields))
+        images = torch.from_numpy(np.ascontiguousarray(self.images[self.valid[idx]])) if need_img else None
+        if "image" in fields:
+            out.images = images[sl]
+        if "image_view" in fields:
+            out.image_view = jitter(images, g)[sl]
+        if "text" in fields:
+            out.tokens = self.tokens[torch.from_numpy(self.offsets[idx] + first)][sl]
+        if "text_view" in fields:
+            out.text_view = self.tokens[torch.from_numpy(self.offsets[idx] + second)][sl]
+        if "index" in fields:
+            out.index = torch.from_numpy(idx)[sl]
+        if "labels" in fields:
+            out.labels = torch.from_numpy(idx)[sl]
+        return out
+
+
+def uses_shapes_vocabulary(train_data: str, tasks: Sequence) -> bool:
+    """The word-level shapes vocabulary fits only runs that see nothing but shapes-world text."""
+    return train_data in ("shapes", "shapes-sentences") and all(
+        getattr(t, "dataset", "") == "shapes-world" for t in tasks)
+
+
+def build(name: str, *, world, tokenizer, seed: int, options: DataOptions, image_size: int,
+          preprocess_cfg: dict | None, cache_dir: Path, max_samples: int | None = None):
+    """The training data object (``len``, ``batch(step, batch_size, fields)``) of ``name``."""
+    from .data import ShapesTrainData
+
+    s = spec(name)
+    if s.kind == "shapes":
+        return ShapesTrainData(world, tokenizer, seed=seed)
+    from . import text_data
+
+    if name == "shapes-sentences":
+        return text_data.SentenceTrainData.from_shapes(world, tokenizer, seed=seed)
+    if s.kind == "image-text":
+        table = load_table(name, s.source, options)
+        return ImageTextTrainData(name, table, tokenizer, seed, image_size, preprocess_cfg, cache_dir,
+                                  split_value=s.split_value, max_samples=max_samples,
+                                  strict=options.strict_images)
+    if s.kind == "sentences":
+        sentences = text_data.load_sentence_corpus(name, options, source=s.source, max_samples=max_samples)
+        return text_data.SentenceTrainData(sentences, tokenizer, seed=seed)
+    if s.kind == "nli":
+        anchor, positive, negative = text_data.load_nli_triplets(name, options, source=s.source,
+                                                                max_samples=max_samples)
+        return text_data.NLITrainData(anchor, positive, negative, tokenizer, seed=seed)
+    raise ValueError(f"training data {name!r} of unknown kind {s.kind!r}")  # pragma: no cover
