@@ -255,6 +255,19 @@ def _is_diagnostic(task: str) -> bool:
         return False
 
 
+def _family(task: str) -> str:
+    try:
+        from tasks import TASKS
+
+        return TASKS.get(task).family
+    except Exception:  # noqa: BLE001 - unknown task: no family
+        return ""
+
+
+#: task families of the text section (objectives against STS tasks, SimCSE's protocol)
+TEXT_FAMILIES = ("sts",)
+
+
 def _registry_direction(task: str) -> bool | None:
     try:
         from tasks import TASKS
@@ -556,6 +569,7 @@ class Leaderboard:
     alpha: float = 0.05
     n_boot: int = 1000
     rank_rule: str = "either"
+    text: "TextSection | None" = None
 
     def seeds_of(self, objective: str) -> int:
         return len({r.seed for r in self.runs if r.objective == objective})
@@ -619,6 +633,7 @@ class Leaderboard:
                             "cost": {m: s.to_dict() for m, s in self.cost.get(o, {}).items()}}
                         for o in self.objectives},
             "task_boards": {t: tb.to_dict() for t, tb in self.task_boards.items()},
+            "text": self.text.to_dict() if self.text is not None else None,
             "loss_curves": self.loss_curves,
             "runs": [{"run_id": r.run_id, "objective": r.objective, "seed": r.seed, "status": r.status,
                       "identity": r.identity, "results_artifact": r.results_artifact} for r in self.runs],
@@ -627,6 +642,67 @@ class Leaderboard:
             "notes": self.notes,
             "rows": self.long_rows(),
         }
+
+
+@dataclass
+class TextSection:
+    """Objectives against the STS tasks: per-seed average Spearman over the STS tasks an objective
+    has (SimCSE's "Avg."), summarised over seeds with the same statistics as a task (95% Student-t
+    CI, paired t-test against the baseline over seeds), and the mean rank over the STS tasks."""
+
+    tasks: list[str]
+    average: dict[str, Summary]
+    tests: dict[str, PairedTest]
+    mean_rank: dict[str, float | None]
+
+    def to_dict(self) -> dict:
+        return {"tasks": self.tasks, "average": {o: s.to_dict() for o, s in self.average.items()},
+                "vs_baseline": {o: t.to_dict() for o, t in self.tests.items()}, "mean_rank": self.mean_rank}
+
+
+def _text_section(boards_t: dict, runs: list, objectives: list[str], baseline: str) -> TextSection | None:
+    tasks = [t for t in boards_t if _family(t) in TEXT_FAMILIES]
+    if not tasks:
+        return None
+    per_seed: dict[str, dict[int, float]] = {}
+    for o in objectives:
+        vals: dict[int, float] = {}
+        for r in runs:
+            if r.objective == o and all(t in r.scores for t in tasks):
+                vals[r.seed] = float(np.mean([r.scores[t] for t in tasks]))
+        per_seed[o] = vals
+    average = {o: s for o in objectives if (s := summarize(per_seed[o]))}
+    tests = {}
+    for o in average:
+        if o != baseline and baseline in average:
+            delta, p, n = paired_ttest(per_seed[o], per_seed[baseline])
+            tests[o] = PairedTest(o, baseline, delta=delta, p_ttest=p, n_seeds=n)
+    mean_rank = {}
+    for o in objectives:
+        rs = [boards_t[t].ranks[o] for t in tasks if o in boards_t[t].ranks]
+        mean_rank[o] = float(np.mean(rs)) if rs else None
+    return TextSection(tasks, average, tests, mean_rank)
+
+
+def text_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """The text section's table: STS tasks (mean ± CI, rank), the average, its test against the baseline."""
+    sec = board.text
+    header = ["objective"] + [f"{t} (rank)" for t in sec.tasks] + \
+             ["STS avg ± 95% CI", f"Δ avg vs {board.baseline}", "p (paired t, seeds)", "mean rank (STS)"]
+    rows = []
+    order = sorted(board.objectives, key=lambda o: (sec.mean_rank.get(o) is None, sec.mean_rank.get(o) or 0, o))
+    for o in order:
+        if sec.mean_rank.get(o) is None:
+            continue
+        cells = [o + (" (baseline)" if o == board.baseline else "")]
+        for t in sec.tasks:
+            tb = board.task_boards[t]
+            cells.append(f"{fmt_summary(tb.scores[o])} ({tb.ranks[o]})" if o in tb.scores else "–")
+        t = sec.tests.get(o)
+        cells += [fmt_summary(sec.average.get(o)), "(baseline)" if o == board.baseline else
+                  fmt_num(t.delta if t else None, 3), fmt_p(t.p_ttest) if t else "", fmt_num(sec.mean_rank[o], 2)]
+        rows.append(cells)
+    return header, rows
 
 
 def _significantly_better(b_over_a: dict[str, tuple[float | None, float | None]], hib: bool, alpha: float,
@@ -855,7 +931,7 @@ def build(collected: Collected, *, budget_id: str | None = None, baseline: str |
             tasks=list(boards_t), seeds=seeds, task_boards=boards_t, mean_rank=mean_rank, borda=borda,
             n_tasks=n_tasks, cost=cost, loss_curves=_loss_curves(truns, objectives), runs=truns,
             failed=[r for r in failed if r.track == track], provenance=provenance, notes=notes, alpha=alpha,
-            n_boot=n_boot, rank_rule=rank_rule))
+            n_boot=n_boot, rank_rule=rank_rule, text=_text_section(boards_t, truns, objectives, base)))
     return boards
 
 
@@ -993,6 +1069,22 @@ def render_table(board: Leaderboard):
     return table
 
 
+def render_text_table(board: Leaderboard):
+    """The text section (objectives against STS tasks) as a rich Table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    header, rows = text_rows(board)
+    table = Table(title=f"text section (STS, {len(board.text.tasks)} tasks)", title_justify="left",
+                  caption="STS avg: per-seed mean Spearman x100 over the STS tasks, mean ± 95% CI over seeds",
+                  caption_justify="left")
+    for i, h in enumerate(header):
+        table.add_column(escape(h), justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in rows:
+        table.add_row(*(escape(c) for c in row))
+    return table
+
+
 def render_failed_table(board: Leaderboard):
     from rich.markup import escape
     from rich.table import Table
@@ -1054,6 +1146,10 @@ def render_markdown(board: Leaderboard) -> str:
     lines += ["", "## Leaderboard", ""]
     lines += _md_table(*summary_rows(board))
     lines += ["", "Score cells: mean ± 95% CI over seeds, then the rank on that task in parentheses.", ""]
+    if board.text is not None:
+        lines += ["## Text (STS)", ""] + _md_table(*text_rows(board)) + [
+            "", "STS avg: per seed, the mean Spearman x100 over these STS tasks (SimCSE's Avg.), then mean ± 95% CI "
+                "over seeds; p: paired t-test over seeds against the baseline.", ""]
     for t, tb in board.task_boards.items():
         arrow = "higher is better" if tb.higher_is_better else "lower is better"
         lines += [f"## Task {md_escape(t)}", "",
@@ -1288,7 +1384,12 @@ def render_html(board: Leaderboard) -> str:
     parts += ["</dl>", "</section>",
               '<section id="leaderboard">', "<h2>Leaderboard</h2>", _html_table(*summary_rows(board)),
               '<p class="note">Score cells: mean ± 95% CI over seeds, then the rank on that task in parentheses.</p>',
-              "</section>", '<section id="tasks">', "<h2>Per task</h2>"]
+              "</section>"]
+    if board.text is not None:
+        parts += ['<section id="text">', "<h2>Text (STS)</h2>", _html_table(*text_rows(board)),
+                  '<p class="note">STS avg: per seed, the mean Spearman x100 over these STS tasks (SimCSE\'s Avg.), '
+                  "then mean ± 95% CI over seeds; p: paired t-test over seeds against the baseline.</p>", "</section>"]
+    parts += ['<section id="tasks">', "<h2>Per task</h2>"]
     for t, tb in board.task_boards.items():
         arrow = "higher is better" if tb.higher_is_better else "lower is better"
         parts += [f"<h3>{e(t)}</h3>",
@@ -1426,6 +1527,8 @@ def main(args: argparse.Namespace, reporter) -> int:
     for i, board in enumerate(boards):
         if fmt == "table":
             print_wide(render_table(board))
+            if board.text is not None:
+                print_wide(render_text_table(board))
             if board.failed:
                 print_wide(render_failed_table(board))
             for n in board.notes:

@@ -104,6 +104,9 @@ def check(name: str, objective, objective_name: str, options: DataOptions, max_s
     """Before training: the data exists, has its columns, supplies what the objective needs, and
     feeds the towers the objective trains."""
     s = spec(name)
+    if s.modality == "text" and objective.modality != "text":
+        raise ValueError(f"training data {name!r} is text only, but objective {objective_name!r} trains the "
+                         f"{objective.modality} tower(s); pick a text objective (e.g. simcse) or image-text data")
     missing = set(objective.requires) - set(provides(s.kind))
     if missing:
         from .batch import FIELDS
@@ -111,9 +114,6 @@ def check(name: str, objective, objective_name: str, options: DataOptions, max_s
         need = "; ".join(f"{m} ({FIELDS.get(m, '?')})" for m in sorted(missing))
         raise MissingFieldError(f"objective {objective_name!r} needs {need}, which training data {name!r} "
                                 f"does not supply (it supplies {', '.join(sorted(provides(s.kind)))})")
-    if s.modality == "text" and objective.modality != "text":
-        raise ValueError(f"training data {name!r} is text only, but objective {objective_name!r} trains the "
-                         f"{objective.modality} tower(s); pick a text objective (e.g. simcse) or image-text data")
     if s.source is not None and s.name != "wiki1m":
         table = load_table(name, s.source, options)
         if s.kind == "image-text":

@@ -503,3 +503,40 @@ def test_html_renders_in_headless_chromium(board, tmp_path):
     out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and 'id="compositionality"' in out.stdout
+
+
+def test_text_section_averages_sts_tasks_per_seed_with_ci_and_paired_test():
+    """Two objectives x 3 seeds on one STS task (shapes-sts) and one image-text task: the text
+    section holds only the STS task, its per-seed average, a Student-t CI and a paired t-test."""
+    sts = {"clip": [70.0, 72.0, 74.0], "simcse": [80.0, 81.0, 85.0]}
+    runs = []
+    for o in sts:
+        for i, seed in enumerate(SEEDS):
+            runs.append(lb.RunRecord(
+                run_id=f"{o}{seed}", objective=o, seed=seed, status="FINISHED", track="default", budget_id=BUDGET,
+                scores={"shapes-sts": sts[o][i], "shapes-retrieval": 0.5},
+                metrics={"shapes-sts": {"spearman": sts[o][i]}, "shapes-retrieval": {"mean_recall@1": 0.5}},
+                main_metric={"shapes-sts": "spearman", "shapes-retrieval": "mean_recall@1"},
+                higher_is_better={"shapes-sts": True, "shapes-retrieval": True}))
+    board, = lb.build(lb.Collected("e", "0", "sqlite://", None, {}, runs, []))
+    sec = board.text
+    assert sec.tasks == ["shapes-sts"]
+    assert sec.average["simcse"].mean == pytest.approx(82.0)
+    assert sec.average["clip"].ci == pytest.approx(T975_2 * 2.0 / math.sqrt(3))  # sd of 70, 72, 74 is 2
+    d = np.array([80 - 70, 81 - 72, 85 - 74], dtype=float)  # paired differences 10, 9, 11
+    assert sec.tests["simcse"].delta == pytest.approx(10.0)
+    assert sec.tests["simcse"].p_ttest == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    header, rows = lb.text_rows(board)
+    assert rows[0][0] == "simcse" and "shapes-sts (rank)" in header
+    md = lb.render_markdown(board)
+    assert "## Text (STS)" in md and "82.000 ±" in md
+    assert '<section id="text">' in lb.render_html(board)
+    assert lb.render_json(board) and board.to_dict()["text"]["tasks"] == ["shapes-sts"]
+
+
+def test_no_text_section_without_sts_tasks():
+    runs = [lb.RunRecord(run_id="a", objective="clip", seed=0, status="FINISHED", track="default", budget_id=BUDGET,
+                         scores={"shapes-retrieval": 0.5}, metrics={"shapes-retrieval": {}},
+                         main_metric={"shapes-retrieval": "mean_recall@1"}, higher_is_better={"shapes-retrieval": True})]
+    board, = lb.build(lb.Collected("e", "0", "sqlite://", None, {}, runs, []))
+    assert board.text is None and "Text (STS)" not in lb.render_markdown(board)

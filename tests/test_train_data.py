@@ -1,0 +1,159 @@
+"""Real training data: image-text sets (COCO webdataset, Flickr30k parquet with a split column),
+training-data resolution, checkpoint selection, text towers."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.config import ConfigError, RunConfig, resolve_config
+from harness.data import MissingFieldError
+from harness.sources import DataOptions, MissingColumnsError
+from harness import train_data as td
+
+
+def _jpeg(colour, size=(40, 30)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size[1], size[0], 3), colour, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def coco_wds(root: Path, n: int = 12, bad: int | None = None) -> Path:
+    """undefined443/coco-karpathy-wds layout: train/train-00000.tar with NNNNNNNNN.jpg + .json."""
+    (root / "train").mkdir(parents=True)
+    with tarfile.open(root / "train" / "train-00000.tar", "w") as tar:
+        for i in range(n):
+            files = {f"{i:09d}.jpg": b"not a jpeg" if i == bad else _jpeg((20 * i % 255, 0, 255 - 20 * i % 255)),
+                     f"{i:09d}.json": json.dumps({"captions": [f"image {i} caption {j}" for j in range(5)],
+                                                  "cocoid": 1000 + i}).encode()}
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+class Tok:
+    """A tokenizer stand-in: one id per distinct text (so tests can read captions back)."""
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, texts):
+        ids = [self.vocab.setdefault(t, len(self.vocab) + 1) for t in texts]
+        return torch.tensor(ids)[:, None]
+
+    def text(self, i: int) -> str:
+        return {v: k for k, v in self.vocab.items()}[int(i)]
+
+
+def build(tmp_path, name="coco", **kw):
+    s = td.spec(name)
+    from harness.sources import load_table
+
+    table = load_table(name, s.source, DataOptions(paths={name: str(tmp_path / "data")}))
+    tok = Tok()
+    cache = tmp_path / ("cache-strict" if kw.get("strict") else "cache")
+    data = td.ImageTextTrainData(name, table, tok, seed=kw.pop("seed", 0), image_size=16, preprocess_cfg=None,
+                                 cache_dir=cache, split_value=s.split_value, **kw)
+    return data, tok
+
+
+def test_coco_webdataset_train_data(tmp_path):
+    coco_wds(tmp_path / "data")
+    data, tok = build(tmp_path)
+    assert len(data) == 12 and data.n_undecodable == 0
+    b = data.batch(0, 4, {"image", "text", "text_view", "image_view", "index", "labels"})
+    assert b.images.shape == (4, 16, 16, 3) and b.images.dtype == torch.uint8
+    for k in range(4):
+        i = int(b.index[k])
+        cap, view = tok.text(b.tokens[k, 0]), tok.text(b.text_view[k, 0])
+        assert cap.startswith(f"image {i} caption") and view.startswith(f"image {i} caption") and cap != view
+        # the image is row i's (its colour encodes i)
+        assert abs(int(b.images[k, 8, 8, 0]) - 20 * i % 255) <= 3
+    # deterministic in (seed, step), whatever fields are asked for
+    again = data.batch(0, 4, {"text", "index"})
+    assert torch.equal(again.tokens, b.tokens) and torch.equal(again.index, b.index)
+    # the decoded images are cached: a second instance reads the memmap
+    files = list((tmp_path / "cache").glob("train-coco-*.u8"))
+    assert len(files) == 1
+    data2, _ = build(tmp_path)
+    assert torch.equal(data2.batch(0, 4, {"image"}).images, b.images)
+
+
+def test_undecodable_training_image_dropped_or_strict(tmp_path):
+    coco_wds(tmp_path / "data", bad=3)
+    data, _ = build(tmp_path)
+    assert len(data) == 11 and data.n_undecodable == 1 and 3 not in data.rows
+    from harness.sources import UndecodableImageError
+
+    with pytest.raises(UndecodableImageError, match="cannot be decoded"):
+        build(tmp_path, strict=True)
+
+
+def test_flickr_split_column_and_missing_columns(tmp_path):
+    import datasets
+
+    feats = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string")),
+                               "split": datasets.Value("string"), "img_id": datasets.Value("string")})
+    splits = ["train", "train", "val", "test", "train"]
+    ds = datasets.Dataset.from_dict({
+        "image": [{"bytes": _jpeg((i * 40, 0, 0)), "path": None} for i in range(5)],
+        "caption": [[f"flickr {i} {j}" for j in range(5)] for i in range(5)],
+        "split": splits, "img_id": [str(i) for i in range(5)]}, features=feats)
+    (tmp_path / "data" / "TEST" / "test").mkdir(parents=True)
+    ds.to_parquet(str(tmp_path / "data" / "TEST" / "test" / "0000.parquet"))
+    data, tok = build(tmp_path, "flickr30k")
+    assert sorted(data.rows.tolist()) == [0, 1, 4]
+    bad = ds.remove_columns("caption")
+    with pytest.raises(MissingColumnsError, match="caption column .* found image, split, img_id"):
+        td.image_text_columns(bad, "flickr30k")
+
+
+def test_train_data_auto_follows_the_first_task():
+    assert RunConfig(tasks=["shapes-retrieval"]).train_data == "shapes"
+    assert RunConfig(tasks=["shapes"], train_data="coco").train_data == "coco"
+    with pytest.raises(ConfigError, match="unknown training data 'cocoo'"):
+        resolve_config(flags={"train_data": "cocoo"})
+
+
+def test_train_data_checks_fields_and_towers():
+    from objectives import build_objective
+
+    with pytest.raises(MissingFieldError, match="hard_negative_text"):
+        td.check("coco", build_objective("negclip", {}), "negclip", DataOptions())
+    with pytest.raises(ValueError, match="text only"):
+        td.check("shapes-sentences", build_objective("clip", {}), "clip", DataOptions())
+
+
+def test_unavailable_training_data_is_reported_before_training(workdir):
+    from harness.cli import main
+
+    rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--train-data", "coco",
+               "--objective", "clip", "--task", "shapes-retrieval"])
+    assert rc == 2
+    from tests.conftest import runs
+
+    assert runs(workdir) == []
+
+
+def test_smoke_run_on_coco_webdataset(workdir, tmp_path, capsys):
+    from harness.cli import main
+    from tests.conftest import runs
+
+    coco_wds(tmp_path / "coco", n=40)
+    rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--train-data", "coco",
+               "--data", f"coco={tmp_path / 'coco'}", "--objective", "clip", "--task", "shapes-retrieval",
+               "--batch-size", "8", "--steps", "3"])
+    assert rc == 0
+    (run,) = runs(workdir)
+    assert run.info.status == "FINISHED" and run.data.tags["harness.train_data"] == "coco"
+    assert run.data.metrics["cost/samples_seen"] == 24
