@@ -312,7 +312,8 @@ def evaluate_only(cfg: RunConfig, reporter: Reporter | None = None) -> RunOutcom
     device = resolve_device(cfg.budget.device)
     out_dir = Path(cfg.tracking.output_dir)
     world = shapes_world(cfg.shapes, default_cache_dir(out_dir), reporter)
-    model, tokenizer, image_size, mean, std = build_model(cfg.model, words=vocabulary())
+    words = vocabulary() if train_data.uses_shapes_vocabulary("shapes", tasks) else None
+    model, tokenizer, image_size, mean, std = build_model(cfg.model, words=words)
     model.to(device)
     encoder = Encoder(model, tokenizer, image_size, mean, std, device=device,
                       batch_size=cfg.budget.eval_batch_size, precision=cfg.budget.precision)

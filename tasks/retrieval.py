@@ -26,20 +26,93 @@ def first_positive_rank(scores: torch.Tensor, positives: torch.Tensor, chunk: in
     return torch.cat(ranks)
 
 
-def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor,
-                      ks=(1, 5, 10)) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """CLIP_benchmark's zero-shot retrieval metrics.
+def _positive_lists(text_to_image: torch.Tensor, n_images: int) -> torch.Tensor:
+    """(N_images x max captions) caption indices of every image, ascending, padded with -1."""
+    order = torch.argsort(text_to_image, stable=True)  # caption indices grouped by image, ascending
+    counts = torch.bincount(text_to_image, minlength=n_images)
+    width = int(counts.max()) if counts.numel() else 0
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(order)) - starts[text_to_image[order]]
+    out = torch.full((n_images, max(width, 1)), -1, dtype=torch.long)
+    out[text_to_image[order], slot] = order
+    return out
 
-    ``positives`` is a (N_texts x N_images) boolean matrix. ``image_retrieval_recall@k`` is
-    text->image: the share of texts whose top k images include a positive;
-    ``text_retrieval_recall@k`` is image->text: the share of images with any positive caption in
-    their top k (the "CLIP paper" recall, a hit if ANY correct caption is retrieved). Also the mean
-    and median rank of the first positive. Returns (metrics, t2i ranks, i2t ranks).
+
+def count_ranks(scores: torch.Tensor, best: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each row's best positive, counted instead of sorted.
+
+    ``best`` is the row's best positive score and ``first`` the lowest column index holding a
+    positive with that score. The rank is ``1 + #(scores > best) + #(scores == best before
+    first)``: exactly the position a stable descending sort gives (equal scores keep index order),
+    as in :func:`first_positive_rank`, in O(columns) memory per row.
     """
-    scores = text_emb.float() @ image_emb.float().T
-    positives = positives.bool()
-    t2i = first_positive_rank(scores, positives)
-    i2t = first_positive_rank(scores.T, positives.T)
+    above = (scores > best[:, None]).sum(dim=1)
+    tied = scores == best[:, None]
+    tied &= torch.arange(scores.shape[1])[None, :] < first[:, None]
+    return 1 + above + tied.sum(dim=1)
+
+
+def _dense_best(scores: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not bool(pos.any(dim=1).all()):
+        raise ValueError("every retrieval query needs at least one positive")
+    best = scores.masked_fill(~pos, float("-inf")).max(dim=1).values
+    first = (pos & (scores == best[:, None])).to(torch.uint8).argmax(dim=1)  # argmax: first maximum
+    return best, first
+
+
+def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor,
+                    chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t2i, i2t): 1-based rank of the first positive for every text (over images) and every image
+    (over texts), computed ``chunk`` query rows at a time without a full score matrix.
+
+    ``positives`` is either ``text_to_image`` (LongTensor[N_texts], the image of each caption: the
+    COCO / Flickr case, several captions per image, one image per caption) or a dense
+    (N_texts x N_images) bool matrix (the shapes world, where several images share a description).
+    Score blocks are slices of ``text_emb @ image_emb.T`` (text rows, image columns), ranks are
+    counted (:func:`count_ranks`), so the ranks equal :func:`first_positive_rank` on the full
+    matrix, ties included. Peak memory is O(chunk x max(N_texts, N_images)) plus the positives.
+    """
+    txt, img = text_emb.float(), image_emb.float()
+    n_t, n_i = txt.shape[0], img.shape[0]
+    dense = positives.dtype == torch.bool
+    if dense:
+        if tuple(positives.shape) != (n_t, n_i):
+            raise ValueError(f"positives must be (N_texts, N_images) = {(n_t, n_i)}, got {tuple(positives.shape)}")
+    else:
+        positives = positives.long()
+        if positives.shape != (n_t,):
+            raise ValueError(f"text_to_image must have one entry per text ({n_t}), got {tuple(positives.shape)}")
+        if n_t and (int(positives.min()) < 0 or int(positives.max()) >= n_i):
+            raise ValueError(f"text_to_image values must index the {n_i} images")
+        caps = _positive_lists(positives, n_i)
+        if n_i and bool((caps[:, 0] < 0).any()):
+            raise ValueError("every retrieval query needs at least one positive (an image has no caption)")
+    t2i, i2t = [], []
+    for a in range(0, n_t, chunk):  # text queries: rows of the score matrix
+        s = txt[a : a + chunk] @ img.T
+        if dense:
+            best, first = _dense_best(s, positives[a : a + chunk])
+        else:
+            first = positives[a : a + chunk]
+            best = s.gather(1, first[:, None]).squeeze(1)
+        t2i.append(count_ranks(s, best, first))
+    for a in range(0, n_i, chunk):  # image queries: columns of the score matrix
+        s = (txt @ img[a : a + chunk].T).T
+        if dense:
+            best, first = _dense_best(s, positives[:, a : a + chunk].T)
+        else:
+            c = caps[a : a + chunk]
+            vals = s.gather(1, c.clamp(min=0)).masked_fill(c < 0, float("-inf"))
+            best = vals.max(dim=1).values
+            # captions are listed in ascending index order: the first maximum is the lowest index
+            first = c.gather(1, (vals == best[:, None]).to(torch.uint8).argmax(dim=1, keepdim=True)).squeeze(1)
+        i2t.append(count_ranks(s, best, first))
+    empty = torch.zeros(0, dtype=torch.long)
+    return (torch.cat(t2i) if t2i else empty), (torch.cat(i2t) if i2t else empty)
+
+
+def metrics_from_ranks(t2i: torch.Tensor, i2t: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """CLIP_benchmark's retrieval metric keys from first-positive ranks (see :func:`retrieval_metrics`)."""
     m: dict[str, float] = {}
     for k in ks:
         m[f"image_retrieval_recall@{k}"] = float((t2i <= k).float().mean())
@@ -50,7 +123,24 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, positives
     for k in ks:
         m[f"mean_recall@{k}"] = (m[f"image_retrieval_recall@{k}"] + m[f"text_retrieval_recall@{k}"]) / 2
     m["rsum"] = 100 * sum(m[f"{d}_retrieval_recall@{k}"] for d in ("image", "text") for k in ks)
-    return m, t2i, i2t
+    return m
+
+
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor,
+                      ks=(1, 5, 10), chunk: int = 512) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """CLIP_benchmark's zero-shot retrieval metrics (``metrics/zeroshot_retrieval.py``).
+
+    ``positives`` is a (N_texts x N_images) boolean matrix or ``text_to_image`` (LongTensor of the
+    image of every text); see :func:`retrieval_ranks`, which computes the ranks in bounded memory.
+    Scores are cosine similarities ``text_emb @ image_emb.T`` (no scale). ``image_retrieval_recall@k``
+    is text->image: the share of texts whose top k images include a positive;
+    ``text_retrieval_recall@k`` is image->text: the share of images with any positive caption in
+    their top k (the "CLIP paper" recall, a hit if ANY correct caption is retrieved). Also the mean
+    and median rank of the first positive, ``mean_recall@k`` (the mean of both directions) and
+    ``rsum`` (the sum of all recalls, in %). Returns (metrics, t2i ranks, i2t ranks).
+    """
+    t2i, i2t = retrieval_ranks(image_emb, text_emb, positives, chunk=chunk)
+    return metrics_from_ranks(t2i, i2t, ks), t2i, i2t
 
 
 @register("shapes-retrieval")
