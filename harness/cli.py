@@ -237,7 +237,7 @@ def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
     if a.what == "objectives":
         cols = ("name", "family", "modality", "requires", "distributed", "citation")
     else:
-        cols = ("name", "family", "main_score", "dataset", "citation")
+        cols = ("name", "family", "modality", "main_score", "dataset", "default_train_data", "license")
     for c in cols:
         table.add_column(c, overflow="fold")
     for r in rows:

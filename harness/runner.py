@@ -122,7 +122,8 @@ def prepare(cfg: RunConfig) -> Plan:
     objective = build_objective(cfg.objective, cfg.objective_params)
     tasks = expand_tasks(cfg.tasks, objective.modality, cfg.objective)
     check_task_data(tasks, cfg)
-    train_data.check(cfg.train_data, objective, cfg.objective, cfg.data.options(), cfg.train_samples)
+    train_data.check(cfg.train_data, objective, cfg.objective, cfg.data.options(), cfg.train_samples,
+                     model=cfg.model)
     if cfg.selection is not None:
         check_selection(cfg, objective)
     device = resolve_device(cfg.budget.device)

@@ -275,6 +275,7 @@ class ImageColumn:
             raise MissingColumnsError(f"dataset {name or '?'} has no image column: expected one of "
                                       f"{', '.join(candidates)}; found {', '.join(table.column_names)}")
         self.column = present[0]
+        table = table.select_columns([self.column])  # reading a row must not decode other image columns
         if isinstance(table.features.get(self.column), datasets.Image):
             table = table.cast_column(self.column, datasets.Image(decode=False))
         self.table, self.name, self.strict, self.crop = table, name, strict, crop

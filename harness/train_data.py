@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import text_data
 from .data import Batch, MissingFieldError, jitter
 from .distributed import world_info
 from .sources import DataOptions, HubSource, ImageColumn, MissingColumnsError, fingerprint, load_table
@@ -50,7 +51,10 @@ TRAIN_DATA: dict[str, TrainDataSpec] = {s.name: s for s in (
                   doc="the embedded shapes world (train split), rendered offline"),
     TrainDataSpec("shapes-sentences", "sentences", license="generated",
                   doc="the shapes world's training captions as a sentence corpus (text track, offline); "
-                      "the second view is the caption's other phrasing"),
+                      "the two views are two dropout passes of the same caption (set model.text_dropout)"),
+    TrainDataSpec("shapes-nli", "nli", license="generated",
+                  doc="shapes-world triplets (text track, offline): caption, its other phrasing (entailment), "
+                      "its attribute-swap hard negative (contradiction)"),
     TrainDataSpec("coco", "image-text",
                   HubSource("undefined443/coco-karpathy-wds", split="train"),
                   license="CC BY 4.0 (annotations); images under Flickr terms",
@@ -62,11 +66,12 @@ TRAIN_DATA: dict[str, TrainDataSpec] = {s.name: s for s in (
                   split_value="train", license="Flickr terms of use; research only",
                   doc="Flickr30k Karpathy train split (29,000 images x 5 captions): the rows of "
                       "nlphuji/flickr30k with split == 'train'"),
-    TrainDataSpec("nli", "nli", HubSource("sentence-transformers/nli-for-simcse", config="triplet", split="train"),
+    TrainDataSpec("nli", "nli", text_data.NLI_FOR_SIMCSE,
                   license="CC BY-SA 4.0 (SNLI), MNLI: mixed (see GLUE)",
                   doc="supervised SimCSE triplets (anchor, entailment, contradiction), 274,951 rows"),
-    TrainDataSpec("wiki1m", "sentences",
-                  HubSource("princeton-nlp/datasets-for-simcse", split="train", data_files="wiki1m_for_simcse.txt"),
+    TrainDataSpec("all-nli", "nli", text_data.ALL_NLI, license="CC BY-SA 4.0 (SNLI), MNLI: mixed (see GLUE)",
+                  doc="AllNLI triplets (SNLI + MultiNLI), 557,850 rows"),
+    TrainDataSpec("wiki1m", "sentences", text_data.WIKI1M,
                   license="CC BY-SA 3.0 (Wikipedia)",
                   doc="unsupervised SimCSE: 1M Wikipedia sentences, one per line"),
 )}
@@ -100,10 +105,19 @@ def provides(kind: str, supervised_nli: bool = False) -> frozenset[str]:
     }[kind]
 
 
-def check(name: str, objective, objective_name: str, options: DataOptions, max_samples: int | None = None) -> None:
+def check(name: str, objective, objective_name: str, options: DataOptions, max_samples: int | None = None,
+          model=None) -> None:
     """Before training: the data exists, has its columns, supplies what the objective needs, and
-    feeds the towers the objective trains."""
+    feeds the towers the objective trains. ``model`` (a ModelConfig): a sentence corpus's two views
+    are two dropout passes, so an open_clip text tower needs ``text_dropout``."""
     s = spec(name)
+    if s.kind == "sentences" and model is not None and "text_view" in objective.requires:
+        from .models import HF_TEXT_PREFIX, MINILM
+
+        if not model.text_dropout and not (model.name == MINILM or model.name.startswith(HF_TEXT_PREFIX)):
+            raise ValueError(f"training data {name!r} gives two views of one sentence that differ only by "
+                             f"dropout, and model {model.name!r} has none: set model.text_dropout (SimCSE: 0.1, "
+                             "--set model.text_dropout=0.1) or use a Hugging Face text tower")
     if s.modality == "text" and objective.modality != "text":
         raise ValueError(f"training data {name!r} is text only, but objective {objective_name!r} trains the "
                          f"{objective.modality} tower(s); pick a text objective (e.g. simcse) or image-text data")
@@ -114,14 +128,14 @@ def check(name: str, objective, objective_name: str, options: DataOptions, max_s
         need = "; ".join(f"{m} ({FIELDS.get(m, '?')})" for m in sorted(missing))
         raise MissingFieldError(f"objective {objective_name!r} needs {need}, which training data {name!r} "
                                 f"does not supply (it supplies {', '.join(sorted(provides(s.kind)))})")
-    if s.source is not None and s.name != "wiki1m":
-        table = load_table(name, s.source, options)
-        if s.kind == "image-text":
-            image_text_columns(table, name)
-        elif s.kind == "nli":
-            from .sources import check_columns
-
-            check_columns(table, ("anchor", "positive", "negative"), name)
+    if s.source is None:
+        return
+    if s.kind == "image-text":
+        image_text_columns(load_table(name, s.source, options), name)
+    elif s.kind == "sentences":
+        text_data.load_sentence_corpus(name, options, source=s.source, max_samples=max_samples)
+    elif s.kind == "nli":
+        text_data.load_nli_triplets(name, options, source=s.source, max_samples=max_samples)
 
 
 def image_text_columns(table, name: str) -> tuple[str, str]:
@@ -271,7 +285,7 @@ class ImageTextTrainData:
 
 def uses_shapes_vocabulary(train_data: str, tasks: Sequence) -> bool:
     """The word-level shapes vocabulary fits only runs that see nothing but shapes-world text."""
-    return train_data in ("shapes", "shapes-sentences") and all(
+    return train_data in ("shapes", "shapes-sentences", "shapes-nli") and all(
         getattr(t, "dataset", "") == "shapes-world" for t in tasks)
 
 
@@ -283,10 +297,10 @@ def build(name: str, *, world, tokenizer, seed: int, options: DataOptions, image
     s = spec(name)
     if s.kind == "shapes":
         return ShapesTrainData(world, tokenizer, seed=seed)
-    from . import text_data
-
     if name == "shapes-sentences":
-        return text_data.SentenceTrainData.from_shapes(world, tokenizer, seed=seed)
+        return text_data.SentenceTrainData.from_shapes(world, tokenizer, seed=seed, views="dropout")
+    if name == "shapes-nli":
+        return text_data.NLITrainData.from_shapes(world, tokenizer, seed=seed)
     if s.kind == "image-text":
         table = load_table(name, s.source, options)
         return ImageTextTrainData(name, table, tokenizer, seed, image_size, preprocess_cfg, cache_dir,
