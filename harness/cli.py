@@ -140,7 +140,11 @@ def cmd_eval(a: argparse.Namespace, rep: Reporter) -> int:
     except Exception as e:  # recorded FAILED
         rep.error(f"evaluation failed ({type(e).__name__}: {e}); recorded as FAILED in MLflow")
         return EXIT_FAILED
-    rep.print(rep.results_table(outcome.results, f"{cfg.model.name} ({cfg.model.pretrained or 'random init'})"))
+    from .models import HF_TEXT_PREFIX, MINILM
+
+    bundled = cfg.model.name == MINILM or cfg.model.name.startswith(HF_TEXT_PREFIX)
+    weights = cfg.model.pretrained or ("Hugging Face weights" if bundled else "random init")
+    rep.print(rep.results_table(outcome.results, f"{cfg.model.name} ({weights})"))
     rep.info(f"MLflow run {outcome.run_id} ({outcome.status}); results: {outcome.results_path}")
     return 0
 

@@ -1,0 +1,381 @@
+"""Zero-shot classification and linear probes on real image datasets: CIFAR-10, CIFAR-100 and
+ImageNet-1k (CLIP_benchmark's definitions, LAION-AI/CLIP_benchmark; Radford et al. 2021, CLIP).
+
+Zero-shot (``cifar10-zeroshot``, ``cifar100-zeroshot``, ``imagenet-zeroshot``), as CLIP_benchmark's
+``metrics/zeroshot_classification.py``: per class the re-normalised mean of the normalised prompt
+embeddings over the templates (:func:`tasks.zeroshot.zeroshot_classifier`), ``logits = 100 * image
+@ W``; metrics ``acc1``, ``acc5`` (with at least 5 classes) and ``mean_per_class_recall``
+(sklearn's balanced accuracy), :func:`tasks.zeroshot.classification_metrics`. Class names and
+templates: :mod:`tasks.classnames`.
+
+Linear probe (``cifar10-linear``, ``cifar100-linear``): multinomial logistic regression on frozen,
+L2-normalised image features (:func:`tasks.linear.fit_logistic_regression`, full-batch L-BFGS as
+OpenAI's CLIP probe; CLIP_benchmark's ``metrics/linear_probe.py`` trains the same objective with
+AdamW on CUDA only). The weight decay is chosen on a held-out validation part of the train split.
+
+Validation (tuning, checkpoint selection): CIFAR has no validation split, so a seeded held-out part
+of ``train`` (:meth:`RealClassification.holdout`, the same rows for the zero-shot and the probe
+tasks) stands in for it and the test split is never read. ImageNet's webdataset
+(``clip-benchmark/wds_imagenet1k``) is read for its ``test`` split only: the task refuses
+validation mode.
+
+Images that do not decode are skipped and counted (``n_undecodable``), or raise under
+``strict_images``. Image embeddings go through the shared cache under a key that names the dataset
+and split (not the task), so ``cifar10-zeroshot`` and ``cifar10-linear`` encode the test split once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.sources import DataError, HubSource, ImageColumn, MissingColumnsError, load_table
+
+from . import register
+from .base import DatasetTask, EvalContext, TaskResult
+from .classnames import (CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR_TEMPLATES, imagenet_classnames,
+                         imagenet_templates, same_classes)
+from .linear import WEIGHT_DECAYS, LogisticRegression, fit_logistic_regression, probe_metrics
+from .zeroshot import classification_metrics, zeroshot_classifier
+
+# Revisions: the Hub's main-branch commits of these repositories are known here only by short hash
+# (uoft-cs/cifar10 0b27149 and uoft-cs/cifar100 aadb3af, "Convert dataset to Parquet"); datasets
+# needs a full hash, so they stay unpinned (revision None = main) until someone with Hub access pins them.
+CIFAR10_SOURCE = HubSource("uoft-cs/cifar10", split="test")
+CIFAR100_SOURCE = HubSource("uoft-cs/cifar100", split="test")
+IMAGENET_SOURCE = HubSource("clip-benchmark/wds_imagenet1k", split="test")
+
+CIFAR_LICENSE = ("unknown (no formal license; Krizhevsky 2009, 'Learning Multiple Layers of Features "
+                 "from Tiny Images', tech. report; use for research)")
+CIFAR_CITATION = ("Krizhevsky 2009 (CIFAR); CLIP_benchmark (LAION-AI/CLIP_benchmark) zero-shot / linear "
+                  "probe; Radford et al. 2021 (CLIP) prompts")
+IMAGENET_LICENSE = ("ImageNet terms of access: non-commercial research and educational use only "
+                    "(image-net.org; ILSVRC/imagenet-1k is gated on the Hub)")
+IMAGENET_CITATION = ("Russakovsky et al. 2015 (ILSVRC 2012); CLIP_benchmark (LAION-AI/CLIP_benchmark) "
+                     "wds_imagenet1k; Radford et al. 2021 (CLIP) 80 prompts via open_clip")
+
+
+class RealClassification(DatasetTask):
+    """Shared by the real-data classification tasks: column detection, labels, the validation
+    hold-out of the train split, and cached image embeddings keyed by dataset and split."""
+
+    #: candidate image / label columns, first present wins (webdataset fields are named by extension)
+    image_columns: ClassVar[tuple[str, ...]] = ()
+    label_columns: ClassVar[tuple[str, ...]] = ()
+    classnames: ClassVar[tuple[str, ...]] = ()
+    templates: ClassVar[tuple[str, ...]] = ()
+    #: whether a ``ClassLabel`` label column must name :attr:`classnames` in order (up to ``_``/case)
+    check_label_names: ClassVar[bool] = True
+    train_split: ClassVar[str] = "train"
+    #: the validation part of the train split: a ``holdout_seed`` permutation's first
+    #: ``min(max_val, round(val_fraction * n))`` rows (at least one)
+    holdout_seed: ClassVar[int] = 0
+    val_fraction: ClassVar[float] = 0.1
+    max_val: ClassVar[int] = 5000
+    #: splits :meth:`check_data` loads
+    check_splits: ClassVar[tuple[str, ...]] = ("test",)
+
+    # -- data --------------------------------------------------------------------------------
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.classnames)
+
+    def prompt_templates(self) -> tuple[str, ...]:
+        return tuple(self.templates)
+
+    def check_data(self, options) -> None:
+        for split in self.check_splits:
+            table = load_table(self.name, self.source, options, self.columns, split=split)
+            _, label = self.detect_columns(table)
+            self.labels(table, label)
+
+    def detect_columns(self, table) -> tuple[str, str]:
+        """(image column, label column): the first present of :attr:`image_columns` /
+        :attr:`label_columns`; :class:`MissingColumnsError` names what was expected and found."""
+        found = list(table.column_names)
+        image = next((c for c in self.image_columns if c in found), None)
+        label = next((c for c in self.label_columns if c in found), None)
+        missing = [f"an image column (one of {', '.join(self.image_columns)})" if image is None else "",
+                   f"a label column (one of {', '.join(self.label_columns)})" if label is None else ""]
+        missing = [m for m in missing if m]
+        if missing:
+            raise MissingColumnsError(f"dataset for {self.name!r} ({self.source.describe()}) lacks "
+                                      f"{' and '.join(missing)}; found {', '.join(found) or '(none)'}")
+        return image, label
+
+    def labels(self, table, column: str) -> np.ndarray:
+        """Integer labels of ``column``, checked against the task's classes."""
+        import datasets
+
+        names = self.class_names()
+        feature = table.features.get(column)
+        if isinstance(feature, datasets.ClassLabel):
+            if feature.num_classes != len(names) or (self.check_label_names and not same_classes(feature.names, names)):
+                shown = ", ".join(feature.names[:5]) + (", ..." if feature.num_classes > 5 else "")
+                raise DataError(f"dataset for {self.name!r}: label column {column!r} has {feature.num_classes} "
+                                f"classes ({shown}); the task's prompts are for {len(names)} classes "
+                                f"({', '.join(names[:5])}, ...) in that order")
+        if len(table) == 0:
+            raise DataError(f"dataset for {self.name!r} has no rows")
+        y = np.asarray(table.select_columns([column]).with_format("numpy")[:][column])
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"dataset for {self.name!r}: label column {column!r} must hold one integer class "
+                            f"id per row, got dtype {y.dtype} and shape {y.shape}")
+        bad = (y < 0) | (y >= len(names))
+        if bad.any():
+            raise DataError(f"dataset for {self.name!r}: {int(bad.sum())} label(s) in {column!r} outside "
+                            f"[0, {len(names)}) (e.g. {int(y[bad][0])}); an unlabelled split (ImageNet's test "
+                            "split has label -1) cannot be evaluated: use the labelled validation images")
+        return y.astype(np.int64)
+
+    def holdout(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(validation rows, the other rows) of a train split of ``n`` rows. The validation rows are
+        the first ``min(max_val, round(val_fraction * n))`` of a permutation seeded with
+        ``holdout_seed`` (sorted); the other rows keep the permutation's order, so a prefix of
+        them is a random subset."""
+        if n < 2:
+            raise DataError(f"task {self.name!r} needs at least 2 rows in its train split to hold out a "
+                            f"validation part, found {n}")
+        perm = np.random.default_rng(self.holdout_seed).permutation(n)
+        n_val = min(self.max_val, max(1, int(round(self.val_fraction * n))), n - 1)
+        return np.sort(perm[:n_val]), perm[n_val:]
+
+    def embed(self, ctx: EvalContext, table, split: str, column: str,
+              rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached embeddings of ``rows`` (all when None) and the mask of rows whose image decoded.
+        The image column is named by dataset and split, not task, so tasks share the entry."""
+        images = ImageColumn(table, column, name=f"{self.source.repo}/{split}", strict=ctx.data.strict_images,
+                             rows=None if rows is None else [int(r) for r in rows])
+        return self.image_embeddings(ctx, images, table)
+
+    @staticmethod
+    def _nonempty(ok: torch.Tensor, what: str) -> None:
+        if not bool(ok.any()):
+            raise DataError(f"no image of {what} could be decoded")
+
+
+class RealZeroShot(RealClassification):
+    """Zero-shot classification (CLIP_benchmark): prompt-ensemble classifier, ``100 * img @ W``;
+    ``acc1``, ``acc5`` (>= 5 classes), ``mean_per_class_recall``, ``n_undecodable``; main score
+    ``acc1``. Predictions name the true and predicted class per item; item scores are the top-1
+    hits (their mean is ``acc1``)."""
+
+    family = "zeroshot"
+    version = "1"
+    main_score = "acc1"
+    modality = "image-text"
+
+    def evaluate(self, ctx: EvalContext) -> TaskResult:
+        t0 = time.perf_counter()
+        split = self.split_name(ctx)  # the test split, or the train split's hold-out under validation
+        table = self.table(ctx, split)
+        image_col, label_col = self.detect_columns(table)
+        y = self.labels(table, label_col)
+        rows = self.holdout(len(table))[0] if ctx.validation else None
+        emb, ok = self.embed(ctx, table, split, image_col, rows)
+        rows = np.arange(len(table)) if rows is None else rows
+        self._nonempty(ok, f"{self.name} ({split})")
+
+        names, templates = self.class_names(), self.prompt_templates()
+        w = zeroshot_classifier(lambda texts: ctx.cache.text(ctx.encoder, self.source.repo, "prompts", "zeroshot", texts),
+                                names, templates)
+        keep = ok.numpy()
+        logits = 100.0 * emb[ok].float() @ w.float()
+        target = torch.from_numpy(y[rows][keep])
+        metrics = classification_metrics(logits, target)
+        metrics["n_undecodable"] = float((~ok).sum())
+
+        pred = logits.argmax(dim=1).numpy()
+        items = rows[keep]
+        predictions = [{"item": int(i), "true": names[int(t)], "pred": names[int(p)]}
+                       for i, t, p in zip(items, target.numpy(), pred)]
+        hits = (pred == target.numpy()).astype(float)
+        prov = self.provenance(table)
+        if ctx.validation:
+            prov["dataset"] += f" ({split} split, held-out validation part)"
+        return self.result(metrics, predictions=predictions, item_scores=hits.tolist(), n_items=len(items),
+                           seconds=time.perf_counter() - t0, **prov)
+
+
+class CifarData:
+    """CIFAR's columns and checks (mixin)."""
+
+    image_columns = ("img",)
+    check_label_names = True
+
+
+@register("cifar10-zeroshot")
+class Cifar10ZeroShot(CifarData, RealZeroShot):
+    """CIFAR-10 zero-shot classification on the 10,000 test images (``uoft-cs/cifar10``, columns
+    ``img``, ``label``), with the CLIP paper's 18 prompts. Validation mode evaluates a seeded
+    held-out part of the train split (the one ``cifar10-linear`` selects its weight decay on)."""
+
+    source = CIFAR10_SOURCE
+    columns = ("img", "label")
+    label_columns = ("label",)
+    validation_split = "train"  # its seeded hold-out (RealClassification.holdout)
+    classnames = CIFAR10_CLASSNAMES
+    templates = CIFAR_TEMPLATES
+    license = CIFAR_LICENSE
+    citation = CIFAR_CITATION
+
+
+@register("cifar100-zeroshot")
+class Cifar100ZeroShot(CifarData, RealZeroShot):
+    """CIFAR-100 zero-shot classification over the 100 fine classes (``uoft-cs/cifar100``, columns
+    ``img``, ``fine_label``), with the CLIP paper's 18 prompts; validation as ``cifar10-zeroshot``."""
+
+    source = CIFAR100_SOURCE
+    columns = ("img", "fine_label")
+    label_columns = ("fine_label",)
+    validation_split = "train"
+    classnames = CIFAR100_CLASSNAMES
+    templates = CIFAR_TEMPLATES
+    license = CIFAR_LICENSE
+    citation = CIFAR_CITATION
+
+
+@register("imagenet-zeroshot")
+class ImageNetZeroShot(RealZeroShot):
+    """ImageNet-1k zero-shot classification on the 50,000 validation images as CLIP_benchmark ships
+    them (``clip-benchmark/wds_imagenet1k``, split ``test``: webdataset shards with ``webp``/``jpg``
+    images and ``cls`` labels), with open_clip's OpenAI class names and 80 prompts. A local
+    ``ILSVRC/imagenet-1k``-style table (``image``, ``label``; its labelled validation files) is read
+    too. Only a test split: refuses validation mode."""
+
+    source = IMAGENET_SOURCE
+    columns = ()
+    image_columns = ("webp", "jpg", "jpeg", "png", "image")
+    label_columns = ("cls", "label")
+    validation_split = None
+    check_label_names = False  # ILSVRC's ClassLabel names are WordNet synonyms ("tench, Tinca tinca")
+    license = IMAGENET_LICENSE
+    citation = IMAGENET_CITATION
+
+    def class_names(self) -> tuple[str, ...]:
+        return imagenet_classnames()
+
+    def prompt_templates(self) -> tuple[str, ...]:
+        return imagenet_templates()
+
+
+class RealLinearProbe(RealClassification):
+    """Linear probe on frozen, L2-normalised image features (CLIP_benchmark §linear_probe; the
+    objective of OpenAI's CLIP logistic-regression probe).
+
+    The train split is split once (:meth:`RealClassification.holdout`): a validation part (10%, at
+    most 5,000 images) and the rest, of which the first ``n_fit`` (default 10,000) of the seeded
+    permutation are the fit set (the cap keeps a CPU run to minutes; set ``n_fit = None`` for all
+    45,000). For every weight decay in :data:`tasks.linear.WEIGHT_DECAYS` a probe is fitted on the fit
+    set (:func:`fit_logistic_regression`, float64 L-BFGS, ``max_iter`` iterations) and scored on the
+    validation part; the best top-1 accuracy wins, ties going to the larger weight decay (as
+    ``shapes-linear``). The chosen probe is then reported on the test split (``acc1``, ``acc5``
+    with more than 5 classes, ``mean_per_class_recall``), or, under validation, on the validation
+    part itself, never reading the test split. Fitting runs on the encoder's device.
+
+    Extra metrics: ``weight_decay`` / ``log10_weight_decay`` (the chosen one), ``val_acc1``,
+    ``n_fit``, ``n_val`` (images used after dropping undecodable ones), ``n_undecodable`` (all
+    parts read).
+    """
+
+    family = "linear_probe"
+    version = "1"
+    main_score = "acc1"
+    modality = "image"
+    n_fit: ClassVar[int | None] = 10_000
+    max_iter: ClassVar[int] = 200
+    weight_decays: ClassVar[tuple[float, ...]] = WEIGHT_DECAYS
+    check_splits = ("train", "test")
+
+    def _features(self, ctx: EvalContext, emb: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        device = getattr(ctx.encoder, "device", torch.device("cpu"))
+        return F.normalize(emb[ok].float(), dim=-1).to(device)
+
+    def select(self, x_fit: torch.Tensor, y_fit: torch.Tensor, x_val: torch.Tensor,
+               y_val: torch.Tensor) -> tuple[LogisticRegression, float]:
+        """The probe with the best validation top-1 accuracy over :attr:`weight_decays` (ties: the
+        larger weight decay) and that accuracy."""
+        n_classes = len(self.class_names())
+        y_val = y_val.to(x_val.device)
+        best, best_acc = None, -1.0
+        for wd in sorted(self.weight_decays, reverse=True):  # strongest first: ties keep it
+            probe = fit_logistic_regression(x_fit, y_fit, wd, n_classes=n_classes, max_iter=self.max_iter)
+            acc = float((probe.predict(x_val) == y_val).double().mean())
+            if acc > best_acc:
+                best, best_acc = probe, acc
+        return best, best_acc
+
+    def evaluate(self, ctx: EvalContext) -> TaskResult:
+        t0 = time.perf_counter()
+        train = self.table(ctx, self.train_split)
+        image_col, label_col = self.detect_columns(train)
+        y_train = self.labels(train, label_col)
+        val_rows, rest = self.holdout(len(train))
+        fit_rows = np.sort(rest if self.n_fit is None else rest[: self.n_fit])
+        e_fit, ok_fit = self.embed(ctx, train, self.train_split, image_col, fit_rows)
+        e_val, ok_val = self.embed(ctx, train, self.train_split, image_col, val_rows)
+        self._nonempty(ok_fit, f"{self.name}'s fit set")
+        self._nonempty(ok_val, f"{self.name}'s validation part")
+        x_fit, x_val = self._features(ctx, e_fit, ok_fit), self._features(ctx, e_val, ok_val)
+        y_fit = torch.from_numpy(y_train[fit_rows][ok_fit.numpy()])
+        y_val = torch.from_numpy(y_train[val_rows][ok_val.numpy()])
+        probe, val_acc = self.select(x_fit, y_fit, x_val, y_val)
+        n_bad = int((~ok_fit).sum() + (~ok_val).sum())
+
+        if ctx.validation:  # report on the validation part: the test split is never read
+            table, x_eval, y_eval, items = train, x_val, y_val, val_rows[ok_val.numpy()]
+        else:
+            table = self.table(ctx, self.source.split)
+            image_col, label_col = self.detect_columns(table)
+            y_test = self.labels(table, label_col)
+            e_test, ok_test = self.embed(ctx, table, self.source.split, image_col)
+            self._nonempty(ok_test, f"{self.name} ({self.source.split})")
+            n_bad += int((~ok_test).sum())
+            x_eval, y_eval = self._features(ctx, e_test, ok_test), torch.from_numpy(y_test[ok_test.numpy()])
+            items = np.flatnonzero(ok_test.numpy())
+
+        logits = probe.logits(x_eval)
+        metrics: dict[str, Any] = probe_metrics(logits, y_eval)
+        metrics.update(weight_decay=probe.weight_decay, log10_weight_decay=float(np.log10(probe.weight_decay)),
+                       val_acc1=val_acc, n_fit=float(len(y_fit)), n_val=float(len(y_val)),
+                       n_undecodable=float(n_bad))
+        names = self.class_names()
+        pred = logits.argmax(dim=1).cpu().numpy()
+        target = y_eval.numpy()
+        predictions = [{"item": int(i), "true": names[int(t)], "pred": names[int(p)]}
+                       for i, t, p in zip(items, target, pred)]
+        prov = self.provenance(table)
+        if ctx.validation:
+            prov["dataset"] += f" ({self.train_split} split, held-out validation part)"
+        return self.result(metrics, predictions=predictions, item_scores=(pred == target).astype(float).tolist(),
+                           n_items=len(items), seconds=time.perf_counter() - t0, **prov)
+
+
+@register("cifar10-linear")
+class Cifar10Linear(CifarData, RealLinearProbe):
+    """CIFAR-10 linear probe: fit on (at most ``n_fit`` of) the train split minus a seeded
+    validation part, weight decay chosen on that part, reported on the 10,000 test images."""
+
+    source = CIFAR10_SOURCE
+    columns = ("img", "label")
+    label_columns = ("label",)
+    validation_split = "train"
+    classnames = CIFAR10_CLASSNAMES
+    license = CIFAR_LICENSE
+    citation = CIFAR_CITATION
+
+
+@register("cifar100-linear")
+class Cifar100Linear(CifarData, RealLinearProbe):
+    """CIFAR-100 linear probe over the 100 fine classes; protocol as ``cifar10-linear``."""
+
+    source = CIFAR100_SOURCE
+    columns = ("img", "fine_label")
+    label_columns = ("fine_label",)
+    validation_split = "train"
+    classnames = CIFAR100_CLASSNAMES
+    license = CIFAR_LICENSE
+    citation = CIFAR_CITATION
