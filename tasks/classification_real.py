@@ -63,6 +63,9 @@ class RealClassification(DatasetTask):
     """Shared by the real-data classification tasks: column detection, labels, the validation
     hold-out of the train split, and cached image embeddings keyed by dataset and split."""
 
+    #: image-text tasks on real photographs train on COCO captions by default (--train-data overrides)
+    default_train_data = "coco"
+
     #: candidate image / label columns, first present wins (webdataset fields are named by extension)
     image_columns: ClassVar[tuple[str, ...]] = ()
     label_columns: ClassVar[tuple[str, ...]] = ()

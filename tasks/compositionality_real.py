@@ -203,6 +203,9 @@ def bbox_box(bbox: dict[str, float]) -> tuple[float, float, float, float]:
 class _CaptionChoice(DatasetTask):
     """One image against its true caption and k negatives; shared by SugarCrepe and ARO."""
 
+    #: image-text tasks on real photographs train on COCO captions by default (--train-data overrides)
+    default_train_data = "coco"
+
     family: ClassVar[str] = "compositionality"
     modality: ClassVar[str] = "image-text"
     version: ClassVar[str] = "1"
@@ -313,6 +316,7 @@ class SugarCrepeSuite(Suite):
     """All seven SugarCrepe categories (Hsieh et al. 2023): add / replace / swap of objects,
     attributes and relations."""
 
+    default_train_data = "coco"
     dataset = "HuggingFaceM4/SugarCrepe_*"
     members = ("sugarcrepe-add-obj", "sugarcrepe-add-att", "sugarcrepe-replace-obj", "sugarcrepe-replace-att",
                "sugarcrepe-replace-rel", "sugarcrepe-swap-obj", "sugarcrepe-swap-att")
@@ -452,6 +456,7 @@ class AROCocoOrder(_CaptionChoice):
 class AROSuite(Suite):
     """ARO (Yuksekgonul et al., ICLR 2023): VG-Relation, VG-Attribution and COCO-Order."""
 
+    default_train_data = "coco"
     dataset = "mteb/ARO-Visual-Relation, mteb/ARO-Visual-Attribution, mteb/ARO-COCO-order"
     members = ("aro-relation", "aro-attribution", "aro-coco-order")
 
@@ -470,6 +475,9 @@ class Winoground(DatasetTask):
 
     The dataset is gated: accept its terms on the Hub (images licensed from Getty Images, research
     use only) and log in, or download it where you can and pass ``--data winoground=DIR``."""
+
+    #: image-text tasks on real photographs train on COCO captions by default (--train-data overrides)
+    default_train_data = "coco"
 
     source = HubSource("facebook/winoground", split="test", gated=True)
     dataset = source.repo

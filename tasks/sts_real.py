@@ -199,6 +199,7 @@ class STSSuite(Suite):
     """SimCSE's STS evaluation (Table 5): STS12-16, STS-B and SICK-R. For SimCSE's "Avg." column
     run ``sts-avg`` too (it reuses these tasks' embeddings)."""
 
+    default_train_data = "wiki1m"
     dataset = "STS12-16, STS-B, SICK-R"
     members = tuple(STS_TASKS)
 
