@@ -28,6 +28,8 @@ class HParam:
     choices: tuple | None = None
     search: tuple[float, float, bool] | None = None  # (low, high, log)
     doc: str = ""
+    #: False for structural switches (which tower an objective trains): never searched by the tuner
+    tunable: bool = True
 
     def describe_range(self) -> str:
         if self.choices is not None:
@@ -130,6 +132,8 @@ class Objective(nn.Module):
         """Optuna search space: by default every hyperparameter with a ``search`` range."""
         out: dict[str, Any] = {}
         for k, hp in cls.hparams.items():
+            if not hp.tunable:
+                continue
             if hp.choices is not None and hp.search is None:
                 out[k] = trial.suggest_categorical(k, list(hp.choices))
             elif hp.search is not None:

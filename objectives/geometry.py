@@ -41,7 +41,9 @@ class AlignUniform(Objective):
         L = w_align * mean_i ||x_i - y_i||^alpha + w_unif * (L_unif(x) + L_unif(y)) / 2
         L_unif(z) = log mean_{i != j} exp(-t ||z_i - z_j||^2)
 
-    with x the image and y the text embeddings (already L2-normalised). This is the official
+    with x the image and y the text embeddings (already L2-normalised); ``pairs="text"`` takes
+    x = text, y = text_view instead (text tower only: the sentence-embedding form, whose analysis
+    SimCSE reports in its Fig. 3). This is the official
     ``SsnL/align_uniform`` recipe (``align_loss`` + the average of ``uniform_loss`` over both
     sides; ``torch.pdist`` excludes self-pairs); paper defaults alpha = 2, t = 2, both weights 1.
     The loss is symmetric in image and text by construction. It works alone or as a regulariser
@@ -54,18 +56,28 @@ class AlignUniform(Objective):
     family = "geometry"
     citation = ("Wang & Isola 2020, Understanding Contrastive Representation Learning through "
                 "Alignment and Uniformity on the Hypersphere")
-    requires = frozenset({"image", "text"})
     distributed = "global"
     hparams = {
         "alpha": HParam(2.0, low=0.0, low_open=True, doc="exponent of the alignment distance"),
         "t": HParam(2.0, low=0.0, low_open=True, search=(0.5, 5.0, True), doc="uniformity kernel scale"),
         "align_weight": HParam(1.0, low=0.0, search=(0.25, 4.0, True)),
         "uniform_weight": HParam(1.0, low=0.0, search=(0.25, 4.0, True)),
+        "pairs": HParam("image-text", choices=("image-text", "text"), tunable=False,
+                        doc="positive pairs: (image, text), or (text, text_view) on the text tower alone"),
     }
+
+    @property
+    def requires(self):  # type: ignore[override]
+        return frozenset({"image", "text"}) if self.params["pairs"] == "image-text" else \
+            frozenset({"text", "text_view"})
+
+    @property
+    def modality(self):  # type: ignore[override]
+        return self.params["pairs"]
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         p = self.params
-        x, y = batch.image, batch.text
+        x, y = (batch.image, batch.text) if p["pairs"] == "image-text" else (batch.text, batch.text_view)
         align = alignment(x, y, p["alpha"])
         unif = (uniformity(x, p["t"]) + uniformity(y, p["t"])) / 2
         loss = p["align_weight"] * align + p["uniform_weight"] * unif

@@ -37,25 +37,37 @@ class NTXent(Objective):
     Temperature fixed, default 0.5 (SimCLR's CIFAR-10 setting and the SupContrast/lightly
     default, suited to small batches; SimCLR's ImageNet runs at batch 4096 use 0.1).
 
-    Image tower only (modality "image"); the text counterpart over (text, text_view) is ``simcse``.
-    In the shapes world image_view is a jittered copy of the same scene.
+    ``tower="image"`` (default): the image tower over (image, image_view); in the shapes world
+    image_view is a jittered copy of the same scene. ``tower="text"``: the text tower over (text,
+    text_view), i.e. SimCLR's symmetric 2N loss on sentences (with dropout views it is unsupervised
+    SimCSE with both views as anchors and negatives); ``simcse`` is the one-directional form.
 
     Distributed: global negatives (the 2N logits span the gathered batch of every rank).
     """
 
     family = "self-supervised"
     citation = "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations"
-    requires = frozenset({"image", "image_view"})
-    modality = "image"
     distributed = "global"
     hparams = {
         "temperature": HParam(0.5, low=0.0, low_open=True, search=(0.05, 1.0, True),
                               doc="fixed temperature t"),
+        "tower": HParam("image", choices=("image", "text"), tunable=False,
+                        doc="which tower: image (image, image_view) or text (text, text_view)"),
     }
 
+    @property
+    def requires(self):  # type: ignore[override]
+        return frozenset({"image", "image_view"}) if self.params["tower"] == "image" else \
+            frozenset({"text", "text_view"})
+
+    @property
+    def modality(self):  # type: ignore[override]
+        return self.params["tower"]
+
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
-        logits = _two_view_logits(batch.image, batch.image_view, self.params["temperature"])
-        n = batch.image.shape[0]
+        a, b = (batch.image, batch.image_view) if self.params["tower"] == "image" else (batch.text, batch.text_view)
+        logits = _two_view_logits(a, b, self.params["temperature"])
+        n = a.shape[0]
         target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(logits.device)
         return LossOutput(F.cross_entropy(logits, target), {})
 

@@ -350,7 +350,7 @@ def test_invalid_hyperparameters_name_the_parameter(name, param, value):
 def test_search_space_yields_valid_configurations(name):
     cls = OBJECTIVES.get(name)
     fixed = {k: hp.default for k, hp in cls.hparams.items()
-             if hp.search is not None or hp.choices is not None}
+             if hp.tunable and (hp.search is not None or hp.choices is not None)}
     assert cls.search_space(optuna.trial.FixedTrial(fixed)) == fixed
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -392,3 +392,21 @@ def test_training_loss_is_finite_and_falls(world, expr, params):
     assert all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first, (expr, first, last)
+
+
+def test_text_tower_variants_of_nt_xent_and_align_uniform():
+    """``tower="text"`` / ``pairs="text"``: the same losses over (text, text_view), text tower only,
+    never searched by the tuner."""
+    from objectives import build_objective
+
+    b = full_batch(n=10)
+    img = build_objective("nt-xent", {})
+    txt = build_objective("nt-xent", {"tower": "text"})
+    assert txt.modality == "text" and txt.requires == {"text", "text_view"}
+    swapped = EmbeddingBatch(image=b.text, image_view=b.text_view)
+    assert torch.allclose(txt(b).loss, img(swapped).loss)
+    au = build_objective("align-uniform", {"pairs": "text"})
+    assert au.modality == "text" and au.requires == {"text", "text_view"}
+    ref = build_objective("align-uniform", {})(EmbeddingBatch(image=b.text, text=b.text_view)).loss
+    assert torch.allclose(au(b).loss, ref)
+    assert "tower" not in OBJECTIVES.get("nt-xent").search_space(optuna.trial.FixedTrial({"temperature": 0.5}))
