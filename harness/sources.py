@@ -118,7 +118,8 @@ def load_table(name: str, source: HubSource, options: DataOptions | None = None,
     if key not in _TABLES:
         table = _load_local(local, split, source.config) if local is not None else _load_hub(name, source, split)
         _TABLES[key] = table
-        _ORIGINS[id(table)] = str(local) if local is not None else f"hf://datasets/{source.repo}@{source.revision or 'main'}"
+        _ORIGINS[id(table)] = str(local) if local is not None else \
+            f"hf://datasets/{source.repo}@{_resolved_revision(source) or source.revision or 'main'}"
     table = _TABLES[key]
     check_columns(table, columns, f"{name} ({local or source.describe()})")
     return table
@@ -140,6 +141,17 @@ def check_columns(table, expected: Iterable[str], what: str) -> None:
         raise MissingColumnsError(
             f"dataset {what} lacks column(s) {', '.join(map(repr, missing))}: expected "
             f"{', '.join(expected)}; found {', '.join(found) or '(none)'}")
+
+
+def _resolved_revision(source: HubSource) -> str | None:
+    """The commit a Hub revision (branch, tag or None = main) points to now, so results record
+    exactly which data they were computed on; None when the Hub cannot say."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(source.repo, revision=source.revision).sha
+    except Exception:  # offline, or a mirror without the API: the declared revision is recorded
+        return None
 
 
 def _load_hub(name: str, source: HubSource, split: str):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from . import register
@@ -38,18 +37,31 @@ def _positive_lists(text_to_image: torch.Tensor, n_images: int) -> torch.Tensor:
     return out
 
 
-def count_ranks(scores: torch.Tensor, best: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+def count_ranks(scores: torch.Tensor, best: torch.Tensor, first: torch.Tensor,
+                buffer: torch.Tensor | None = None) -> torch.Tensor:
     """1-based rank of each row's best positive, counted instead of sorted.
 
     ``best`` is the row's best positive score and ``first`` the lowest column index holding a
     positive with that score. The rank is ``1 + #(scores > best) + #(scores == best before
     first)``: exactly the position a stable descending sort gives (equal scores keep index order),
     as in :func:`first_positive_rank`, in O(columns) memory per row.
+
+    Comparisons are written into a float ``buffer`` (reused across chunks; counts of 0/1 are exact
+    in float32 below 2**24 columns) and summed: summing a bool tensor would first convert it to
+    int64, eight bytes per score. Rows with an exact tie at ``best`` (rare) are resolved one by one.
     """
-    above = (scores > best[:, None]).sum(dim=1)
-    tied = scores == best[:, None]
-    tied &= torch.arange(scores.shape[1])[None, :] < first[:, None]
-    return 1 + above + tied.sum(dim=1)
+    c, n = scores.shape
+    dtype = torch.float32 if n < 2**24 else torch.float64
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < c * n:
+        buffer = torch.empty(c * n, dtype=dtype)
+    cmp = buffer[: c * n].view(c, n)
+    torch.gt(scores, best[:, None], out=cmp)
+    rank = cmp.sum(dim=1).long() + 1
+    torch.eq(scores, best[:, None], out=cmp)
+    tied = torch.nonzero(cmp.sum(dim=1) > 1).flatten()  # something ties with the best positive itself
+    for r in tied.tolist():
+        rank[r] += int((scores[r, : int(first[r])] == best[r]).sum())
+    return rank
 
 
 def _dense_best(scores: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,17 +99,24 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: 
         caps = _positive_lists(positives, n_i)
         if n_i and bool((caps[:, 0] < 0).any()):
             raise ValueError("every retrieval query needs at least one positive (an image has no caption)")
-    t2i, i2t = [], []
+    # outputs and workspaces are allocated once: fresh large temporaries per chunk cost page
+    # faults, and small long-lived results between them fragment the heap (freed chunks stay resident)
+    t2i = torch.empty(n_t, dtype=torch.long)
+    i2t = torch.empty(n_i, dtype=torch.long)
+    width = min(chunk, max(n_t, n_i, 1)) * max(n_t, n_i, 1)
+    score_buf, cmp_buf = torch.empty(width), torch.empty(width)
     for a in range(0, n_t, chunk):  # text queries: rows of the score matrix
-        s = txt[a : a + chunk] @ img.T
+        q = txt[a : a + chunk]
+        s = torch.mm(q, img.T, out=score_buf[: len(q) * n_i].view(len(q), n_i))
         if dense:
             best, first = _dense_best(s, positives[a : a + chunk])
         else:
             first = positives[a : a + chunk]
             best = s.gather(1, first[:, None]).squeeze(1)
-        t2i.append(count_ranks(s, best, first))
+        t2i[a : a + chunk] = count_ranks(s, best, first, cmp_buf)
     for a in range(0, n_i, chunk):  # image queries: columns of the score matrix
-        s = (txt @ img[a : a + chunk].T).T
+        q = img[a : a + chunk]
+        s = torch.mm(txt, q.T, out=score_buf[: n_t * len(q)].view(n_t, len(q))).T
         if dense:
             best, first = _dense_best(s, positives[:, a : a + chunk].T)
         else:
@@ -106,9 +125,8 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: 
             best = vals.max(dim=1).values
             # captions are listed in ascending index order: the first maximum is the lowest index
             first = c.gather(1, (vals == best[:, None]).to(torch.uint8).argmax(dim=1, keepdim=True)).squeeze(1)
-        i2t.append(count_ranks(s, best, first))
-    empty = torch.zeros(0, dtype=torch.long)
-    return (torch.cat(t2i) if t2i else empty), (torch.cat(i2t) if i2t else empty)
+        i2t[a : a + chunk] = count_ranks(s, best, first, cmp_buf)
+    return t2i, i2t
 
 
 def metrics_from_ranks(t2i: torch.Tensor, i2t: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
