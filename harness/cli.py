@@ -243,7 +243,7 @@ def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
     else:
         cols = ("name", "family", "modality", "main_score", "dataset", "default_train_data", "license")
     for c in cols:
-        table.add_column(c, overflow="fold")
+        table.add_column(c, overflow="fold", no_wrap=c == "name")
     for r in rows:
         table.add_row(*[escape(", ".join(r[c]) if isinstance(r[c], list) else str(r[c])) for c in cols])
     rep.print(table)
