@@ -83,3 +83,28 @@ def test_autoload_can_be_disabled(monkeypatch):
     monkeypatch.setenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", "1")
     reg = Registry("objective", "harness.objectives", base=Objective)
     assert reg.names() == []
+
+
+def test_every_registered_task_and_objective_is_an_entry_point():
+    """pyproject.toml lists every built-in task and objective (a task missing there would only be
+    found when some other import happened to load its module), and each entry resolves to it."""
+    import importlib
+    import pkgutil
+    import tomllib
+    from pathlib import Path
+
+    import objectives
+    import tasks
+
+    root = Path(__file__).resolve().parents[1]
+    eps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"]
+    for package, group, registry in ((tasks, "harness.tasks", tasks.TASKS),
+                                     (objectives, "harness.objectives", objectives.OBJECTIVES)):
+        for mod in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{mod.name}")
+        declared = eps[group]
+        for name, target in declared.items():
+            module, attr = target.split(":")
+            assert getattr(importlib.import_module(module), attr).name == name
+        builtin = {n for n, cls in registry.items() if cls.__module__.split(".")[0] == package.__name__}
+        assert builtin <= set(declared), f"missing from pyproject {group}: {sorted(builtin - set(declared))}"

@@ -218,3 +218,56 @@ def test_hf_text_model_errors():
 
     with pytest.raises(ValueError, match="not a local Hugging Face model directory"):
         build_model(ModelConfig(name="hf-text:/no/such/dir"))
+
+
+def coco_test_parquet(root: Path, n: int = 10) -> Path:
+    """nlphuji/mscoco_2014_5k_test_image_text_retrieval's parquet conversion: TEST/test/0000.parquet."""
+    import datasets
+
+    feats = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string")),
+                               "imgid": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({
+        "image": [{"bytes": _jpeg((25 * i % 255, 255 - 25 * i % 255, 0)), "path": None} for i in range(n)],
+        "caption": [[f"test image {i} caption {j}" for j in range(5)] for i in range(n)],
+        "imgid": list(range(n))}, features=feats)
+    (root / "TEST" / "test").mkdir(parents=True)
+    ds.to_parquet(str(root / "TEST" / "test" / "0000.parquet"))
+    return root
+
+
+def test_coco_retrieval_run_trains_on_coco_by_default(workdir, tmp_path):
+    """`harness run --objective siglip --task coco-retrieval`, offline on local copies: trains on the
+    COCO train captions (implied by the task), evaluates on the 5k-format test file, records both."""
+    import json as _json
+
+    from harness.cli import main
+    from tests.conftest import runs
+
+    coco_wds(tmp_path / "train", n=24)
+    coco_test_parquet(tmp_path / "test")
+    rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "siglip",
+               "--task", "coco-retrieval", "--data", f"coco={tmp_path / 'train'}",
+               "--data", f"coco-retrieval={tmp_path / 'test'}", "--batch-size", "8", "--steps", "2"])
+    assert rc == 0
+    (run,) = runs(workdir)
+    assert run.data.tags["harness.train_data"] == "coco"
+    assert run.data.metrics["coco-retrieval/n_images"] == 10 and run.data.metrics["coco-retrieval/n_captions"] == 50
+    doc = _json.loads(next((workdir / "results").glob("*.json")).read_text())
+    res = doc["tasks"]["coco-retrieval"]
+    assert res["dataset"] == str(tmp_path / "test") and len(res["dataset_fingerprint"]) == 16
+    assert res["main_metric"] == "mean_recall@5" and len(res["item_scores"]) == 10
+
+
+def test_bad_dataset_fails_before_training_and_writes_nothing(workdir, tmp_path, capsys):
+    import datasets
+
+    from harness.cli import main
+    from tests.conftest import runs
+
+    (tmp_path / "bad").mkdir()
+    datasets.Dataset.from_dict({"image": ["x"], "sentences": [["a"]]}).to_parquet(str(tmp_path / "bad" / "test.parquet"))
+    rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "clip",
+               "--task", "coco-retrieval", "--train-data", "shapes", "--data", f"coco-retrieval={tmp_path / 'bad'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "caption" in err and "found" in err and "sentences" in err
+    assert runs(workdir) == []
