@@ -39,9 +39,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _child import measure_in_child  # noqa: E402
 
 
 def _mem_available() -> int:
@@ -119,18 +121,7 @@ def child(spec: dict) -> dict:
 
 
 def measure(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f}s"}
-    if p.returncode != 0:
-        tail = (p.stderr or "").strip().splitlines()[-1:] or [f"exit code {p.returncode}"]
-        return {"error": f"failed ({p.returncode}): {tail[0][:120]}"}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return measure_in_child(__file__, spec, timeout)
 
 
 def fmt_mb(b: float) -> str:

@@ -1051,17 +1051,20 @@ def method_lines(board: Leaderboard) -> list[str]:
 
 def render_table(board: Leaderboard):
     """The leaderboard as a rich Table (terminal)."""
-    from rich.markup import escape
-    from rich.table import Table
-
     header, rows = summary_rows(board)
     title = (f"{board.experiment} | track {board.track} | budget {board.budget_id} | seeds "
              f"{', '.join(map(str, board.seeds))} | baseline {board.baseline}")
     if board.provenance.get("parent_run_id"):
         title += f" | comparison {board.provenance['parent_run_id'][:8]}"
-    table = Table(title=escape(title), title_justify="left",
-                  caption="score: mean ± 95% CI over seeds (rank); shared rank = not significantly different",
-                  caption_justify="left")
+    return _rich_table(title, "score: mean ± 95% CI over seeds (rank); shared rank = not significantly different",
+                       header, rows)
+
+
+def _rich_table(title: str, caption: str, header: list[str], rows: list[list[str]]):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title), title_justify="left", caption=caption, caption_justify="left")
     for i, h in enumerate(header):
         table.add_column(escape(h), justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in rows:
@@ -1071,18 +1074,9 @@ def render_table(board: Leaderboard):
 
 def render_text_table(board: Leaderboard):
     """The text section (objectives against STS tasks) as a rich Table."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    header, rows = text_rows(board)
-    table = Table(title=f"text section (STS, {len(board.text.tasks)} tasks)", title_justify="left",
-                  caption="STS avg: per-seed mean Spearman x100 over the STS tasks, mean ± 95% CI over seeds",
-                  caption_justify="left")
-    for i, h in enumerate(header):
-        table.add_column(escape(h), justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for row in rows:
-        table.add_row(*(escape(c) for c in row))
-    return table
+    return _rich_table(f"text section (STS, {len(board.text.tasks)} tasks)",
+                       "STS avg: per-seed mean Spearman x100 over the STS tasks, mean ± 95% CI over seeds",
+                       *text_rows(board))
 
 
 def render_failed_table(board: Leaderboard):

@@ -39,7 +39,7 @@ from . import register
 from .base import DatasetTask, EvalContext, TaskResult
 from .classnames import (CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR_TEMPLATES, imagenet_classnames,
                          imagenet_templates, same_classes)
-from .linear import WEIGHT_DECAYS, LogisticRegression, fit_logistic_regression, probe_metrics
+from .linear import WEIGHT_DECAYS, LogisticRegression, probe_metrics, select_probe
 from .zeroshot import classification_metrics, zeroshot_classifier
 
 # Revisions: the Hub's main-branch commits of these repositories are known here only by short hash
@@ -204,41 +204,44 @@ class RealZeroShot(RealClassification):
 
 
 class CifarData:
-    """CIFAR's columns and checks (mixin)."""
+    """CIFAR's columns, checks, license and validation hold-out (mixin)."""
 
     image_columns = ("img",)
     check_label_names = True
+    validation_split = "train"  # its seeded hold-out (RealClassification.holdout)
+    license = CIFAR_LICENSE
+    citation = CIFAR_CITATION
+
+
+class Cifar10Data(CifarData):
+    source = CIFAR10_SOURCE
+    columns = ("img", "label")
+    label_columns = ("label",)
+    classnames = CIFAR10_CLASSNAMES
+
+
+class Cifar100Data(CifarData):
+    source = CIFAR100_SOURCE
+    columns = ("img", "fine_label")
+    label_columns = ("fine_label",)
+    classnames = CIFAR100_CLASSNAMES
 
 
 @register("cifar10-zeroshot")
-class Cifar10ZeroShot(CifarData, RealZeroShot):
+class Cifar10ZeroShot(Cifar10Data, RealZeroShot):
     """CIFAR-10 zero-shot classification on the 10,000 test images (``uoft-cs/cifar10``, columns
     ``img``, ``label``), with the CLIP paper's 18 prompts. Validation mode evaluates a seeded
     held-out part of the train split (the one ``cifar10-linear`` selects its weight decay on)."""
 
-    source = CIFAR10_SOURCE
-    columns = ("img", "label")
-    label_columns = ("label",)
-    validation_split = "train"  # its seeded hold-out (RealClassification.holdout)
-    classnames = CIFAR10_CLASSNAMES
     templates = CIFAR_TEMPLATES
-    license = CIFAR_LICENSE
-    citation = CIFAR_CITATION
 
 
 @register("cifar100-zeroshot")
-class Cifar100ZeroShot(CifarData, RealZeroShot):
+class Cifar100ZeroShot(Cifar100Data, RealZeroShot):
     """CIFAR-100 zero-shot classification over the 100 fine classes (``uoft-cs/cifar100``, columns
     ``img``, ``fine_label``), with the CLIP paper's 18 prompts; validation as ``cifar10-zeroshot``."""
 
-    source = CIFAR100_SOURCE
-    columns = ("img", "fine_label")
-    label_columns = ("fine_label",)
-    validation_split = "train"
-    classnames = CIFAR100_CLASSNAMES
     templates = CIFAR_TEMPLATES
-    license = CIFAR_LICENSE
-    citation = CIFAR_CITATION
 
 
 @register("imagenet-zeroshot")
@@ -301,15 +304,8 @@ class RealLinearProbe(RealClassification):
                y_val: torch.Tensor) -> tuple[LogisticRegression, float]:
         """The probe with the best validation top-1 accuracy over :attr:`weight_decays` (ties: the
         larger weight decay) and that accuracy."""
-        n_classes = len(self.class_names())
-        y_val = y_val.to(x_val.device)
-        best, best_acc = None, -1.0
-        for wd in sorted(self.weight_decays, reverse=True):  # strongest first: ties keep it
-            probe = fit_logistic_regression(x_fit, y_fit, wd, n_classes=n_classes, max_iter=self.max_iter)
-            acc = float((probe.predict(x_val) == y_val).double().mean())
-            if acc > best_acc:
-                best, best_acc = probe, acc
-        return best, best_acc
+        return select_probe(x_fit, y_fit, x_val, y_val, self.weight_decays, len(self.class_names()),
+                            self.max_iter)
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         t0 = time.perf_counter()
@@ -358,27 +354,13 @@ class RealLinearProbe(RealClassification):
 
 
 @register("cifar10-linear")
-class Cifar10Linear(CifarData, RealLinearProbe):
+class Cifar10Linear(Cifar10Data, RealLinearProbe):
     """CIFAR-10 linear probe: fit on (at most ``n_fit`` of) the train split minus a seeded
     validation part, weight decay chosen on that part, reported on the 10,000 test images."""
 
-    source = CIFAR10_SOURCE
-    columns = ("img", "label")
-    label_columns = ("label",)
-    validation_split = "train"
-    classnames = CIFAR10_CLASSNAMES
-    license = CIFAR_LICENSE
-    citation = CIFAR_CITATION
 
 
 @register("cifar100-linear")
-class Cifar100Linear(CifarData, RealLinearProbe):
+class Cifar100Linear(Cifar100Data, RealLinearProbe):
     """CIFAR-100 linear probe over the 100 fine classes; protocol as ``cifar10-linear``."""
 
-    source = CIFAR100_SOURCE
-    columns = ("img", "fine_label")
-    label_columns = ("fine_label",)
-    validation_split = "train"
-    classnames = CIFAR100_CLASSNAMES
-    license = CIFAR_LICENSE
-    citation = CIFAR_CITATION

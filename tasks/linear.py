@@ -92,6 +92,21 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, weight_decay: floa
     return LogisticRegression(w, b, float(weight_decay), int(state.get("n_iter", 0)), loss)
 
 
+def select_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                 weight_decays, n_classes: int, max_iter: int) -> tuple[LogisticRegression, float]:
+    """Fit one probe per weight decay on (x_fit, y_fit) and keep the one with the best top-1 accuracy
+    on (x_val, y_val); ties keep the larger weight decay (the strongest regularisation). Returns the
+    probe and its validation accuracy. The test split plays no part."""
+    y_val = y_val.to(x_val.device)
+    best, best_acc = None, -1.0
+    for wd in sorted(weight_decays, reverse=True):  # strongest first: ties keep it
+        probe = fit_logistic_regression(x_fit, y_fit, wd, n_classes=n_classes, max_iter=max_iter)
+        acc = float((probe.predict(x_val) == y_val).double().mean())
+        if acc > best_acc:
+            best, best_acc = probe, acc
+    return best, best_acc
+
+
 def probe_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """CLIP_benchmark's probe metrics: acc1, mean per-class recall, and acc5 only with more than 5
     classes (its ``target.max() >= 5``; with 5 classes top-5 accuracy is trivially 1)."""
@@ -163,13 +178,8 @@ class ShapesLinear(Task):
         chosen: dict[str, LogisticRegression] = {}
         for target in self.targets:
             (yf, n_classes), (yv, _) = y_fit[target], y_val[target]
-            yf_t, yv_t = torch.from_numpy(yf), torch.from_numpy(yv).to(x_val.device)
-            best, best_acc = None, -1.0
-            for wd in sorted(self.weight_decays, reverse=True):  # strongest first: ties keep it
-                probe = fit_logistic_regression(x_fit, yf_t, wd, n_classes=n_classes, max_iter=self.max_iter)
-                acc = float((probe.predict(x_val) == yv_t).double().mean())
-                if acc > best_acc:
-                    best, best_acc = probe, acc
+            best, best_acc = select_probe(x_fit, torch.from_numpy(yf), x_val, torch.from_numpy(yv),
+                                          self.weight_decays, n_classes, self.max_iter)
             chosen[target] = best
             selection[f"{target}/weight_decay"] = best.weight_decay
             selection[f"{target}/log10_weight_decay"] = float(np.log10(best.weight_decay))
