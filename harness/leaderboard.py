@@ -246,11 +246,13 @@ def _results_document(client, run_id: str) -> tuple[dict | None, str | None]:
 
 
 def _is_diagnostic(task: str) -> bool:
-    """Tasks of the geometry family describe the embedding space; they are not ranking targets."""
+    """Tasks of the geometry family describe the embedding space, and aggregates (sts-avg) repeat
+    their members' scores: neither is a ranking target."""
     try:
         from tasks import TASKS
 
-        return TASKS.get(task).family == "geometry"
+        cls = TASKS.get(task)
+        return cls.family == "geometry" or bool(getattr(cls, "aggregate", False))
     except Exception:  # noqa: BLE001 - unknown task: ranked like any other
         return False
 
@@ -661,7 +663,7 @@ class TextSection:
 
 
 def _text_section(boards_t: dict, runs: list, objectives: list[str], baseline: str) -> TextSection | None:
-    tasks = [t for t in boards_t if _family(t) in TEXT_FAMILIES]
+    tasks = [t for t in boards_t if _family(t) in TEXT_FAMILIES and not _is_diagnostic(t)]
     if not tasks:
         return None
     per_seed: dict[str, dict[int, float]] = {}
@@ -1042,7 +1044,7 @@ def method_lines(board: Leaderboard) -> list[str]:
         f"Paired bootstrap: the per-item differences of the item scores (matched by item index and seed), averaged "
         f"over the common seeds; items resampled with replacement {board.n_boot} times (seeded numpy Generator); "
         f"two-sided p = (1 + #|d* - d| >= |d|) / (B + 1).",
-        "Mean rank: over the tasks an objective has, diagnostic tasks (geometry) excluded. Borda count: per task, the number of objectives with a "
+        "Mean rank: over the tasks an objective has, diagnostic tasks (geometry) and aggregates (sts-avg) excluded. Borda count: per task, the number of objectives with a "
         "strictly worse rank, summed over tasks. Order: mean rank, then Borda count, then name.",
         "Cost columns: means over seeds of cost/wall_seconds, cost/samples_per_second, cost/peak_memory_mb and "
         "cost/flops_per_step (GFLOPs, forward + backward, one step).",

@@ -95,6 +95,9 @@ class Task:
     #: which towers the task evaluates: "image-text", "text" or "image"
     modality: ClassVar[str] = "image-text"
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: an aggregate of other tasks' scores (e.g. sts-avg): shown on leaderboards, never ranked
+    #: alongside its members (that would count them twice)
+    aggregate: ClassVar[bool] = False
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -218,6 +218,7 @@ class STSAverage(Task):
     family = "sts"
     version = "1"
     main_score = "avg"
+    aggregate = True
     modality = "text"
     dataset = ", ".join(STS_TASKS)
     default_train_data = "wiki1m"

@@ -540,3 +540,17 @@ def test_no_text_section_without_sts_tasks():
                          main_metric={"shapes-retrieval": "mean_recall@1"}, higher_is_better={"shapes-retrieval": True})]
     board, = lb.build(lb.Collected("e", "0", "sqlite://", None, {}, runs, []))
     assert board.text is None and "Text (STS)" not in lb.render_markdown(board)
+
+
+def test_aggregate_task_is_shown_but_not_ranked_or_averaged():
+    """sts-avg repeats its members' scores: it gets a task board, but neither the text section's
+    average nor the mean rank counts it (that would count the STS sets twice)."""
+    runs = [lb.RunRecord(run_id=f"{o}{s}", objective=o, seed=s, status="FINISHED", track="default", budget_id=BUDGET,
+                         scores={"stsb": v + s, "sts-avg": 10.0 * (o == "clip")},
+                         metrics={"stsb": {}, "sts-avg": {}}, main_metric={"stsb": "spearman", "sts-avg": "avg"},
+                         higher_is_better={"stsb": True, "sts-avg": True})
+            for o, v in (("clip", 50.0), ("simcse", 80.0)) for s in SEEDS]
+    board, = lb.build(lb.Collected("e", "0", "sqlite://", None, {}, runs, []))
+    assert "sts-avg" in board.task_boards and board.text.tasks == ["stsb"]
+    assert board.text.average["simcse"].mean == pytest.approx(81.0)
+    assert board.mean_rank["simcse"] == 1.0 and board.n_tasks["simcse"] == 1
