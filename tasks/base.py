@@ -189,6 +189,10 @@ class DatasetTask(Task):
     def text_embeddings(self, ctx: EvalContext, table, name: str, texts) -> torch.Tensor:
         return ctx.cache.text(ctx.encoder, fingerprint_of(table), "", name, texts)
 
+    def where(self, table) -> str:
+        """The task and where its table came from (a local path or the Hub source), for errors."""
+        return f"{self.name} ({origin(table) or self.source.describe()})"
+
     def provenance(self, table) -> dict[str, Any]:
         """``dataset`` and ``dataset_fingerprint`` for :meth:`Task.result`."""
         return {"dataset": origin(table) or self.source.repo, "dataset_fingerprint": fingerprint_of(table)}

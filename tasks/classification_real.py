@@ -105,7 +105,7 @@ class RealClassification(DatasetTask):
                    f"a label column (one of {', '.join(self.label_columns)})" if label is None else ""]
         missing = [m for m in missing if m]
         if missing:
-            raise MissingColumnsError(f"dataset for {self.name!r} ({self.source.describe()}) lacks "
+            raise MissingColumnsError(f"dataset {self.where(table)} lacks "
                                       f"{' and '.join(missing)}; found {', '.join(found) or '(none)'}")
         return image, label
 

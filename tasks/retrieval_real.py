@@ -127,7 +127,7 @@ class _CaptionRetrieval(DatasetTask):
 
     def check_data(self, options: DataOptions) -> None:
         table = load_table(self.name, self.source, options)
-        caption_layout(table, f"{self.name} ({self.source.describe()})")
+        caption_layout(table, self.where(table))
 
     def _rows(self, ctx: EvalContext, table) -> list[int] | None:
         """Rows to evaluate: the ``test`` rows (``val`` under validation) of a table with a ``split``
@@ -151,7 +151,7 @@ class _CaptionRetrieval(DatasetTask):
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         t0 = time.perf_counter()
         table = load_table(self.name, self.source, ctx.data, split=self.source.split)
-        image_col, caption_col = caption_layout(table, f"{self.name} ({self.source.describe()})")
+        image_col, caption_col = caption_layout(table, self.where(table))
         rows = self._rows(ctx, table)
         all_captions = _column(table, caption_col)
         rows = list(range(len(table))) if rows is None else rows
