@@ -176,7 +176,7 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
 
 def _leaderboard(outcome: CompareOutcome, uri: str, out_dir: Path, reporter: Reporter) -> dict | None:
     """Rank the comparison from MLflow, write leaderboard.{md,html,json,csv}, attach them to the parent."""
-    from .leaderboard import LeaderboardError, print_wide, render_table, summarize_comparison
+    from .leaderboard import LeaderboardError, print_wide, render_table, render_text_table, summarize_comparison
 
     target = out_dir / "leaderboards" / (outcome.parent_run_id or "compare")
     try:
@@ -186,6 +186,8 @@ def _leaderboard(outcome: CompareOutcome, uri: str, out_dir: Path, reporter: Rep
         return None
     if not reporter.quiet:
         print_wide(render_table(board))
+        if board.text is not None:
+            print_wide(render_text_table(board))
     reporter.info(f"leaderboard files: {target}")
     return board.to_dict()["summary"]
 

@@ -1076,7 +1076,8 @@ def _rich_table(title: str, caption: str, header: list[str], rows: list[list[str
 
 def render_text_table(board: Leaderboard):
     """The text section (objectives against STS tasks) as a rich Table."""
-    return _rich_table(f"text section (STS, {len(board.text.tasks)} tasks)",
+    n = len(board.text.tasks)
+    return _rich_table(f"text section (STS, {n} task{'' if n == 1 else 's'})",
                        "STS avg: per-seed mean Spearman x100 over the STS tasks, mean ± 95% CI over seeds",
                        *text_rows(board))
 

@@ -271,3 +271,44 @@ def test_bad_dataset_fails_before_training_and_writes_nothing(workdir, tmp_path,
     err = capsys.readouterr().err
     assert rc == 2 and "caption" in err and "found" in err and "sentences" in err
     assert runs(workdir) == []
+
+
+def stsb_parquet(root: Path) -> Path:
+    """sentence-transformers/stsb layout: one parquet per split, score in [0, 1]; the test split's
+    sentences are marked so a test can tell whether selection read them."""
+    import datasets
+
+    words = ["a red circle", "a blue square", "a small green star", "the large red circle", "a blue star",
+             "a green square", "the small blue circle", "a red star"]
+    (root / "data").mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        n = len(words)
+        s1 = [words[i] + (" test" if split == "test" else "") for i in range(n)]
+        s2 = [words[(i + k) % n] for i, k in zip(range(n), (0, 1, 2, 3, 0, 1, 2, 3))]
+        score = [1.0 if k == 0 else 0.6 / k for k in (0, 1, 2, 3, 0, 1, 2, 3)]
+        datasets.Dataset.from_dict({"sentence1": s1, "sentence2": s2, "score": score}).to_parquet(
+            str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+def test_simcse_selected_on_stsb_validation_then_tested(workdir, tmp_path, monkeypatch):
+    """Text-only training (supervised SimCSE on the shapes triplets), checkpoint selection on the
+    STS-B validation split, test on STS-B test: selection never reads the test file."""
+    from harness.cli import main
+    from tests.conftest import runs
+    import tasks.base as tb
+
+    stsb_parquet(tmp_path / "stsb")
+    seen = []
+    real = tb.load_table
+    monkeypatch.setattr(tb, "load_table", lambda *a, **k: seen.append(k.get("split")) or real(*a, **k))
+    rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "simcse",
+               "--set", "objective_params.supervised=true", "--train-data", "shapes-nli", "--task", "stsb",
+               "--data", f"stsb={tmp_path / 'stsb'}", "--select-on", "stsb", "--select-every", "4", "--steps", "8"])
+    assert rc == 0
+    (run,) = runs(workdir)
+    assert run.data.tags["harness.train_data"] == "shapes-nli"
+    assert "selection/best_step" in run.data.metrics and "stsb/spearman" in run.data.metrics
+    # before training the data is checked (split None = the task's test split, columns only); then
+    # selection (steps 4 and 8) reads validation only, and the test split is evaluated once, last
+    assert [s for s in seen if s is not None] == ["validation", "validation", "test"]
