@@ -93,6 +93,24 @@ def _register_hf_text(name: str) -> str:
     return name
 
 
+class TrimmedTokenizer:
+    """A Hugging Face tokenizer (open_clip's ``HFTokenizer``) whose output drops the trailing
+    columns that are padding in every row. open_clip pads every text to ``context_length`` (128);
+    its HF text tower masks padding and mean-pools over real tokens, so trimming changes no
+    embedding and makes short sentences several times cheaper to encode and train on."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.pad_id = int(getattr(inner.tokenizer, "pad_token_id", 0) or 0)
+        self.context_length = inner.context_length
+
+    def __call__(self, texts, context_length: int | None = None) -> torch.Tensor:
+        ids = self.inner(texts, context_length) if context_length else self.inner(texts)
+        used = (ids != self.pad_id).any(dim=0).nonzero()
+        width = int(used.max()) + 1 if len(used) else 1
+        return ids[:, :width].contiguous()
+
+
 def add_text_dropout(model, p: float) -> None:
     """Dropout ``p`` on the text tower's token embeddings and on every residual branch (attention
     and MLP outputs, open_clip's ``ls_1``/``ls_2`` slots), active in training mode only."""
@@ -192,6 +210,8 @@ def build_model(cfg: ModelConfig, words: Sequence[str] | None = None):
         add_text_dropout(model, cfg.text_dropout)
     if not use_words:
         tokenizer = open_clip.get_tokenizer(cfg.name)
+        if name == MINILM or name.startswith(HF_TEXT_PREFIX):
+            tokenizer = TrimmedTokenizer(tokenizer)
     norm = [t for t in getattr(preprocess, "transforms", []) if type(t).__name__ == "Normalize"]
     mean = tuple(norm[0].mean) if norm else open_clip.OPENAI_DATASET_MEAN
     std = tuple(norm[0].std) if norm else open_clip.OPENAI_DATASET_STD

@@ -101,7 +101,9 @@ def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
         b, k, L = batch.hard_negative_text.shape
         texts.append(("hard_negative_text", batch.hard_negative_text.reshape(b * k, L)))
     if texts:
-        tok = _cat([t for _, t in texts]).to(device, non_blocking=True)
+        width = max(t.shape[1] for _, t in texts)  # a trimming tokenizer may give views other widths
+        tok = _cat([t if t.shape[1] == width else torch.nn.functional.pad(t, (0, width - t.shape[1]))
+                    for _, t in texts]).to(device, non_blocking=True)
         feats = model.encode_text(tok, normalize=True)
         for (n, t), f in zip(texts, feats.split([len(t) for _, t in texts])):
             setattr(out, n, f)

@@ -211,6 +211,18 @@ def test_minilm_text_tower_equals_sentence_transformers():
     ref = torch.tensor(st.SentenceTransformer(minilm_path(), device="cpu").encode(texts, normalize_embeddings=True))
     assert torch.allclose(ours, ref, atol=1e-5)
     assert float(ours[0] @ ours[1]) > float(ours[0] @ ours[2]) + 0.3
+    # padding columns are trimmed (open_clip pads to 128): same embeddings, far shorter inputs
+    assert tok(texts).shape[1] < 20 and tok.context_length == 128
+    # a training batch whose views were tokenised to other widths is padded to one width
+    from harness.data import Batch
+    from harness.trainer import embed
+
+    b = Batch(tokens=tok(["a cat"]), text_view=tok(["a cat sits on the mat"]))
+    assert b.tokens.shape[1] != b.text_view.shape[1]
+    model.eval()  # no dropout: embed must give the encoder's embedding
+    with torch.no_grad():
+        out = embed(model, Encoder(model, tok, size, mean, std), b, torch.device("cpu"))
+    assert torch.allclose(out.text, Encoder(model, tok, size, mean, std).encode_text(["a cat"]), atol=1e-5)
 
 
 def test_hf_text_model_errors():
