@@ -10,6 +10,7 @@ makes a tiny model several times cheaper to train. The towers stay open_clip tow
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -270,16 +271,22 @@ class Encoder:
 
         if getattr(self, "_pil", None) is None:
             self._pil = pil_transform(getattr(self.model.visual, "preprocess_cfg", None), self.image_size)
+        from concurrent.futures import ThreadPoolExecutor
+
         out, bad = [], []
         blank = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
-        for i in range(0, len(column), self.batch_size):
-            arrays = []
-            for j in range(i, min(i + self.batch_size, len(column))):
-                img = column.load(j)
-                if img is None:
-                    bad.append(j)
-                arrays.append(blank if img is None else self._pil(img))
-            out.append(self.encode_image(np.stack(arrays)))
+
+        def decode(j: int):
+            img = column.load(j)
+            return None if img is None else self._pil(img)
+
+        # JPEG decoding and resizing release the GIL: threads keep the towers fed; order is kept
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for i in range(0, len(column), self.batch_size):
+                idx = range(i, min(i + self.batch_size, len(column)))
+                arrays = list(pool.map(decode, idx))
+                bad += [j for j, a in zip(idx, arrays) if a is None]
+                out.append(self.encode_image(np.stack([blank if a is None else a for a in arrays])))
         emb = torch.cat(out) if out else torch.empty(0)
         if bad:
             emb[torch.tensor(bad)] = float("nan")
