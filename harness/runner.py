@@ -92,17 +92,16 @@ def check_modalities(name: str, modality: str, tasks: list) -> None:
 def check_selection(cfg: RunConfig, objective) -> None:
     """The selection task must evaluate trained towers and have a validation split."""
     from tasks import TASKS
-    from tasks.base import DatasetTask, Suite
+    from tasks.base import Suite
 
     cls = TASKS.get(cfg.selection.task)
     if issubclass(cls, Suite):
         raise ValueError(f"checkpoint selection needs one task, not the suite {cfg.selection.task!r}")
     check_modalities(cfg.objective, objective.modality, [cls])
-    if issubclass(cls, DatasetTask):
-        if cls.validation_split is None:
-            raise ValueError(f"task {cls.name!r} has no validation split: it cannot select checkpoints "
-                             "(SimCSE selects on stsb, the STS-B validation split)")
-        cls().check_data(cfg.data.options())
+    if not cls.has_validation():
+        raise ValueError(f"task {cls.name!r} has no validation split: it cannot select checkpoints "
+                         "(SimCSE selects on stsb, the STS-B validation split)")
+    cls().check_data(cfg.data.options())
     if cfg.selection.every > cfg.budget.steps:
         raise ValueError(f"selection.every ({cfg.selection.every}) exceeds budget.steps ({cfg.budget.steps})")
 

@@ -201,6 +201,10 @@ def tune(base: RunConfig, objectives: list[str], task: str, n_trials: int, repor
     if study and len(objectives) > 1:
         raise TuneError("--study names one study; it cannot be used with several objectives")
     task_cls = TASKS.get(task)
+    if not task_cls.has_validation():
+        raise TuneError(f"task {task!r} has no validation split, and tuning never reads test data; tune on a "
+                        "task with one (e.g. stsb for STS, flickr30k-retrieval from the full nlphuji/flickr30k "
+                        "table, CIFAR tasks, or any shapes task)")
     for obj in objectives:  # resolve and validate everything before any training
         prepare(trial_config(base, obj, task, {}))
         OBJECTIVES.get(obj)

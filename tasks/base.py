@@ -107,6 +107,12 @@ class Task:
         generated data have nothing to check."""
 
     @classmethod
+    def has_validation(cls) -> bool:
+        """Whether the task can run in validation mode (tuning, checkpoint selection) without
+        reading test data. The shapes world has a ``val`` split for every task."""
+        return True
+
+    @classmethod
     def describe(cls) -> dict[str, Any]:
         return {
             "name": cls.name, "family": cls.family, "version": cls.version,
@@ -160,6 +166,10 @@ class DatasetTask(Task):
             d.update(dataset=src.repo, revision=src.revision, split=src.split, config=src.config,
                      gated=src.gated)
         return d
+
+    @classmethod
+    def has_validation(cls) -> bool:
+        return cls.validation_split is not None
 
     def split_name(self, ctx: EvalContext) -> str:
         if not ctx.validation:

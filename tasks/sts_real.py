@@ -226,6 +226,10 @@ class STSAverage(Task):
     citation = SIMCSE_CITATION
     members: ClassVar[tuple[str, ...]] = tuple(STS_TASKS)
 
+    @classmethod
+    def has_validation(cls) -> bool:
+        return False  # an average of test splits
+
     def check_data(self, options: DataOptions) -> None:
         for name in self.members:
             STS_TASKS[name]().check_data(options)

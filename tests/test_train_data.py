@@ -324,3 +324,16 @@ def test_simcse_selected_on_stsb_validation_then_tested(workdir, tmp_path, monke
     # before training the data is checked (split None = the task's test split, columns only); then
     # selection (steps 4 and 8) reads validation only, and the test split is evaluated once, last
     assert [s for s in seen if s is not None] == ["validation", "validation", "test"]
+
+
+def test_tune_refuses_a_task_without_validation_split_before_any_trial(workdir, tmp_path):
+    from harness.cli import main
+    from tests.conftest import runs
+    from tasks import TASKS
+
+    assert TASKS.get("stsb").has_validation() and TASKS.get("shapes-sts").has_validation()
+    assert not TASKS.get("sts12").has_validation() and not TASKS.get("sts-avg").has_validation()
+    stsb_parquet(tmp_path / "stsb")
+    rc = main(["-q", "tune", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "simcse",
+               "--task", "sts12", "--data", f"sts12={tmp_path / 'stsb'}", "--train-data", "shapes-nli"])
+    assert rc == 2 and runs(workdir) == []
