@@ -337,3 +337,20 @@ def test_tune_refuses_a_task_without_validation_split_before_any_trial(workdir, 
     rc = main(["-q", "tune", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "simcse",
                "--task", "sts12", "--data", f"sts12={tmp_path / 'stsb'}", "--train-data", "shapes-nli"])
     assert rc == 2 and runs(workdir) == []
+
+
+def test_harness_eval_on_a_real_dataset(workdir, tmp_path):
+    """`harness eval` (no training) on a real task read from a local copy: an MLflow eval run with
+    the dataset's metrics; a missing dataset is refused before the run is created."""
+    from harness.cli import main
+    from tests.conftest import runs
+
+    coco_test_parquet(tmp_path / "test", n=6)
+    rc = main(["-q", "eval", "--budget", "smoke", "--output-dir", str(workdir), "--model", "harness-micro",
+               "--task", "coco-retrieval", "--data", f"coco-retrieval={tmp_path / 'test'}"])
+    assert rc == 0
+    (run,) = runs(workdir)
+    assert run.data.tags["harness.role"] == "eval" and run.data.metrics["coco-retrieval/n_captions"] == 30
+    assert main(["-q", "eval", "--budget", "smoke", "--output-dir", str(workdir), "--model", "harness-micro",
+                 "--task", "winoground"]) == 2
+    assert len(runs(workdir)) == 1
