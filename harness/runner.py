@@ -182,7 +182,7 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
         "harness.budget_preset": cfg.budget_preset,
         "harness.train_data": cfg.train_data,
         "harness.model": cfg.model.name,
-        "harness.dataset_fingerprint": world.fingerprint,
+        "harness.dataset_fingerprint": getattr(data, "fingerprint", world.fingerprint),
         "harness.role": "run",
         "harness.track": "default",
         **versions(),

@@ -295,22 +295,30 @@ def build(name: str, *, world, tokenizer, seed: int, options: DataOptions, image
     from .data import ShapesTrainData
 
     s = spec(name)
-    if s.kind == "shapes":
-        return ShapesTrainData(world, tokenizer, seed=seed)
-    if name == "shapes-sentences":
-        return text_data.SentenceTrainData.from_shapes(world, tokenizer, seed=seed, views="dropout")
-    if name == "shapes-nli":
-        return text_data.NLITrainData.from_shapes(world, tokenizer, seed=seed)
+    if s.source is None:  # generated from the shapes world: its fingerprint says what was trained on
+        if s.kind == "shapes":
+            data = ShapesTrainData(world, tokenizer, seed=seed)
+        elif s.kind == "sentences":
+            data = text_data.SentenceTrainData.from_shapes(world, tokenizer, seed=seed, views="dropout")
+        else:
+            data = text_data.NLITrainData.from_shapes(world, tokenizer, seed=seed)
+        data.fingerprint = world.fingerprint
+        return data
     if s.kind == "image-text":
         table = load_table(name, s.source, options)
-        return ImageTextTrainData(name, table, tokenizer, seed, image_size, preprocess_cfg, cache_dir,
+        data = ImageTextTrainData(name, table, tokenizer, seed, image_size, preprocess_cfg, cache_dir,
                                   split_value=s.split_value, max_samples=max_samples,
                                   strict=options.strict_images)
+        data.fingerprint = fingerprint(table)
+        return data
     if s.kind == "sentences":
-        sentences = text_data.load_sentence_corpus(name, options, source=s.source, max_samples=max_samples)
-        return text_data.SentenceTrainData(sentences, tokenizer, seed=seed)
-    if s.kind == "nli":
-        anchor, positive, negative = text_data.load_nli_triplets(name, options, source=s.source,
-                                                                max_samples=max_samples)
-        return text_data.NLITrainData(anchor, positive, negative, tokenizer, seed=seed)
-    raise ValueError(f"training data {name!r} of unknown kind {s.kind!r}")  # pragma: no cover
+        texts = [text_data.load_sentence_corpus(name, options, source=s.source, max_samples=max_samples)]
+        data = text_data.SentenceTrainData(texts[0], tokenizer, seed=seed)
+    else:
+        texts = list(text_data.load_nli_triplets(name, options, source=s.source, max_samples=max_samples))
+        data = text_data.NLITrainData(*texts, tokenizer, seed=seed)
+    digest = hashlib.sha256()
+    for column in texts:
+        digest.update("\n".join(column).encode())
+    data.fingerprint = digest.hexdigest()[:16]
+    return data

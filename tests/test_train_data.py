@@ -263,6 +263,10 @@ def test_coco_retrieval_run_trains_on_coco_by_default(workdir, tmp_path):
     assert rc == 0
     (run,) = runs(workdir)
     assert run.data.tags["harness.train_data"] == "coco"
+    from harness.sources import DataOptions, fingerprint, load_table
+
+    coco = load_table("coco", td.spec("coco").source, DataOptions(paths={"coco": str(tmp_path / "train")}))
+    assert run.data.tags["harness.dataset_fingerprint"] == fingerprint(coco)  # the training data's
     assert run.data.metrics["coco-retrieval/n_images"] == 10 and run.data.metrics["coco-retrieval/n_captions"] == 50
     doc = _json.loads(next((workdir / "results").glob("*.json")).read_text())
     res = doc["tasks"]["coco-retrieval"]
