@@ -61,15 +61,14 @@ def _flags(a: argparse.Namespace) -> dict[str, Any]:
     tasks = None
     if a.tasks:
         tasks = [t.strip() for item in a.tasks for t in item.split(",") if t.strip()]
-    selection = None
-    if getattr(a, "select_on", None):
-        selection = {"task": a.select_on, **({"every": a.select_every} if a.select_every else {})}
+    selection = {"task": a.select_on, **({"every": a.select_every} if a.select_every else {})} \
+        if a.select_on else None
     return {
         "objective": a.objective,
         "tasks": tasks,
         "seed": a.seed,
-        "train_data": getattr(a, "train_data", None),
-        "train_samples": getattr(a, "train_samples", None),
+        "train_data": a.train_data,
+        "train_samples": a.train_samples,
         "selection": selection,
         "budget": {k: v for k, v in {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
                                       "device": a.device}.items() if v is not None},

@@ -29,6 +29,19 @@ class MissingFieldError(ValueError):
     """An objective needs a batch field that the training data cannot supply."""
 
 
+def check_fields(requires, provides, objective: str, train_data: str) -> None:
+    """Raise :class:`MissingFieldError`, naming each missing field and what supplies it, if
+    ``objective`` needs fields that ``train_data`` (which supplies ``provides``) has not got."""
+    missing = set(requires) - set(provides)
+    if missing:
+        need = "; ".join(f"{m} ({FIELDS.get(m, '?')})" for m in sorted(missing))
+        raise MissingFieldError(
+            f"objective {objective!r} needs {need}, which training data {train_data!r} does not "
+            f"supply (it supplies {', '.join(sorted(provides))}); pick an objective that needs less "
+            "or training data that supplies it (harness list train-data)"
+        )
+
+
 @dataclass
 class Batch:
     """Model inputs of one step (only the fields an objective asked for are filled)."""
@@ -71,13 +84,7 @@ class ShapesTrainData:
     @classmethod
     def check_static(cls, requires, objective: str, train_data: str = "shapes") -> None:
         """Raise before training if ``objective`` needs fields this data cannot supply."""
-        missing = set(requires) - set(cls.provides)
-        if missing:
-            need = "; ".join(f"{m} ({FIELDS.get(m, '?')})" for m in sorted(missing))
-            raise MissingFieldError(
-                f"objective {objective!r} needs {need}, which training data {train_data!r} does not "
-                f"supply (it supplies {', '.join(sorted(cls.provides))})"
-            )
+        check_fields(requires, cls.provides, objective, train_data)
 
     def indices(self, step: int, batch_size: int) -> np.ndarray:
         """Sample indices of ``step``: epochs of seeded permutations, consumed in order."""
@@ -94,12 +101,7 @@ class ShapesTrainData:
     def batch(self, step: int, batch_size: int, fields: set[str] | frozenset[str]) -> Batch:
         """The inputs of ``step``. Under torch.distributed ``batch_size`` is the global batch: every
         rank draws it identically (order and augmentations) and keeps its own rows."""
-        full = self._global_batch(step, batch_size, fields)
-        rank, world = world_info()
-        if world == 1:
-            return full
-        b = batch_size // world
-        return Batch(**{k: (v[rank * b:(rank + 1) * b] if v is not None else None) for k, v in vars(full).items()})
+        return shard(self._global_batch(step, batch_size, fields), batch_size)
 
     def _global_batch(self, step: int, batch_size: int, fields: set[str] | frozenset[str]) -> Batch:
         idx_np = self.indices(step, batch_size)
@@ -125,6 +127,18 @@ class ShapesTrainData:
             base = out.images if out.images is not None else self.images[idx]
             out.image_view = jitter(base, g)
         return out
+
+
+def shard(full: Batch, batch_size: int) -> Batch:
+    """This rank's rows of a global batch (rows ``rank*B/W .. (rank+1)*B/W``); the batch itself in
+    one process. Every training set draws the global batch identically on every rank, then shards."""
+    rank, world = world_info()
+    if world == 1:
+        return full
+    if batch_size % world:
+        raise ValueError(f"global batch {batch_size} is not divisible by the world size {world}")
+    b = batch_size // world
+    return Batch(**{k: (v[rank * b:(rank + 1) * b] if v is not None else None) for k, v in vars(full).items()})
 
 
 _TEXT_CACHE: dict[tuple, tuple[torch.Tensor, ...]] = {}

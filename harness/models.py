@@ -64,7 +64,8 @@ def hf_text_config(path: str, context_length: int = 128) -> dict:
 
     cfg_file = Path(path) / "config.json"
     if not cfg_file.exists():
-        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json)")
+        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json): pass the directory "
+                         "that holds config.json, the weights and the tokenizer files (hf-text:DIR)")
     hidden = int(json.loads(cfg_file.read_text()).get("hidden_size", 0))
     if not hidden:
         raise ValueError(f"{cfg_file} has no hidden_size")

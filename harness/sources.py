@@ -89,7 +89,8 @@ class DataOptions:
             if n and n in self.paths:
                 p = Path(self.paths[n]).expanduser()
                 if not p.exists():
-                    raise DatasetUnavailableError(f"local data for {n!r} does not exist: {p}")
+                    raise DatasetUnavailableError(f"local data for {n!r} does not exist: {p}; fix the path "
+                                                  f"given with --data {n}=PATH (or data.paths.{n})")
                 return p
         root = os.environ.get("HARNESS_DATA_DIR")
         if root:
@@ -203,7 +204,9 @@ def _select_split(files: list[Path], root: Path, split: str, config: str | None)
         chosen = in_config or chosen
     if not chosen:
         raise DatasetUnavailableError(f"local data in {root} has no files for split {split!r} "
-                                      f"(found: {', '.join(sorted(str(f.relative_to(root)) for f in files)[:8])})")
+                                      f"(found: {', '.join(sorted(str(f.relative_to(root)) for f in files)[:8])}); "
+                                      f"name the files by split (e.g. {split}-00000.parquet or {split}/0.tar), or "
+                                      f"point --data at the {split!r} files alone")
     return chosen
 
 
@@ -214,7 +217,8 @@ def _load_local(path: Path, split: str, config: str | None):
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
-                raise DatasetUnavailableError(f"local dataset {path} has splits {list(ds)}, not {split!r}")
+                raise DatasetUnavailableError(f"local dataset {path} has splits {list(ds)}, not {split!r}; save "
+                                              f"a copy that holds the {split!r} split and pass that with --data")
             ds = ds[split]
         return ds
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file() and not any(
@@ -240,9 +244,20 @@ def _load_local(path: Path, split: str, config: str | None):
     return datasets.load_dataset(kind, data_files=[str(f) for f in data], split="train", **kw)
 
 
+_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
+
+
 def fingerprint(table) -> str:
     """A content fingerprint of a table: its rows, columns and the bytes of its arrow files (size,
-    first and last MiB of each; whole files would mean reading every image twice)."""
+    first and last MiB of each; whole files would mean reading every image twice). Computed once
+    per table object (the cache holds the table, so its id cannot be reused)."""
+    cached = _FINGERPRINTS.get(id(table))
+    if cached is None or cached[0] is not table:
+        cached = _FINGERPRINTS[id(table)] = (table, _fingerprint(table))
+    return cached[1]
+
+
+def _fingerprint(table) -> str:
     h = hashlib.sha256()
     h.update(repr((len(table), sorted(table.column_names))).encode())
     files = [c["filename"] for c in getattr(table, "cache_files", [])]

@@ -35,8 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import Batch, MissingFieldError, ShapesTrainData
-from .distributed import world_info
+from .data import Batch, MissingFieldError, ShapesTrainData, shard
 from .sources import (BUILDERS, DataOptions, DatasetUnavailableError, HubSource, MissingColumnsError, _suffix,
                       check_columns, load_table)
 
@@ -91,14 +90,7 @@ class TextTrainData:
         if unknown:
             raise MissingFieldError(f"training data {self.name!r} does not supply {', '.join(sorted(unknown))} "
                                     f"(it supplies {', '.join(sorted(self.provides))})")
-        full = self._global_batch(step, batch_size, fields)
-        rank, world = world_info()
-        if world == 1:
-            return full
-        if batch_size % world:
-            raise ValueError(f"global batch {batch_size} is not divisible by the world size {world}")
-        b = batch_size // world
-        return Batch(**{k: (v[rank * b:(rank + 1) * b] if v is not None else None) for k, v in vars(full).items()})
+        return shard(self._global_batch(step, batch_size, fields), batch_size)
 
     def _global_batch(self, step: int, batch_size: int, fields) -> Batch:
         idx = torch.from_numpy(self.indices(step, batch_size))

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from . import text_data
-from .data import Batch, MissingFieldError, jitter
-from .distributed import world_info
+from .data import Batch, ShapesTrainData, check_fields, jitter, shard
 from .sources import DataOptions, HubSource, ImageColumn, MissingColumnsError, fingerprint, load_table
 
 
@@ -94,15 +93,10 @@ def spec(name: str) -> TrainDataSpec:
     return TRAIN_DATA[name]
 
 
-def provides(kind: str, supervised_nli: bool = False) -> frozenset[str]:
-    from .data import SHAPES_FIELDS
-
-    return {
-        "shapes": SHAPES_FIELDS,
-        "image-text": ImageTextTrainData.provides,
-        "sentences": frozenset({"text", "text_view", "index"}),
-        "nli": frozenset({"text", "text_view", "hard_negative_text", "index"}),
-    }[kind]
+def provides(kind: str) -> frozenset[str]:
+    """The batch fields a kind of training data supplies (its class's ``provides``)."""
+    return {"shapes": ShapesTrainData, "image-text": ImageTextTrainData, "sentences": text_data.SentenceTrainData,
+            "nli": text_data.NLITrainData}[kind].provides
 
 
 def check(name: str, objective, objective_name: str, options: DataOptions, max_samples: int | None = None,
@@ -121,21 +115,28 @@ def check(name: str, objective, objective_name: str, options: DataOptions, max_s
     if s.modality == "text" and objective.modality != "text":
         raise ValueError(f"training data {name!r} is text only, but objective {objective_name!r} trains the "
                          f"{objective.modality} tower(s); pick a text objective (e.g. simcse) or image-text data")
-    missing = set(objective.requires) - set(provides(s.kind))
-    if missing:
-        from .batch import FIELDS
-
-        need = "; ".join(f"{m} ({FIELDS.get(m, '?')})" for m in sorted(missing))
-        raise MissingFieldError(f"objective {objective_name!r} needs {need}, which training data {name!r} "
-                                f"does not supply (it supplies {', '.join(sorted(provides(s.kind)))})")
+    check_fields(objective.requires, provides(s.kind), objective_name, name)
     if s.source is None:
         return
     if s.kind == "image-text":
         image_text_columns(load_table(name, s.source, options), name)
-    elif s.kind == "sentences":
-        text_data.load_sentence_corpus(name, options, source=s.source, max_samples=max_samples)
-    elif s.kind == "nli":
-        text_data.load_nli_triplets(name, options, source=s.source, max_samples=max_samples)
+    else:
+        _texts(s, options, max_samples)
+
+
+_TEXTS: dict[tuple, list[list[str]]] = {}
+
+
+def _texts(s: TrainDataSpec, options: DataOptions, max_samples: int | None) -> list[list[str]]:
+    """The columns of a text training set ([sentences] or [anchor, positive, negative]), read once
+    per process: the check before training and the run itself share them."""
+    key = (s.name, tuple(sorted(options.paths.items())), os.environ.get("HARNESS_DATA_DIR"), max_samples)
+    if key not in _TEXTS:
+        if s.kind == "sentences":
+            _TEXTS[key] = [text_data.load_sentence_corpus(s.name, options, source=s.source, max_samples=max_samples)]
+        else:
+            _TEXTS[key] = list(text_data.load_nli_triplets(s.name, options, source=s.source, max_samples=max_samples))
+    return _TEXTS[key]
 
 
 def image_text_columns(table, name: str) -> tuple[str, str]:
@@ -203,10 +204,12 @@ class ImageTextTrainData:
         keep = [i for i, c in enumerate(captions) if c]
         rows, captions = rows[keep], [captions[i] for i in keep]
         if not len(rows):
-            raise ValueError(f"training data {name!r} has no rows with captions")
+            raise ValueError(f"training data {name!r} has no rows with captions in column {caption_col!r}"
+                             + (f" among its {split_value!r} rows" if split_value else "")
+                             + "; check that --data points at an image-caption set")
         column = ImageColumn(table, image_col, name=name, strict=strict, rows=rows.tolist())
-        key = hashlib.sha256(json.dumps([fingerprint(table), rows.tolist()[:1000], len(rows), image_size,
-                                         sorted((preprocess_cfg or {}).items(), key=str)], default=str)
+        key = hashlib.sha256(json.dumps([fingerprint(table), hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest(),
+                                         image_size, sorted((preprocess_cfg or {}).items(), key=str)], default=str)
                              .encode()).hexdigest()[:16]
         cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / f"train-{name}-{key}-{image_size}.u8"
@@ -246,15 +249,8 @@ class ImageTextTrainData:
     def __len__(self) -> int:
         return len(self.valid)
 
-    def indices(self, step: int, batch_size: int) -> np.ndarray:
-        """Sample indices of ``step``: epochs of seeded permutations (as ShapesTrainData)."""
-        n = len(self)
-        if batch_size > n:
-            raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples of {self.name!r}")
-        epoch, pos = divmod(step, n // batch_size)
-        if epoch != self._order_epoch:
-            self._order, self._order_epoch = np.random.default_rng([self.seed, epoch, 2718]).permutation(n), epoch
-        return self._order[pos * batch_size:(pos + 1) * batch_size]
+    #: epochs of seeded permutations consumed in order, ragged tail dropped (shared with the shapes data)
+    indices = ShapesTrainData.indices
 
     def batch(self, step: int, batch_size: int, fields) -> Batch:
         idx = self.indices(step, batch_size)
@@ -264,23 +260,21 @@ class ImageTextTrainData:
         second = (first + 1 + rng.integers(0, np.maximum(counts - 1, 1))) % counts  # another caption if any
         g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + step)
         out = Batch()
-        rank, world = world_info()
-        sl = slice(rank * (batch_size // world), (rank + 1) * (batch_size // world)) if world > 1 else slice(None)
-        need_img = bool({"image", "image_view"} & set(fields))
-        images = torch.from_numpy(np.ascontiguousarray(self.images[self.valid[idx]])) if need_img else None
+        images = torch.from_numpy(np.ascontiguousarray(self.images[self.valid[idx]])) \
+            if {"image", "image_view"} & set(fields) else None
         if "image" in fields:
-            out.images = images[sl]
+            out.images = images
         if "image_view" in fields:
-            out.image_view = jitter(images, g)[sl]
+            out.image_view = jitter(images, g)
         if "text" in fields:
-            out.tokens = self.tokens[torch.from_numpy(self.offsets[idx] + first)][sl]
+            out.tokens = self.tokens[torch.from_numpy(self.offsets[idx] + first)]
         if "text_view" in fields:
-            out.text_view = self.tokens[torch.from_numpy(self.offsets[idx] + second)][sl]
+            out.text_view = self.tokens[torch.from_numpy(self.offsets[idx] + second)]
         if "index" in fields:
-            out.index = torch.from_numpy(idx)[sl]
+            out.index = torch.from_numpy(idx)
         if "labels" in fields:
-            out.labels = torch.from_numpy(idx)[sl]
-        return out
+            out.labels = torch.from_numpy(idx)
+        return shard(out, batch_size)
 
 
 def uses_shapes_vocabulary(train_data: str, tasks: Sequence) -> bool:
@@ -292,8 +286,6 @@ def uses_shapes_vocabulary(train_data: str, tasks: Sequence) -> bool:
 def build(name: str, *, world, tokenizer, seed: int, options: DataOptions, image_size: int,
           preprocess_cfg: dict | None, cache_dir: Path, max_samples: int | None = None):
     """The training data object (``len``, ``batch(step, batch_size, fields)``) of ``name``."""
-    from .data import ShapesTrainData
-
     s = spec(name)
     if s.source is None:  # generated from the shapes world: its fingerprint says what was trained on
         if s.kind == "shapes":
@@ -311,11 +303,10 @@ def build(name: str, *, world, tokenizer, seed: int, options: DataOptions, image
                                   strict=options.strict_images)
         data.fingerprint = fingerprint(table)
         return data
+    texts = _texts(s, options, max_samples)
     if s.kind == "sentences":
-        texts = [text_data.load_sentence_corpus(name, options, source=s.source, max_samples=max_samples)]
         data = text_data.SentenceTrainData(texts[0], tokenizer, seed=seed)
     else:
-        texts = list(text_data.load_nli_triplets(name, options, source=s.source, max_samples=max_samples))
         data = text_data.NLITrainData(*texts, tokenizer, seed=seed)
     digest = hashlib.sha256()
     for column in texts:

@@ -192,12 +192,12 @@ class DatasetTask(Task):
     def image_embeddings(self, ctx: EvalContext, column: ImageColumn, table) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of ``column`` (cached per encoder and table) and a bool mask of the rows whose
         image decoded (NaN rows are the undecodable ones)."""
-        key = (id(ctx.encoder), fingerprint_of(table), column.key(), "image")
+        key = (id(ctx.encoder), fingerprint(table), column.key(), "image")
         emb = ctx.cache.get(key, lambda: ctx.encoder.encode_image(column))
         return emb, ~torch.isnan(emb).any(dim=1)
 
     def text_embeddings(self, ctx: EvalContext, table, name: str, texts) -> torch.Tensor:
-        return ctx.cache.text(ctx.encoder, fingerprint_of(table), "", name, texts)
+        return ctx.cache.text(ctx.encoder, fingerprint(table), "", name, texts)
 
     def where(self, table) -> str:
         """The task and where its table came from (a local path or the Hub source), for errors."""
@@ -205,14 +205,5 @@ class DatasetTask(Task):
 
     def provenance(self, table) -> dict[str, Any]:
         """``dataset`` and ``dataset_fingerprint`` for :meth:`Task.result`."""
-        return {"dataset": origin(table) or self.source.repo, "dataset_fingerprint": fingerprint_of(table)}
+        return {"dataset": origin(table) or self.source.repo, "dataset_fingerprint": fingerprint(table)}
 
-
-_FINGERPRINTS: dict[int, str] = {}
-
-
-def fingerprint_of(table) -> str:
-    """:func:`harness.sources.fingerprint`, computed once per loaded table."""
-    if id(table) not in _FINGERPRINTS:
-        _FINGERPRINTS[id(table)] = fingerprint(table)
-    return _FINGERPRINTS[id(table)]

@@ -160,6 +160,9 @@ def test_same_samples_whatever_fields_are_requested(tok):
     assert torch.equal(full.hard_negative_text[:, 0], tok([n[i] for i in idx]))
 
 
+import harness.data as harness_data  # noqa: E402  (shard() reads world_info there)
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_distributed_sharding_of_the_global_batch(tok, monkeypatch, world):
     data = NLITrainData(sentences(24), sentences(24, 1), sentences(24, 2), tok, seed=0)
@@ -167,13 +170,13 @@ def test_distributed_sharding_of_the_global_batch(tok, monkeypatch, world):
     full = data.batch(3, 8, fields)
     shards = []
     for rank in range(world):
-        monkeypatch.setattr(td, "world_info", lambda r=rank: (r, world))
+        monkeypatch.setattr(harness_data, "world_info", lambda r=rank: (r, world))
         shards.append(data.batch(3, 8, fields))
     for name in ("tokens", "text_view", "hard_negative_text", "index"):
         parts = [getattr(s, name) for s in shards]
         assert all(len(p) == 8 // world for p in parts)
         assert torch.equal(torch.cat(parts), getattr(full, name))
-    monkeypatch.setattr(td, "world_info", lambda: (0, 3))
+    monkeypatch.setattr(harness_data, "world_info", lambda: (0, 3))
     with pytest.raises(ValueError, match="divisible"):
         data.batch(3, 8, fields)
 

@@ -179,7 +179,7 @@ def test_checkpoint_selection_restores_the_best_validation_state(workdir):
 def test_selection_needs_a_validation_split(workdir):
     from harness.cli import main
 
-    # sts12 has only a test split (when its module is installed); a suite is refused either way
+    # selection needs one task: a suite is refused before anything runs
     assert main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "clip",
                  "--task", "shapes-retrieval", "--select-on", "shapes"]) == 2
 
