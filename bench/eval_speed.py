@@ -149,8 +149,6 @@ def measure(spec: dict, timeout: float) -> dict:
 def tied_queries(args) -> int:
     """Captions whose image's score equals another image's score (exact ties the ranks must break
     by index), counted on the same embeddings."""
-    import torch
-
     spec = {"images": args.images, "per": args.per, "dim": args.dim, "noise": args.noise, "grid": args.grid,
             "seed": args.seed}
     image, text, owner = embeddings(spec)

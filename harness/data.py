@@ -18,7 +18,7 @@ import torch
 
 from .batch import FIELDS
 from .distributed import world_info
-from .shapes import COLOUR_NAMES, SHAPES, SIZES, ShapesSplit, ShapesWorld, flip_caption, vocabulary
+from .shapes import COLOUR_NAMES, SHAPES, SIZES, ShapesSplit, ShapesWorld, flip_caption
 
 #: fields the shapes world supplies to objectives
 SHAPES_FIELDS = frozenset({"image", "text", "image_view", "text_view", "hard_negative_text", "labels",

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 from .config import RunConfig, flatten
 from .console import Reporter

@@ -313,8 +313,11 @@ class ImageColumn:
         return len(self.rows)
 
     def key(self) -> str:
-        """Identifies the images (for the embedding cache)."""
-        return f"{self.name}:{self.column}:{len(self.rows)}:{hash(tuple(self.rows)) if len(self.rows) < len(self.table) else 'all'}"
+        """Identifies the images within their table (the embedding cache adds the table's
+        fingerprint): the column, the rows and whether they are cropped."""
+        rows = "all" if self.rows == list(range(len(self.table))) else hashlib.sha1(
+            np.asarray(self.rows, dtype=np.int64).tobytes()).hexdigest()[:12]
+        return f"{self.column}:{len(self.rows)}:{rows}:{'cropped' if self.crop is not None else 'whole'}"
 
     def load(self, i: int):
         """The PIL image of item ``i`` (RGB, cropped), or None if it cannot be decoded."""

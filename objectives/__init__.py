@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import torch
 from torch import nn
 
 from harness.batch import EmbeddingBatch, LossOutput
@@ -22,7 +21,7 @@ register = OBJECTIVES.register
 
 __all__ = [
     "OBJECTIVES", "register", "Objective", "HParam", "HyperparameterError", "LearnableScale",
-    "WeightedSum", "parse_expression", "build_objective", "ObjectiveExpressionError",
+    "WeightedSum", "parse_expression", "build_objective", "ObjectiveExpressionError", "UnknownNameError",
 ]
 
 

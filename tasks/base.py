@@ -185,8 +185,10 @@ class DatasetTask(Task):
     def table(self, ctx: EvalContext, split: str | None = None):
         return load_table(self.name, self.source, ctx.data, self.columns, split=split or self.split_name(ctx))
 
-    def images(self, ctx: EvalContext, table, column, **kw) -> ImageColumn:
-        return ImageColumn(table, column, name=f"{self.name}/{self.split_name(ctx)}",
+    def images(self, ctx: EvalContext, table, column, split: str | None = None, **kw) -> ImageColumn:
+        """Lazily decoded images of ``table[column]``; their embeddings are cached by table content,
+        so tasks reading the same images (CIFAR zero-shot and linear probe) encode them once."""
+        return ImageColumn(table, column, name=f"{self.source.repo}/{split or self.split_name(ctx)}",
                            strict=ctx.data.strict_images, **kw)
 
     def image_embeddings(self, ctx: EvalContext, column: ImageColumn, table) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.sources import DataError, HubSource, ImageColumn, MissingColumnsError, load_table
+from harness.sources import DataError, HubSource, MissingColumnsError, load_table
 
 from . import register
 from .base import DatasetTask, EvalContext, TaskResult
@@ -150,8 +150,7 @@ class RealClassification(DatasetTask):
               rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached embeddings of ``rows`` (all when None) and the mask of rows whose image decoded.
         The image column is named by dataset and split, not task, so tasks share the entry."""
-        images = ImageColumn(table, column, name=f"{self.source.repo}/{split}", strict=ctx.data.strict_images,
-                             rows=None if rows is None else [int(r) for r in rows])
+        images = self.images(ctx, table, column, split=split, rows=None if rows is None else [int(r) for r in rows])
         return self.image_embeddings(ctx, images, table)
 
     @staticmethod

@@ -183,13 +183,6 @@ ARO_EXCLUDED_RELATIONS: frozenset[str] = frozenset([
 ])
 
 
-def _images(task: DatasetTask, ctx: EvalContext, table, column: str, **kw):
-    """``task.images`` on a view of ``table`` holding only ``column``: reading a row of the full
-    table would decode its other image columns too (Winoground's second image), twice the work,
-    and an undecodable one would fail outside :meth:`ImageColumn.load`'s error handling."""
-    return task.images(ctx, table.select_columns([column]), column, **kw)
-
-
 def bbox_box(bbox: dict[str, float]) -> tuple[float, float, float, float]:
     """ARO's crop box ``(x, y, x + w, y + h)`` from a ``{x, y, w, h}`` struct (``VG_Relation.__getitem__``;
     PIL rounds it to whole pixels). A degenerate box is widened to one pixel so the crop stays an image."""
@@ -214,7 +207,7 @@ class _CaptionChoice(DatasetTask):
 
     def _choose(self, ctx: EvalContext, table, true: list[str], negatives: list[list[str]], crop=None):
         """Scores and strict correctness of the items whose image decoded."""
-        column = _images(self, ctx, table, self.image_column, crop=crop)
+        column = self.images(ctx, table, self.image_column, crop=crop)
         img, ok = self.image_embeddings(ctx, column, table)
         n, k = len(true), len(negatives[0]) if negatives else 0
         pos = self.text_embeddings(ctx, table, "true", true)
@@ -496,8 +489,8 @@ class Winoground(DatasetTask):
         self.split_name(ctx)
         table = self.table(ctx)
         caps = [[str(x) for x in table["caption_0"]], [str(x) for x in table["caption_1"]]]
-        img0, ok0 = self.image_embeddings(ctx, _images(self, ctx, table, "image_0"), table)
-        img1, ok1 = self.image_embeddings(ctx, _images(self, ctx, table, "image_1"), table)
+        img0, ok0 = self.image_embeddings(ctx, self.images(ctx, table, "image_0"), table)
+        img1, ok1 = self.image_embeddings(ctx, self.images(ctx, table, "image_1"), table)
         c0 = self.text_embeddings(ctx, table, "caption_0", caps[0])
         c1 = self.text_embeddings(ctx, table, "caption_1", caps[1])
         rows = torch.nonzero(ok0 & ok1).flatten()
