@@ -179,11 +179,23 @@ class DatasetTask(Task):
                              "or checkpoint selection (its only split is the test split)")
         return self.validation_split
 
+    #: other Hub layouts of the same data, used when one of them (not :attr:`source`) is found locally
+    alternatives: ClassVar[tuple[HubSource, ...]] = ()
+
+    def source_for(self, options: DataOptions) -> HubSource:
+        """:attr:`source`, or an alternative layout found locally when the main one is not."""
+        if options.local_path(self.name, self.source.repo) is None:
+            for alt in self.alternatives:
+                if options.local_path(alt.repo) is not None:
+                    return alt
+        return self.source
+
     def check_data(self, options: DataOptions) -> None:
-        load_table(self.name, self.source, options, self.columns)
+        load_table(self.name, self.source_for(options), options, self.columns)
 
     def table(self, ctx: EvalContext, split: str | None = None):
-        return load_table(self.name, self.source, ctx.data, self.columns, split=split or self.split_name(ctx))
+        return load_table(self.name, self.source_for(ctx.data), ctx.data, self.columns,
+                          split=split or self.split_name(ctx))
 
     def images(self, ctx: EvalContext, table, column, split: str | None = None, **kw) -> ImageColumn:
         """Lazily decoded images of ``table[column]``; their embeddings are cached by table content,

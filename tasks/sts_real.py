@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.sources import DataError, DataOptions, HubSource, load_table
+from harness.sources import DataError, DataOptions, HubSource
 
 from . import register
 from .base import DatasetTask, EvalContext, Suite, Task, TaskResult
@@ -101,24 +101,6 @@ class RealSTS(DatasetTask):
     validation_split = None
     default_train_data = "wiki1m"
     citation = SIMCSE_CITATION
-    #: other Hub layouts of the same data, looked up under $HARNESS_DATA_DIR when the main one is absent
-    alternatives: ClassVar[tuple[HubSource, ...]] = ()
-
-    def source_for(self, options: DataOptions) -> HubSource:
-        """:attr:`source`, or an alternative layout found locally when the main one is not."""
-        if options.local_path(self.name, self.source.repo) is None:
-            for alt in self.alternatives:
-                if options.local_path(alt.repo) is not None:
-                    return alt
-        return self.source
-
-    def check_data(self, options: DataOptions) -> None:
-        load_table(self.name, self.source_for(options), options, self.columns)
-
-    def table(self, ctx: EvalContext, split: str | None = None):
-        return load_table(self.name, self.source_for(ctx.data), ctx.data, self.columns,
-                          split=split or self.split_name(ctx))
-
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         t0 = time.perf_counter()
         split = self.split_name(ctx)  # raises under validation when there is no validation split

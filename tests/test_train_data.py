@@ -312,12 +312,12 @@ def test_simcse_selected_on_stsb_validation_then_tested(workdir, tmp_path, monke
     STS-B validation split, test on STS-B test: selection never reads the test file."""
     from harness.cli import main
     from tests.conftest import runs
-    import tasks.sts_real as sts_real
+    import tasks.base as task_base
 
     stsb_parquet(tmp_path / "stsb")
     seen = []
-    real = sts_real.load_table
-    monkeypatch.setattr(sts_real, "load_table", lambda *a, **k: seen.append(k.get("split")) or real(*a, **k))
+    real = task_base.load_table
+    monkeypatch.setattr(task_base, "load_table", lambda *a, **k: seen.append(k.get("split")) or real(*a, **k))
     rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "simcse",
                "--set", "objective_params.supervised=true", "--train-data", "shapes-nli", "--task", "stsb",
                "--data", f"stsb={tmp_path / 'stsb'}", "--select-on", "stsb", "--select-every", "4", "--steps", "8"])
