@@ -199,7 +199,8 @@ def _local(name: str, options: DataOptions, source: HubSource | None, path: str 
     if path is not None:
         p = Path(path).expanduser()
         if not p.exists():
-            raise DatasetUnavailableError(f"local data for {name!r} does not exist: {p}")
+            raise DatasetUnavailableError(f"local data for {name!r} does not exist: {p}; fix the path "
+                                          f"(--data {name}=PATH)")
         return p
     return options.local_path(name, source.repo if source else "")
 
@@ -271,7 +272,9 @@ def load_sentence_corpus(name: str = "wiki1m", options: DataOptions | None = Non
         if max_samples is not None:
             sentences = sentences[:max_samples]
     if not sentences:
-        raise DatasetUnavailableError(f"sentence corpus {name} ({local or source and source.describe()}) is empty")
+        raise DatasetUnavailableError(f"sentence corpus {name} ({local or source and source.describe()}) is empty: "
+                                      "give a .txt file with one sentence per line or a table with a non-empty "
+                                      "'text' or 'sentence' column")
     return sentences
 
 
