@@ -18,6 +18,30 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: tag holding the Unix time (seconds, as a string) of a run's last sign of life: written when the
+#: run starts and at least every :data:`HEARTBEAT_INTERVAL_S` seconds while it trains or evaluates
+HEARTBEAT_TAG = "harness.heartbeat"
+HEARTBEAT_INTERVAL_S = 60.0
+#: a RUNNING run whose last heartbeat (or start, for runs recorded before heartbeats) is older than
+#: this is shown as interrupted: its process was killed (SIGKILL, a lost node) before it could say so
+STALE_AFTER_S = 600.0
+
+
+def is_stale(status: str, tags: dict[str, str], start_time_ms: int | float | None, now: float | None = None,
+             stale_after: float = STALE_AFTER_S) -> bool:
+    """Whether a run that MLflow still calls RUNNING has stopped beating (interrupted)."""
+    import time
+
+    if status != "RUNNING":
+        return False
+    now = time.time() if now is None else now
+    beat = tags.get(HEARTBEAT_TAG)
+    try:
+        last = float(beat) if beat is not None else (float(start_time_ms) / 1000.0 if start_time_ms else None)
+    except ValueError:
+        last = None
+    return last is not None and now - last > stale_after
+
 
 def tracking_uri(configured: str | None, output_dir: str | Path) -> str:
     if configured:
