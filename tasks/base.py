@@ -29,6 +29,9 @@ class TaskResult:
     n_items: int = 0
     version: str = ""
     seconds: float = 0.0
+    #: how the numbers were made, where a reader could assume otherwise: the linear-probe protocol,
+    #: the class names a zero-shot task prompts with, the tie rule of a k-way choice, ...
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
