@@ -1,7 +1,8 @@
 """``harness`` command line: run, list, validate.
 
-Exit codes: 0 success, 1 the run failed (recorded FAILED in MLflow), 2 bad input (nothing
-written), 130 interrupted (recorded KILLED).
+Exit codes: 0 success, 1 the run failed (recorded FAILED in MLflow when the run had started),
+2 bad input (nothing written), 130 interrupted by Ctrl-C and 143 terminated by SIGTERM (both
+recorded KILLED with the reason).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -18,8 +20,23 @@ from rich.table import Table
 
 from .config import BUDGET_PRESETS, ConfigError, resolve_config
 from .console import Reporter
+from .tracking import Terminated
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+
+
+def _recorded(e: BaseException) -> str:
+    """What MLflow holds of a run that raised: said only when it is true."""
+    run_id, status = getattr(e, "harness_run_id", None), getattr(e, "harness_status", None)
+    if run_id:
+        return f"recorded as {status} in MLflow (run {run_id})"
+    return "nothing was recorded in MLflow (the run had not started)"
+
+
+def _interrupted(rep: Reporter, e: KeyboardInterrupt, resume: str = "") -> int:
+    """Ctrl-C (exit 130) or SIGTERM (exit 143): the run that was open is recorded KILLED."""
+    rep.error(f"{e if isinstance(e, Terminated) else 'interrupted'}; {_recorded(e)}{resume}")
+    return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -104,11 +121,10 @@ def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
         return EXIT_USAGE
     try:
         outcome = execute(cfg, rep, plan)
-    except KeyboardInterrupt:
-        rep.error("interrupted; the MLflow run is recorded as KILLED")
-        return EXIT_INTERRUPTED
-    except Exception as e:  # recorded FAILED by the tracker
-        rep.error(f"run failed ({type(e).__name__}: {e}); recorded as FAILED in MLflow")
+    except KeyboardInterrupt as e:
+        return _interrupted(rep, e)
+    except Exception as e:  # recorded FAILED by the tracker, when the run had started
+        rep.error(f"run failed ({type(e).__name__}: {e}); {_recorded(e)}")
         if a.verbose:
             raise
         return EXIT_FAILED
@@ -126,18 +142,22 @@ def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
 
 def cmd_eval(a: argparse.Namespace, rep: Reporter) -> int:
     from .registry import UnknownNameError
-    from .runner import check_task_data, evaluate_only, expand_tasks
+    from .runner import evaluate_only, prepare_eval
 
     try:
         cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
-        check_task_data(expand_tasks(cfg.tasks), cfg)
+        prepare_eval(cfg)
     except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
         rep.error(str(e))
         return EXIT_USAGE
     try:
         outcome = evaluate_only(cfg, rep)
-    except Exception as e:  # recorded FAILED
-        rep.error(f"evaluation failed ({type(e).__name__}: {e}); recorded as FAILED in MLflow")
+    except KeyboardInterrupt as e:
+        return _interrupted(rep, e)
+    except Exception as e:  # recorded FAILED, when the run had started
+        rep.error(f"evaluation failed ({type(e).__name__}: {e}); {_recorded(e)}")
+        if a.verbose:
+            raise
         return EXIT_FAILED
     from .models import HF_TEXT_PREFIX, MINILM
 
@@ -174,9 +194,8 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
     except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
         rep.error(str(e))
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        rep.error("interrupted; the running child run is recorded as KILLED; rerun the same command to resume")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        return _interrupted(rep, e, "; rerun the same command to resume")
     rep.info(f"comparison run {outcome.parent_run_id} in experiment {outcome.experiment!r}")
     return EXIT_FAILED if outcome.failed else 0
 
@@ -198,9 +217,8 @@ def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
     except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
         rep.error(str(e))
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        rep.error("interrupted; rerun the same command to resume the study")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        return _interrupted(rep, e, "; rerun the same command to resume the study")
     table = Table(title="tuning (validation split)", title_justify="left")
     for c in ("objective", "study", "trials", "states", "best value", "best parameters"):
         table.add_column(c, overflow="fold")
@@ -266,18 +284,26 @@ def cmd_validate(a: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
+def _output_args(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", default=default, help="no progress output")
+    p.add_argument("--verbose", "-v", action="store_true", default=default, help="show tracebacks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Benchmark contrastive objectives under identical budgets.")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks")
+    _output_args(parser, False)
+    # -q / -v are accepted after the subcommand too; SUPPRESS keeps an absent flag from resetting
+    # one given before it
+    common = argparse.ArgumentParser(add_help=False)
+    _output_args(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="train one objective and evaluate its tasks")
+    p = sub.add_parser("run", parents=[common], help="train one objective and evaluate its tasks")
     _add_config_args(p)
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("eval", help="evaluate an open_clip model (pretrained tag or checkpoint) without training")
+    p = sub.add_parser("eval", parents=[common], help="evaluate an open_clip model (pretrained tag or checkpoint) without training")
     _add_config_args(p)
     p.set_defaults(fn=cmd_eval)
-    p = sub.add_parser("compare", help="train every objective x seed under one budget and rank them")
+    p = sub.add_parser("compare", parents=[common], help="train every objective x seed under one budget and rank them")
     _add_config_args(p)
     p.add_argument("--objectives", help="comma-separated objectives, e.g. clip,siglip,supcon")
     p.add_argument("--tasks", dest="tasks", action="append", help="tasks or suites (comma-separated)")
@@ -287,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned-on", help="the task the studies optimised (default: the first task)")
     p.add_argument("--storage", help="Optuna storage of the studies (default .harness/optuna.db)")
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("tune", help="equal-budget Optuna tuning of objectives on the validation split")
+    p = sub.add_parser("tune", parents=[common], help="equal-budget Optuna tuning of objectives on the validation split")
     _add_config_args(p)
     p.add_argument("--objectives", help="several objectives, each given the same number of trials")
     p.add_argument("--trials", type=int, default=20, help="trials per objective, counted study-wide "
@@ -300,16 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-every", type=int, help="steps between validation reports to the pruner")
     p.add_argument("--sampler-seed", type=int, default=0)
     p.set_defaults(fn=cmd_tune)
-    p = sub.add_parser("leaderboard", help="rank objectives from MLflow: terminal, Markdown, HTML, JSON, CSV")
+    p = sub.add_parser("leaderboard", parents=[common], help="rank objectives from MLflow: terminal, Markdown, HTML, JSON, CSV")
     from . import leaderboard
 
     leaderboard.add_arguments(p)
     p.set_defaults(fn=leaderboard.main)
-    p = sub.add_parser("list", help="list registered objectives, tasks or training sets")
+    p = sub.add_parser("list", parents=[common], help="list registered objectives, tasks or training sets")
     p.add_argument("what", choices=["objectives", "tasks", "train-data"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_list)
-    p = sub.add_parser("validate", help="check a config file without running it")
+    p = sub.add_parser("validate", parents=[common], help="check a config file without running it")
     p.add_argument("config")
     p.add_argument("--budget", choices=sorted(BUDGET_PRESETS), default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -331,10 +357,26 @@ def main(argv: list[str] | None = None) -> int:
               "`torchrun ... -m harness run` instead", file=sys.stderr)
         return EXIT_USAGE
     rep = Reporter(quiet=a.quiet or not is_main())
+    previous = _handle_sigterm()
     try:
         return a.fn(a, rep)
     finally:
         cleanup()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _handle_sigterm():
+    """SIGTERM (``timeout``, Slurm's and Kubernetes' stop) is handled as Ctrl-C is: the open run
+    ends KILLED with the reason, and the command exits 143. Returns the handler it replaced."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (harness.cli.main called from a thread): leave it
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import RunConfig
 from .console import Reporter
 from .runner import Plan, execute, prepare
-from .tracking import MlflowRun, tracking_uri, versions
+from .tracking import MlflowRun, open_store, tracking_uri, versions
 
 
 class CompareError(ValueError):
@@ -82,6 +82,7 @@ def finished_identities(uri: str, experiment: str) -> dict[str, str]:
     """identity -> run id of every FINISHED run in the experiment."""
     import mlflow
 
+    open_store(uri)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:

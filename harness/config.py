@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .models import ModelConfig
 from .shapes import ShapesSpec
@@ -104,13 +104,27 @@ class RunConfig(BaseModel):
     train_samples: int | None = Field(None, ge=1, description="use only the first N training samples "
                                       "of a real training set (None = all)")
     selection: Selection | None = Field(None, description="checkpoint selection on a task's validation split")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="the run's seed (model init, data order, augmentations)")
+    evaluation: Literal["test", "validation"] = Field(
+        "test", description="which split every task is scored on: test, or validation (tuning trials)")
     budget_preset: str = "default"
     budget: Budget = Field(default_factory=Budget)
     model: ModelConfig = Field(default_factory=ModelConfig)
     shapes: ShapesSpec = Field(default_factory=ShapesSpec)
     tracking: Tracking = Field(default_factory=Tracking)
     data: DataConfig = Field(default_factory=DataConfig)
+
+    #: per real-data task, the split it is scored on and the fingerprint of that data (content, or
+    #: the resolved Hub revision), filled in by the runner once the data is checked: part of the
+    #: identity, so the same checkpoint evaluated on other data is another run
+    _eval_data: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
+
+    def set_eval_data(self, eval_data: dict[str, dict[str, str]]) -> None:
+        self._eval_data = {k: dict(v) for k, v in sorted(eval_data.items())}
+
+    @property
+    def eval_data(self) -> dict[str, dict[str, str]]:
+        return dict(self._eval_data)
 
     @field_validator("tasks")
     @classmethod
@@ -157,6 +171,8 @@ class RunConfig(BaseModel):
                 node = node.get(part, {})
             if node.get(path[-1], default) == default:
                 node.pop(path[-1], None)
+        if self._eval_data:
+            d["eval_data"] = self._eval_data
         return d
 
     @property
@@ -169,13 +185,14 @@ class RunConfig(BaseModel):
     def budget_id(self) -> str:
         """Hash of the fixed budget (everything except the objective): runs compare only if equal."""
         d = self.identity_payload()
-        for k in ("objective", "objective_params", "tasks", "seed"):
-            d.pop(k)
+        for k in ("objective", "objective_params", "tasks", "seed", "evaluation", "eval_data"):
+            d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 _LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("train_samples",), None), (("selection",), None), (("model", "text_dropout"), 0.0),
+    (("evaluation",), "test"),
 )
 
 _SMALL_WORLD = {"n_train": 2048, "n_val": 128, "n_test": 128, "n_heldout": 128, "n_zeroshot": 128}

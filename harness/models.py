@@ -54,6 +54,35 @@ class ModelConfig(BaseModel):
 HF_TEXT_PREFIX = "hf-text:"
 MINILM = "all-MiniLM-L6-v2"
 
+_CHECKPOINTS: dict[tuple[str, float], dict | None] = {}
+
+
+def harness_checkpoint(path: str | None) -> dict | None:
+    """The contents of a checkpoint written by ``harness run`` (``model`` weights, ``objective``
+    state, the run's ``config``, ``identity`` and word ``vocabulary``), or None when ``path`` is
+    not one (an open_clip pretrained tag, or an open_clip state-dict file). Read once per file."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return None
+    key = (str(p.resolve()), p.stat().st_mtime)
+    if key not in _CHECKPOINTS:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:  # not a torch file we can read safely: open_clip reports it
+            state = None
+        ok = isinstance(state, dict) and {"model", "config", "identity"} <= set(state) \
+            and isinstance(state["model"], dict) and isinstance(state["config"], dict)
+        _CHECKPOINTS[key] = state if ok else None
+    return _CHECKPOINTS[key]
+
+
+def checkpoint_words(state: dict) -> list[str] | None:
+    """The shapes-world word vocabulary a harness checkpoint was trained with (None: open_clip's)."""
+    itos = list(state.get("vocabulary") or [])
+    return itos[2:-2] if itos else None
+
 
 def hf_text_config(path: str, context_length: int = 128) -> dict:
     """An open_clip ``CustomTextCLIP`` config whose text tower is the Hugging Face encoder at
@@ -169,6 +198,9 @@ class WordTokenizer:
 def build_model(cfg: ModelConfig, words: Sequence[str] | None = None):
     """Build ``(model, tokenizer, image_size, mean, std)`` offline unless a pretrained tag needs a hub."""
     register_presets()
+    ckpt = harness_checkpoint(cfg.pretrained)
+    if ckpt is not None:
+        return _from_harness_checkpoint(cfg, ckpt)
     use_words = cfg.tokenizer == "words" or (
         cfg.tokenizer == "auto" and cfg.name in PRESETS and cfg.pretrained is None and words is not None
     )
@@ -222,6 +254,24 @@ def build_model(cfg: ModelConfig, words: Sequence[str] | None = None):
     return model, tokenizer, image_size, mean, std
 
 
+def _from_harness_checkpoint(cfg: ModelConfig, state: dict):
+    """Rebuild the architecture a ``harness run`` checkpoint was trained with (its own model config and
+    word vocabulary) and load its weights."""
+    trained = ModelConfig.model_validate({**state["config"].get("model", {}), "pretrained": None})
+    if trained.name != cfg.name:
+        raise ValueError(f"checkpoint {cfg.pretrained} holds a {trained.name!r} model, not {cfg.name!r}: "
+                         f"pass --model {trained.name} (or leave --model out with `harness eval`)")
+    words = checkpoint_words(state)
+    built = build_model(trained.model_copy(update={"tokenizer": "words" if words else "open_clip"}), words=words)
+    model = built[0]
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {cfg.pretrained} does not fit {trained.name!r}: "
+                         f"{len(missing)} missing and {len(unexpected)} unexpected weights "
+                         f"(e.g. {(missing or unexpected)[0]!r})")
+    return built
+
+
 class Encoder:
     """``encode_image`` / ``encode_text`` for any open_clip model: what every task evaluates.
 
@@ -255,10 +305,36 @@ class Encoder:
     @torch.no_grad()
     def encode_image(self, images) -> torch.Tensor:
         """uint8 (N, H, W, 3) images, or an :class:`harness.sources.ImageColumn` of real images
-        (decoded batch by batch with open_clip's evaluation resize/crop; undecodable ones get NaN rows)."""
+        (decoded batch by batch with open_clip's evaluation resize/crop; undecodable ones get NaN rows).
+
+        Each distinct image (by the bytes of the uint8 array the model sees) is encoded once and its
+        embedding copied to its duplicates: a float kernel's result for one row can depend on the
+        batch around it (a ragged batch of one takes a matrix-vector path), and equal inputs must get
+        bit-identical embeddings, or ties between them are decided by rounding."""
         if hasattr(images, "load") and hasattr(images, "undecodable"):
             return self._encode_column(images)
+        import hashlib
+
         images = torch.as_tensor(images)
+        keys = [hashlib.blake2b(a.tobytes(), digest_size=16).digest() for a in images.cpu().numpy()]
+        first, inverse = self._distinct(keys)
+        if len(first) == len(keys):
+            return self._encode_arrays(images)
+        return self._encode_arrays(images[torch.as_tensor(first)])[torch.as_tensor(inverse)]
+
+    @staticmethod
+    def _distinct(keys: list) -> tuple[list[int], list[int]]:
+        """The position of each distinct key's first occurrence, in order, and for every key the
+        index of its distinct key among them."""
+        index: dict = {}
+        inverse = [index.setdefault(k, len(index)) for k in keys]
+        first = [-1] * len(index)
+        for i, j in enumerate(inverse):
+            if first[j] < 0:
+                first[j] = i
+        return first, inverse
+
+    def _encode_arrays(self, images: torch.Tensor) -> torch.Tensor:
         self.model.eval()
         out = []
         for i in range(0, len(images), self.batch_size):
@@ -268,38 +344,71 @@ class Encoder:
         return torch.cat(out) if out else torch.empty(0)
 
     def _encode_column(self, column) -> torch.Tensor:
+        import hashlib
+
         from .sources import pil_transform
 
         if getattr(self, "_pil", None) is None:
             self._pil = pil_transform(getattr(self.model.visual, "preprocess_cfg", None), self.image_size)
         from concurrent.futures import ThreadPoolExecutor
 
-        out, bad = [], []
-        blank = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
-
         def decode(j: int):
             img = column.load(j)
-            return None if img is None else self._pil(img)
+            if img is None:
+                return None
+            a = np.ascontiguousarray(self._pil(img))
+            return a, hashlib.blake2b(a.data, digest_size=16).digest()
 
+        # distinct decoded images are encoded in full batches as they come; duplicates and
+        # undecodable images (NaN rows) only index into them
+        seen: dict[bytes, int] = {}
+        where = np.full(len(column), -1, dtype=np.int64)
+        pending: list[np.ndarray] = []
+        out: list[torch.Tensor] = []
         # JPEG decoding and resizing release the GIL: threads keep the towers fed; order is kept
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             for i in range(0, len(column), self.batch_size):
                 idx = range(i, min(i + self.batch_size, len(column)))
-                arrays = list(pool.map(decode, idx))
-                bad += [j for j, a in zip(idx, arrays) if a is None]
-                out.append(self.encode_image(np.stack([blank if a is None else a for a in arrays])))
-        emb = torch.cat(out) if out else torch.empty(0)
-        if bad:
-            emb[torch.tensor(bad)] = float("nan")
+                for j, item in zip(idx, pool.map(decode, idx)):
+                    if item is not None:
+                        if item[1] not in seen:
+                            seen[item[1]] = len(seen)
+                            pending.append(item[0])
+                        where[j] = seen[item[1]]
+                while len(pending) >= self.batch_size or (pending and idx.stop == len(column)):
+                    out.append(self._encode_arrays(torch.from_numpy(np.stack(pending[: self.batch_size]))))
+                    pending = pending[self.batch_size :]
+        if not out:  # nothing decoded: the width comes from a blank image
+            blank = np.zeros((1, self.image_size, self.image_size, 3), dtype=np.uint8)
+            out.append(self._encode_arrays(torch.from_numpy(blank))[:0])
+        distinct = torch.cat(out)
+        emb = torch.full((len(column), distinct.shape[1]), float("nan"))
+        ok = torch.from_numpy(where >= 0)
+        emb[ok] = distinct[torch.from_numpy(where[where >= 0])]
         return emb
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Strings -> embeddings. Each distinct token sequence is encoded once and its embedding
+        copied to every text that tokenises to it (open_clip's tokenizer lower-cases and cleans
+        whitespace), so equal inputs get bit-identical embeddings wherever they sit (see
+        :meth:`encode_image`)."""
         self.model.eval()
-        out = []
         texts = list(texts)
-        for i in range(0, len(texts), self.batch_size):
-            tok = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
+        if not texts:
+            return torch.empty(0)
+        strings = list(dict.fromkeys(texts))  # each distinct string tokenised once
+        tokens = self.tokenizer(strings)
+        first, inverse = self._distinct([row.tobytes() for row in tokens.numpy()])
+        tokens = tokens[torch.as_tensor(first)]
+        trim = isinstance(self.tokenizer, TrimmedTokenizer)  # as it does: each batch to its longest text
+        out = []
+        for i in range(0, len(tokens), self.batch_size):
+            tok = tokens[i : i + self.batch_size]
+            if trim:
+                used = (tok != self.tokenizer.pad_id).any(dim=0).nonzero()
+                tok = tok[:, : int(used.max()) + 1 if len(used) else 1]
             with self._autocast():
-                out.append(self.model.encode_text(tok, normalize=True).float().cpu())
-        return torch.cat(out) if out else torch.empty(0)
+                out.append(self.model.encode_text(tok.to(self.device), normalize=True).float().cpu())
+        row = {s: inverse[j] for j, s in enumerate(strings)}
+        return torch.cat(out)[torch.as_tensor([row[t] for t in texts])]

@@ -6,6 +6,7 @@ model) is checked in :func:`prepare`, before MLflow is touched and before any tr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -18,8 +19,9 @@ import torch
 from .config import RunConfig, flatten
 from .console import Reporter
 from . import train_data
-from .models import Encoder, build_model
+from .models import Encoder, ModelConfig, build_model, checkpoint_words, harness_checkpoint
 from .shapes import ShapesWorld, default_cache_dir, vocabulary
+from .sources import DataError, DatasetUnavailableError
 from .distributed import is_main, world_info
 from .tracking import MlflowRun, NullRun, tracking_uri, versions
 from .trainer import TrainResult, resolve_device, seed_everything, train
@@ -104,12 +106,70 @@ def check_selection(cfg: RunConfig, objective) -> None:
         raise ValueError(f"selection.every ({cfg.selection.every}) exceeds budget.steps ({cfg.budget.steps})")
 
 
-def check_task_data(tasks: list, cfg: RunConfig) -> None:
-    """Load every real dataset the tasks read (local copy or Hub) and check its columns: a missing,
-    gated or malformed dataset fails here, before MLflow is touched or anything is trained."""
+def check_task_data(tasks: list, cfg: RunConfig, objective=None) -> None:
+    """Check every dataset the command needs in one pass, before MLflow is touched or anything is
+    trained: each task's data (local copy or Hub) and, given the ``objective``, the training data.
+
+    A missing, gated or malformed dataset raises; every problem found is reported in one message
+    (not one per try). Then the scored split and fingerprint of each real dataset are recorded in
+    the run identity (:meth:`RunConfig.set_eval_data`)."""
     options = cfg.data.options()
-    for task in tasks:
-        task.check_data(options)
+    if cfg.evaluation == "validation":
+        for t in tasks:
+            if not t.has_validation():
+                raise ValueError(f"evaluation=validation, but task {t.name!r} has no validation split "
+                                 "(its only split is the test split)")
+    checks: list[tuple[str, Callable[[], None]]] = [(t.name, functools.partial(t.check_data, options))
+                                                    for t in tasks]
+    if objective is not None:
+        checks.append((f"training data {cfg.train_data!r}", functools.partial(
+            train_data.check, cfg.train_data, objective, cfg.objective, options, cfg.train_samples,
+            model=cfg.model)))
+    problems: list[DataError] = []
+    for _, check in checks:
+        try:
+            check()
+        except DataError as e:
+            problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        missing = [e for e in problems if isinstance(e, DatasetUnavailableError)]
+        kind = DatasetUnavailableError if len(missing) == len(problems) else DataError
+        raise kind(f"{len(problems)} datasets this command needs cannot be used:\n\n"
+                   + "\n\n".join(f"{i}. {e}" for i, e in enumerate(problems, 1)))
+    validation = cfg.evaluation == "validation"
+    cfg.set_eval_data({t.name: ident for t in tasks
+                       if (ident := t.data_identity(options, validation)) is not None})
+
+
+def check_checkpoint(cfg: RunConfig, tasks: list, train_data_name: str, adopt: bool = False) -> None:
+    """A ``harness run`` checkpoint given as ``model.pretrained`` brings its own architecture and
+    tokenizer. ``adopt`` (``harness eval``) takes its model config; either way, one trained with
+    the shapes world's word vocabulary cannot read real text, which is refused here, before
+    anything runs."""
+    state = harness_checkpoint(cfg.model.pretrained)
+    if state is None:
+        return
+    if adopt:
+        trained = state["config"].get("model", {})
+        cfg.model = ModelConfig.model_validate({**trained, "pretrained": cfg.model.pretrained})
+    words = checkpoint_words(state)
+    if words and not train_data.uses_shapes_vocabulary(train_data_name, tasks):
+        real = [t.name for t in tasks if getattr(t, "dataset", "") != "shapes-world"] or [train_data_name]
+        raise ValueError(
+            f"checkpoint {cfg.model.pretrained} was trained with the shapes world's word vocabulary "
+            f"({len(words)} words), so it cannot read the text of {', '.join(real)}; train a model that "
+            "can with `harness run ... --set model.tokenizer=open_clip` (open_clip's tokenizer), or "
+            "evaluate this one on shapes tasks")
+
+
+def prepare_eval(cfg: RunConfig) -> list:
+    """``harness eval``'s checks, before MLflow is touched: the tasks, the checkpoint, the data."""
+    tasks = expand_tasks(cfg.tasks)
+    check_checkpoint(cfg, tasks, "shapes", adopt=True)
+    check_task_data(tasks, cfg)
+    return tasks
 
 
 def prepare(cfg: RunConfig) -> Plan:
@@ -118,9 +178,8 @@ def prepare(cfg: RunConfig) -> Plan:
 
     objective = build_objective(cfg.objective, cfg.objective_params)
     tasks = expand_tasks(cfg.tasks, objective.modality, cfg.objective)
-    check_task_data(tasks, cfg)
-    train_data.check(cfg.train_data, objective, cfg.objective, cfg.data.options(), cfg.train_samples,
-                     model=cfg.model)
+    check_checkpoint(cfg, tasks, cfg.train_data)
+    check_task_data(tasks, cfg, objective)
     if cfg.selection is not None:
         check_selection(cfg, objective)
     device = resolve_device(cfg.budget.device)
@@ -157,6 +216,7 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
     """
     reporter = reporter or Reporter(quiet=True)
     plan = plan or prepare(cfg)
+    validation = validation or cfg.evaluation == "validation"
     out_dir = Path(cfg.tracking.output_dir)
 
     # data and model (deterministic from the seed)
@@ -183,6 +243,7 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
         "harness.dataset_fingerprint": getattr(data, "fingerprint", world.fingerprint),
         "harness.role": "run",
         "harness.track": "default",
+        **eval_tags(cfg, validation),
         **versions(),
         **(extra_tags or {}),
     }
@@ -281,6 +342,14 @@ class Selector:
                            f"validation score {best:.4f}")
 
 
+def eval_tags(cfg: RunConfig, validation: bool) -> dict[str, str]:
+    """The split every task was scored on and, for real datasets, what data it was."""
+    tags = {"harness.evaluation": "validation" if validation else "test"}
+    if cfg.eval_data:
+        tags["harness.eval_data"] = json.dumps(cfg.eval_data, sort_keys=True)
+    return tags
+
+
 def evaluate_and_record(cfg: RunConfig, tasks: list, ctx, recorder, reporter: Reporter,
                         outcome: RunOutcome, tags: dict) -> None:
     """Evaluate every task (embeddings shared through ``ctx.cache``), log the metrics, and write
@@ -305,8 +374,7 @@ def evaluate_only(cfg: RunConfig, reporter: Reporter | None = None) -> RunOutcom
     from tasks import EvalContext
 
     reporter = reporter or Reporter(quiet=True)
-    tasks = expand_tasks(cfg.tasks)
-    check_task_data(tasks, cfg)
+    tasks = prepare_eval(cfg)
     device = resolve_device(cfg.budget.device)
     out_dir = Path(cfg.tracking.output_dir)
     world = shapes_world(cfg.shapes, default_cache_dir(out_dir), reporter)
@@ -317,7 +385,8 @@ def evaluate_only(cfg: RunConfig, reporter: Reporter | None = None) -> RunOutcom
                       batch_size=cfg.budget.eval_batch_size, precision=cfg.budget.precision)
     tags = {"harness.role": "eval", "harness.model": cfg.model.name,
             "harness.pretrained": str(cfg.model.pretrained), "harness.tasks": ",".join(cfg.tasks),
-            "harness.dataset_fingerprint": world.fingerprint, "harness.identity": cfg.identity, **versions()}
+            "harness.dataset_fingerprint": world.fingerprint, "harness.identity": cfg.identity,
+            **eval_tags(cfg, cfg.evaluation == "validation"), **versions()}
     name = cfg.tracking.run_name or f"eval-{cfg.model.name}"
     recorder = MlflowRun(tracking_uri(cfg.tracking.tracking_uri, out_dir), cfg.tracking.experiment, name, tags,
                          artifact_root=out_dir / "artifacts")
@@ -326,7 +395,8 @@ def evaluate_only(cfg: RunConfig, reporter: Reporter | None = None) -> RunOutcom
         with recorder:
             outcome.run_id = recorder.run_id
             recorder.log_params({f"model.{k}": v for k, v in cfg.model.model_dump().items()})
-            ctx = EvalContext(encoder=encoder, world=world, data=cfg.data.options())
+            ctx = EvalContext(encoder=encoder, world=world, data=cfg.data.options(),
+                              validation=cfg.evaluation == "validation")
             evaluate_and_record(cfg, tasks, ctx, recorder, reporter, outcome, tags)
     finally:
         outcome.status = recorder.status or "FAILED"
@@ -339,6 +409,7 @@ def results_document(cfg: RunConfig, outcome: RunOutcome, world, tags) -> dict:
         "identity": cfg.identity,
         "budget_id": cfg.budget_id,
         "config": cfg.model_dump(mode="json"),
+        "eval_data": cfg.eval_data,
         "provenance": {**tags, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "train": None if outcome.train is None else {
             **outcome.train.cost(), "final_loss": outcome.train.final_loss,

@@ -13,6 +13,8 @@ import logging
 import os
 import re
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,6 @@ STALE_AFTER_S = 600.0
 def is_stale(status: str, tags: dict[str, str], start_time_ms: int | float | None, now: float | None = None,
              stale_after: float = STALE_AFTER_S) -> bool:
     """Whether a run that MLflow still calls RUNNING has stopped beating (interrupted)."""
-    import time
-
     if status != "RUNNING":
         return False
     now = time.time() if now is None else now
@@ -41,6 +41,47 @@ def is_stale(status: str, tags: dict[str, str], start_time_ms: int | float | Non
     except ValueError:
         last = None
     return last is not None and now - last > stale_after
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, Kubernetes) turned into an interruption: the run ends KILLED with
+    this reason, as on Ctrl-C, and the command exits 143."""
+
+    def __init__(self, signal_name: str = "SIGTERM"):
+        super().__init__(f"terminated by {signal_name}")
+        self.signal_name = signal_name
+
+
+_STORES_READY: set[str] = set()
+
+
+def open_store(uri: str) -> None:
+    """Create or migrate a SQLite store once, under an exclusive file lock beside the database.
+
+    MLflow builds a fresh SQLite store's schema (and migrates an old one) when a process first opens
+    it; two processes doing that at the same moment collide (``duplicate column name: step``).
+    With the lock, the first process builds the schema and the others find it built. Other stores
+    (a tracking server, a database server) handle their own concurrency."""
+    if uri in _STORES_READY:
+        return
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            fcntl = None
+        from mlflow.tracking import MlflowClient
+
+        with open(db.with_name(db.name + ".lock"), "a") as fh:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                MlflowClient(uri)._tracking_client.store  # noqa: B018 - builds/migrates the schema
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+    _STORES_READY.add(uri)
 
 
 def tracking_uri(configured: str | None, output_dir: str | Path) -> str:
@@ -103,7 +144,14 @@ class NullRun:
 
 
 class MlflowRun:
-    """Context manager around one MLflow run; ends it FINISHED, FAILED (reason tag) or KILLED."""
+    """Context manager around one MLflow run; ends it FINISHED, FAILED (reason tag) or KILLED.
+
+    While the run is open a daemon thread writes :data:`HEARTBEAT_TAG` every
+    :data:`HEARTBEAT_INTERVAL_S` seconds, so a run whose process was killed outright (SIGKILL, a
+    lost node) can be told from one still working. An exception leaving the run carries
+    ``harness_run_id`` and ``harness_status``: what was recorded, for the error message."""
+
+    heartbeat_interval: float = HEARTBEAT_INTERVAL_S
 
     def __init__(self, uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
                  artifact_root: Path | None = None, nested: bool = False):
@@ -115,6 +163,7 @@ class MlflowRun:
     def __enter__(self) -> "MlflowRun":
         import mlflow
 
+        open_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is None:
@@ -129,18 +178,35 @@ class MlflowRun:
         else:
             exp_id = exp.experiment_id
         nested = self.nested or mlflow.active_run() is not None  # inside a compare/study parent
-        run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name, tags=self.tags, nested=nested)
+        tags = {**self.tags, HEARTBEAT_TAG: f"{time.time():.0f}"}
+        run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name, tags=tags, nested=nested)
         self.run_id = run.info.run_id
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, name=f"heartbeat-{self.run_id[:8]}", daemon=True)
+        self._beat.start()
         return self
+
+    def _heartbeat(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        while not self._stop.wait(self.heartbeat_interval):
+            try:
+                client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+            except Exception as e:  # a store hiccup must not kill the run; the next beat retries
+                log.debug("heartbeat of run %s failed: %s", self.run_id, e)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         import mlflow
 
+        self._stop.set()
+        self._beat.join(timeout=5)
         if exc_type is None:
             self.status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):
             self.status = "KILLED"
-            mlflow.set_tag("harness.failure_reason", "interrupted (KeyboardInterrupt)")
+            reason = f"terminated ({exc})" if isinstance(exc, Terminated) else "interrupted (KeyboardInterrupt)"
+            mlflow.set_tag("harness.failure_reason", reason)
         elif exc_type.__name__ == "TrialPruned":  # optuna's pruner stopped this trial
             self.status = "KILLED"
             mlflow.set_tags({"harness.pruned": "true", "harness.failure_reason": f"pruned by Optuna: {exc}"})
@@ -150,7 +216,13 @@ class MlflowRun:
             step = getattr(exc, "step", None)
             if step is not None:
                 mlflow.set_tag("harness.failure_step", str(step))
+        mlflow.set_tag(HEARTBEAT_TAG, f"{time.time():.0f}")
         mlflow.end_run(status=self.status)
+        if exc is not None:
+            try:
+                exc.harness_run_id, exc.harness_status = self.run_id, self.status
+            except AttributeError:  # an exception type without a __dict__
+                pass
         return False
 
     # -- logging ---------------------------------------------------------------------------------

@@ -105,7 +105,9 @@ def trial_config(base: RunConfig, objective: str, task: str, params: dict[str, A
     budget = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("budget.")}
     own = {k: v for k, v in params.items() if not k.startswith("budget.")}
     data = base.model_dump()
-    data.update(objective=objective, objective_params=own, tasks=[task])
+    # scored on the validation split: the identity says so, so a trial never shares the identity of
+    # the tuned configuration's test run
+    data.update(objective=objective, objective_params=own, tasks=[task], evaluation="validation")
     data["budget"].update(budget)
     return RunConfig.model_validate(data)
 

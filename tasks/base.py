@@ -109,6 +109,12 @@ class Task:
         """Raise if the task's data is missing or malformed; called before training. Tasks on
         generated data have nothing to check."""
 
+    def data_identity(self, options: DataOptions, validation: bool = False) -> dict[str, str] | None:
+        """What the run identity records of the data this task scores on: the split and a
+        fingerprint of its content. None for generated data (the shapes world's spec is already
+        part of the identity)."""
+        return None
+
     @classmethod
     def has_validation(cls) -> bool:
         """Whether the task can run in validation mode (tuning, checkpoint selection) without
@@ -195,6 +201,14 @@ class DatasetTask(Task):
 
     def check_data(self, options: DataOptions) -> None:
         load_table(self.name, self.source_for(options), options, self.columns)
+
+    def data_identity(self, options: DataOptions, validation: bool = False) -> dict[str, str]:
+        """The scored split and its content fingerprint (a local copy or the Hub revision that was
+        resolved), so the same model evaluated on other data, or on validation instead of test, is
+        another run."""
+        split = self.split_name(EvalContext(encoder=None, validation=validation, data=options))
+        table = load_table(self.name, self.source_for(options), options, self.columns, split=split)
+        return {"split": split, "fingerprint": fingerprint(table)}
 
     def table(self, ctx: EvalContext, split: str | None = None):
         return load_table(self.name, self.source_for(ctx.data), ctx.data, self.columns,
