@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import RunConfig
 from .console import Reporter
 from .runner import Plan, execute, prepare
-from .tracking import MlflowRun, open_store, tracking_uri, versions
+from .tracking import HEARTBEAT_TAG, MlflowRun, is_stale, open_store, tracking_uri, versions
 
 
 class CompareError(ValueError):
@@ -94,6 +94,28 @@ def finished_identities(uri: str, experiment: str) -> dict[str, str]:
     return {r.data.tags.get("harness.identity"): r.info.run_id for r in runs}
 
 
+def interrupted_runs(uri: str, experiment: str) -> dict[str, tuple[str, float]]:
+    """identity -> (run id, seconds since its last heartbeat) of the runs MLflow still calls RUNNING
+    whose process stopped beating (killed outright: SIGKILL, a lost node). Compare reruns them."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    now = time.time()
+    runs = mlflow.MlflowClient().search_runs(
+        [exp.experiment_id], filter_string="attributes.status = 'RUNNING' and tags.`harness.role` = 'run'",
+        max_results=50000)
+    out = {}
+    for r in runs:
+        if is_stale(r.info.status, r.data.tags, r.info.start_time, now=now):
+            beat = r.data.tags.get(HEARTBEAT_TAG)
+            last = float(beat) if beat else r.info.start_time / 1000.0
+            out[r.data.tags.get("harness.identity")] = (r.info.run_id, now - last)
+    return out
+
+
 def tuned_parameters(base: RunConfig, objectives: list[str], task: str, storage: str | None) -> dict[str, dict]:
     """Each objective's best parameters from its ``harness tune`` study on ``task``."""
     from .tune import best_params
@@ -112,6 +134,7 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
     uri = tracking_uri(base.tracking.tracking_uri, out_dir)
     experiment = base.tracking.experiment
     done = finished_identities(uri, experiment)
+    interrupted = interrupted_runs(uri, experiment)
     key = hashlib.sha256(",".join(sorted(c.identity for c, _ in pairs)).encode()).hexdigest()[:12]
     tags = {
         "harness.role": "compare",
@@ -144,6 +167,10 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
                 outcome.pairs.append(PairResult(cfg.objective, cfg.seed, cfg.identity, "SKIPPED", done[cfg.identity]))
                 reporter.info(f"  {cfg.objective} seed {cfg.seed}: already finished (run {done[cfg.identity][:8]}), skipped")
                 continue
+            if cfg.identity in interrupted:
+                run_id, silent = interrupted[cfg.identity]
+                reporter.info(f"  {cfg.objective} seed {cfg.seed}: run {run_id[:8]} was interrupted (no heartbeat "
+                              f"for {_fmt(silent)}: its process was killed); running it again")
             t0 = time.perf_counter()
             pair = PairResult(cfg.objective, cfg.seed, cfg.identity, "FAILED")
             try:

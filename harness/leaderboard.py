@@ -9,11 +9,16 @@ Which runs
     of the parent (``mlflow.parentRunId``), plus the earlier FINISHED runs that a resumed comparison
     reused instead of retraining (found through the parent's ``pairs.json`` artifact when there is
     one, and through the ``harness.compare_key`` tag). Without a parent it takes every
-    ``harness.role = "run"`` run of the experiment. Only FINISHED runs are ranked; FAILED, KILLED
-    and unfinished runs are listed with their ``harness.failure_reason``. When one (track, budget,
-    objective, seed) has several FINISHED runs, the newest is used (a direct child of the parent
-    first) and the others are counted in the notes; a failure that a later FINISHED run of the same
-    pair superseded is not listed.
+    ``harness.role = "run"`` run of the experiment. Only FINISHED runs are ranked; the others are
+    listed under "Not ranked" by state: ``FAILED`` and ``KILLED`` (MLflow's status, with the
+    ``harness.failure_reason`` tag), ``running`` (MLflow says RUNNING and the run's
+    ``harness.heartbeat`` is fresh) and ``interrupted`` (RUNNING, but no heartbeat for longer than
+    :data:`harness.tracking.STALE_AFTER_S`, or no heartbeat tag and a start that old: the process
+    was killed, SIGKILL or a lost node, before it could end the run; see
+    :func:`harness.tracking.is_stale`). When one (track, budget, objective, seed) has several
+    FINISHED runs, the newest is used (a direct child of the parent first) and the others are
+    counted in the notes; a run that did not finish and that a later FINISHED run of the same pair
+    superseded is not listed. Notes count the runs of the board shown (its track and budget) only.
 
 Budgets and tracks
     Runs with different ``harness.budget_id`` are never ranked side by side: :func:`build` raises
@@ -22,8 +27,13 @@ Budgets and tracks
     :class:`Leaderboard` per track.
 
 Statistics (``alpha`` = 0.05 by default)
-    * Mean over seeds and a 95% Student-t confidence interval, ``t.ppf(0.975, n-1) * sd / sqrt(n)``
-      with the sample standard deviation (ddof 1). One seed: no interval (shown as ``± n/a``).
+    * Mean over seeds and a 95% Student-t confidence interval, ``mean ± t.ppf(0.975, n-1) * sd /
+      sqrt(n)`` with the sample standard deviation (ddof 1), cut at the metric's range (its
+      intersection with :data:`METRIC_BOUNDS`, found by the metric's name; an unknown metric is
+      unbounded). The mean lies in the range, so the cut interval keeps the t-interval's coverage
+      and claims no impossible value. Shown ``mean ± half-width`` when nothing was cut, ``mean
+      [low, high]`` when it was. One seed: no interval (``± n/a``). See
+      docs/leaderboard-statistics.md.
     * Against the baseline objective (``clip`` when present, else the first objective): the
       paired t-test over seeds (``scipy.stats.ttest_rel`` on the seeds both objectives have; at
       least two), for the main score and for every metric; and, for the main score, the paired
@@ -76,13 +86,14 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .tracking import metric_key
+from .tracking import HEARTBEAT_TAG, STALE_AFTER_S, is_stale, metric_key, open_store
 
 NOT_TASKS = {"cost", "train", "compare", "system", "eval"}
 RANK_RULES = ("either", "both", "bootstrap", "ttest")
 COMPOSITIONALITY = "shapes-compositionality"
 FORMATS = ("table", "md", "json", "csv")
 LONG_FIELDS = ["track", "kind", "objective", "task", "metric", "seed", "value", "run_id"]
+CI_METHOD = "95% Student-t over seeds, cut at the metric's range"
 
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -124,6 +135,16 @@ class RunRecord:
     loss: list[tuple[int, float]] = field(default_factory=list)  # (step, train/loss)
     results_artifact: str | None = None
     failure_reason: str | None = None
+    #: what the board shows: FINISHED, FAILED, KILLED, SCHEDULED, or for MLflow's RUNNING either
+    #: ``running`` (heartbeat fresh) or ``interrupted`` (stale: the process died without ending it)
+    state: str = ""
+
+    def __post_init__(self):
+        self.state = self.state or self.status
+
+    @property
+    def label(self) -> str:
+        return f"{self.objective} seed {self.seed}"
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -138,8 +159,13 @@ class Collected:
     parent_run_id: str | None
     parent_tags: dict[str, str]
     runs: list[RunRecord]  # FINISHED, one per (track, budget, objective, seed)
-    failed: list[RunRecord]  # FAILED, KILLED, or never finished (RUNNING, SCHEDULED)
-    notes: list[str] = field(default_factory=list)
+    failed: list[RunRecord]  # not finished: FAILED, KILLED, running, interrupted, SCHEDULED
+    notes: list[str] = field(default_factory=list)  # about the collection as a whole
+    # per run, so that each board counts its own (track, budget) only
+    duplicates: list[RunRecord] = field(default_factory=list)  # older FINISHED runs of a ranked pair
+    superseded: list[RunRecord] = field(default_factory=list)  # unfinished runs of a pair that later finished
+    reused: set[str] = field(default_factory=set)  # run ids a resumed comparison reused (not its children)
+    with_artifacts: bool = True
 
 
 def _client(tracking_uri: str | None):
@@ -147,6 +173,7 @@ def _client(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or mlflow.get_tracking_uri()
+    open_store(uri)
     return MlflowClient(tracking_uri=uri), uri
 
 
@@ -196,18 +223,60 @@ def _int(v: Any, default: int = 0) -> int:
         return default
 
 
-def _record(run) -> RunRecord:
+def _duration(seconds: float) -> str:
+    """``20 s``, ``43 min``, ``3 h``, ``3 h 5 min``, ``2 d 4 h``."""
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s} s"
+    m = s // 60
+    if m < 120:
+        return f"{m} min"
+    h, m = divmod(m, 60)
+    if h < 48:
+        return f"{h} h" + (f" {m} min" if m else "")
+    d, h = divmod(h, 24)
+    return f"{d} d" + (f" {h} h" if h else "")
+
+
+def _state(status: str, tags: dict[str, str], start_time_ms: int | None, now: float) -> tuple[str, str]:
+    """(state shown, reason when no ``harness.failure_reason`` was recorded) of a run that did not finish.
+    MLflow's RUNNING splits in two by :func:`harness.tracking.is_stale`: ``running`` and ``interrupted``."""
+    if status != "RUNNING":
+        return status, {"KILLED": "stopped (Ctrl-C or a signal) with no reason recorded",
+                        "SCHEDULED": "never started"}.get(status, "no failure reason recorded")
+    beat = tags.get(HEARTBEAT_TAG)
+    try:
+        last = float(beat) if beat is not None else None
+    except ValueError:
+        last = None
+    started = start_time_ms / 1000.0 if start_time_ms else None
+    if is_stale(status, tags, start_time_ms, now):
+        killed = "the process was killed (SIGKILL, a lost node) without ending the run; " \
+                 "rerunning the comparison trains this pair again"
+        if last is not None:
+            return "interrupted", f"no heartbeat for {_duration(now - last)}: {killed}"
+        return "interrupted", f"no heartbeat since it started {_duration(now - started)} ago: {killed}"
+    if last is not None:
+        return "running", f"still running (last heartbeat {_duration(now - last)} ago)"
+    if beat is not None:
+        return "running", f"still running as far as can be told (unreadable {HEARTBEAT_TAG} tag {beat!r})"
+    return "running", "still running" + (f" (started {_duration(now - started)} ago, no heartbeat yet)"
+                                          if started else "")
+
+
+def _record(run, now: float | None = None) -> RunRecord:
     tags = dict(run.data.tags)
     reason = tags.get("harness.failure_reason")
-    if run.info.status != "FINISHED" and not reason:
-        reason = {"RUNNING": "never finished (still running, or the process was killed without cleanup)",
-                  "SCHEDULED": "never started"}.get(run.info.status, "no failure reason recorded")
+    state = run.info.status
+    if state != "FINISHED":
+        state, default = _state(state, tags, run.info.start_time, time.time() if now is None else now)
+        reason = reason or default
     return RunRecord(
         run_id=run.info.run_id, objective=tags.get("harness.objective", "?"),
         seed=_int(tags.get("harness.seed", run.data.params.get("seed"))), status=run.info.status,
         track=tags.get("harness.track") or "default", budget_id=tags.get("harness.budget_id") or "unknown",
         identity=tags.get("harness.identity", ""), start_time=run.info.start_time or 0,
-        parent_run_id=tags.get("mlflow.parentRunId"), tags=tags, failure_reason=reason,
+        parent_run_id=tags.get("mlflow.parentRunId"), tags=tags, failure_reason=reason, state=state,
     )
 
 
@@ -333,9 +402,11 @@ def _parent_pairs(client, parent_id: str) -> list[str]:
 
 
 def collect(experiment: str = "harness", parent_run_id: str | None = None, track: str | None = None,
-            tracking_uri: str | None = None, *, with_artifacts: bool = True, with_history: bool = True) -> Collected:
+            tracking_uri: str | None = None, *, with_artifacts: bool = True, with_history: bool = True,
+            now: float | None = None) -> Collected:
     """Read the runs to rank (the members of one comparison, or every run of the experiment).
 
+    ``now`` (Unix seconds, default the clock) is when heartbeats are judged stale.
     Raises :class:`NoRunsError` when the experiment, the parent or any FINISHED run is missing.
     """
     client, uri = _client(tracking_uri)
@@ -372,12 +443,12 @@ def collect(experiment: str = "harness", parent_run_id: str | None = None, track
                              f"tags.`harness.compare_key` = '{key}' and attributes.status = 'FINISHED'"):
                 runs.setdefault(r.info.run_id, r)
         runs = {k: r for k, r in runs.items() if r.data.tags.get("harness.role", "run") == "run"}
-        reused = len(set(runs) - children)
-        if reused:
-            notes.append(f"{reused} run(s) reused by this comparison from earlier runs (resumed), not its children")
+        reused = set(runs) - children
     else:
         runs = {r.info.run_id: r for r in _search(client, exp.experiment_id, "tags.`harness.role` = 'run'")}
-    records = {rid: _record(r) for rid, r in runs.items()}
+        reused = set()
+    now = time.time() if now is None else now
+    records = {rid: _record(r, now) for rid, r in runs.items()}
     if track:
         records = {k: v for k, v in records.items() if v.track == track}
 
@@ -386,74 +457,175 @@ def collect(experiment: str = "harness", parent_run_id: str | None = None, track
         return (direct, rec.start_time)
 
     finished: dict[tuple, RunRecord] = {}
-    dropped = 0
+    duplicates = []
     for rec in sorted((r for r in records.values() if r.status == "FINISHED"), key=preference, reverse=True):
         if rec.key in finished:
-            dropped += 1
+            duplicates.append(rec)
         else:
             finished[rec.key] = rec
-    if dropped:
-        notes.append(f"{dropped} older duplicate FINISHED run(s) of the same (track, budget, objective, seed) ignored")
     failed = [r for r in records.values() if r.status != "FINISHED" and r.key not in finished]
-    superseded = sum(1 for r in records.values() if r.status != "FINISHED" and r.key in finished)
-    if superseded:
-        notes.append(f"{superseded} failed run(s) later rerun successfully are not listed")
+    superseded = [r for r in records.values() if r.status != "FINISHED" and r.key in finished]
     where = f"comparison {parent.info.run_id}" if parent else f"experiment {exp.name!r}"
     if not finished:
         what = f" on track {track!r}" if track else ""
-        fails = f"; {len(failed)} run(s) did not finish (FAILED/KILLED)" if failed else ""
+        fails = f"; {len(failed)} run(s) did not finish ({_by_state(failed)})" if failed else ""
         raise NoRunsError(f"no FINISHED run to rank in {where}{what} ({uri}){fails}; "
                           f"run `harness compare --objectives ...` first")
     for rec in finished.values():
         with _quiet_downloads():
             _load_finished(client, runs[rec.run_id], rec, with_artifacts, with_history)
-        if with_artifacts and rec.results_artifact is None:
-            notes.append(f"run {rec.run_id[:8]} ({rec.objective} seed {rec.seed}) has no results JSON: "
-                         f"no item scores, no paired bootstrap for it")
     order = sorted(finished.values(), key=lambda r: (r.track, r.objective, r.seed, r.start_time))
     return Collected(experiment=exp.name, experiment_id=exp.experiment_id, tracking_uri=uri,
                      parent_run_id=parent.info.run_id if parent else None,
                      parent_tags=dict(parent.data.tags) if parent else {}, runs=order,
-                     failed=sorted(failed, key=lambda r: (r.track, r.objective, r.seed)), notes=notes)
+                     failed=sorted(failed, key=lambda r: (r.track, r.objective, r.seed)), notes=notes,
+                     duplicates=duplicates, superseded=superseded, reused=reused,
+                     with_artifacts=with_artifacts)
+
+
+#: the order in which counts of states are written ("1 FAILED, 1 KILLED, 1 running, 2 interrupted")
+STATES = ("FAILED", "KILLED", "running", "interrupted", "SCHEDULED")
+
+
+def _by_state(runs: Iterable[RunRecord]) -> str:
+    counts = Counter(r.state for r in runs)
+    order = [s for s in STATES if s in counts] + sorted(set(counts) - set(STATES))
+    return ", ".join(f"{counts[s]} {s}" for s in order)
+
+
+def _board_notes(collected: Collected, truns: list[RunRecord], failed: list[RunRecord], track: str,
+                 budget: str) -> list[str]:
+    """Notes about the runs of one board (its track and budget), counted over those runs only."""
+    def mine(rs):
+        return [r for r in rs if r.track == track and r.budget_id == budget]
+
+    notes = []
+    dup, sup = mine(collected.duplicates), mine(collected.superseded)
+    if dup:
+        notes.append(f"{len(dup)} older duplicate FINISHED run(s) of the same (track, budget, objective, "
+                     f"seed) ignored")
+    if sup:
+        notes.append(f"{len(sup)} run(s) that did not finish ({_by_state(sup)}) are not listed: a FINISHED "
+                     f"run of the same (objective, seed) is ranked instead")
+    reused = [r for r in truns if r.run_id in collected.reused]
+    if reused:
+        notes.append(f"{len(reused)} run(s) reused by this comparison from earlier runs (resumed), not its "
+                     f"children")
+    if collected.with_artifacts:
+        notes += [f"run {r.run_id[:8]} ({r.label}) has no results JSON: no item scores, no paired bootstrap "
+                  f"for it" for r in truns if r.results_artifact is None]
+    if failed:
+        notes.append(f"{len(failed)} run(s) not ranked: {_by_state(failed)} (see Not ranked)")
+    running = [r.label for r in failed if r.state == "running"]
+    if running:
+        notes.append(f"{len(running)} run(s) still running ({', '.join(running)}): this board is provisional "
+                     f"until they finish")
+    interrupted = [r.label for r in failed if r.state == "interrupted"]
+    if interrupted:
+        notes.append(f"{len(interrupted)} run(s) interrupted ({', '.join(interrupted)}): their processes "
+                     f"were killed without ending the run (no heartbeat); rerunning the comparison trains "
+                     f"these pairs again")
+    return notes
 
 
 # -- statistics -------------------------------------------------------------------------------------
+_INF = math.inf
+_AT = r"(?:.+/)?"  # a prefix inside a task: a split, a probe target, a member task (test/, shape/, stsb/)
+
+#: The range of a metric, by its name (``re.fullmatch``, first match wins); the CI is cut there. Names are
+#: those the tasks record (CLIP_benchmark's and MTEB's, ``@`` also as MLflow's ``_at_``) and the cost keys.
+#: Unknown names are unbounded. Never read from the installed task registry: a board is rebuilt from what
+#: the runs recorded. docs/leaderboard-statistics.md explains each row.
+METRIC_BOUNDS: list[tuple[str, tuple[float, float]]] = [
+    (_AT + r"n_\w+", (0.0, _INF)),  # counts: n_undecodable, n_queries, n_groups, ...
+    (_AT + r"(?:\w+_)?(?:recall|precision|ndcg|map|mrr)(?:@|_at_)\d+", (0.0, 1.0)),  # retrieval @k
+    (_AT + r"(?:mean_per_class_recall|map|accuracy|f1(?:_\w+)?|ap|pairs_from_captions)", (0.0, 1.0)),
+    (_AT + r"(?:macro_|val_)?acc\d*(?:/.+)?", (0.0, 1.0)),  # acc1, test/color/acc, macro_acc, acc/<group>
+    (_AT + r"(?:text|image|group)_score(?:/.+)?", (0.0, 1.0)),  # Winoground
+    (r"rsum", (0.0, _INF)),  # 100 x the sum of the recalls; its top depends on the task's ks
+    (_AT + r"(?:\w+_)?(?:mean|median)_rank", (1.0, _INF)),  # 1-based rank of the first match
+    (_AT + r"(?:spearman|pearson|avg|avg_pearson)", (-100.0, 100.0)),  # STS correlations x100 (SimCSE)
+    (_AT + r"\w+_(?:spearman|pearson)", (-1.0, 1.0)),  # MTEB's cosine_spearman, ...: fractions
+    (_AT + r"(?:mean_)?cosine(?:_\w+)?", (-1.0, 1.0)),  # cosines of unit vectors
+    (_AT + r"mean_gold", (0.0, 5.0)),  # the shapes world's gold similarity
+    (r"alignment", (0.0, 4.0)),  # E ||x - y||^2 of unit vectors (Wang & Isola, alpha = 2)
+    (r"uniformity(?:_\w+)?", (-8.0, 0.0)),  # log E exp(-2 ||x - y||^2) of unit vectors
+    (r"modality_gap", (0.0, 2.0)),  # distance of two centroids of unit vectors
+    (r"effective_rank(?:_\w+)?", (0.0, _INF)),
+    (_AT + r"weight_decay", (0.0, _INF)),  # the linear probe's chosen L2 penalty
+    (r"wall_seconds|samples_per_second|peak_memory_mb|flops_per_step|samples_seen", (0.0, _INF)),  # cost/
+]
+_BOUND_PATTERNS = [(re.compile(p), b) for p, b in METRIC_BOUNDS]
+
+
+def metric_bounds(name: str) -> tuple[float, float] | None:
+    """(low, high) of a metric named ``name`` (a task's metric, a main metric or a cost key), or None."""
+    return next((b for p, b in _BOUND_PATTERNS if p.fullmatch(name)), None)
+
+
 @dataclass
 class Summary:
-    """Values over seeds: mean, sample sd, 95% Student-t half-width (None when n = 1)."""
+    """Values over seeds: mean, sample sd, the 95% Student-t half-width ``ci`` (None when n = 1), and the
+    metric's range ``bounds``: the interval is ``[mean - ci, mean + ci]`` cut at ``bounds``."""
 
     values: dict[int, float]
     mean: float
     std: float | None
     ci: float | None
     n: int
+    bounds: tuple[float, float] | None = None
 
     @property
     def low(self) -> float | None:
-        return None if self.ci is None else self.mean - self.ci
+        if self.ci is None:
+            return None
+        return self.mean - self.ci if self.bounds is None else max(self.bounds[0], self.mean - self.ci)
 
     @property
     def high(self) -> float | None:
-        return None if self.ci is None else self.mean + self.ci
+        if self.ci is None:
+            return None
+        return self.mean + self.ci if self.bounds is None else min(self.bounds[1], self.mean + self.ci)
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether the interval is ``mean ± ci`` (no end was cut at the range)."""
+        return self.ci is None or (self.low == self.mean - self.ci and self.high == self.mean + self.ci)
 
     def to_dict(self) -> dict:
         return {"mean": self.mean, "std": self.std, "ci95": self.ci, "low": self.low, "high": self.high,
+                "symmetric": self.symmetric, "bounds": None if self.bounds is None else list(self.bounds),
                 "n": self.n, "values": {str(k): v for k, v in sorted(self.values.items())}}
 
 
-def summarize(values: dict[int, float], level: float = 0.95) -> Summary | None:
+def summarize(values: dict[int, float], level: float = 0.95,
+              bounds: tuple[float, float] | None = None) -> Summary | None:
+    """Mean and Student-t interval over seeds, cut at ``bounds`` (see :func:`metric_bounds`). Values outside
+    ``bounds`` mean the table does not describe this metric: the interval is then left unbounded."""
     from scipy import stats
 
     vals = {s: float(v) for s, v in values.items() if v is not None and math.isfinite(float(v))}
     if not vals:
         return None
     x = np.array([vals[s] for s in sorted(vals)])
+    if bounds is not None and not (bounds[0] <= x.min() and x.max() <= bounds[1]):
+        bounds = None
+    bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
     n = len(x)
+    mean = float(x.mean()) if bounds is None else float(np.clip(x.mean(), *bounds))  # rounding only
     if n == 1:
-        return Summary(vals, float(x[0]), None, None, 1)
+        return Summary(vals, mean, None, None, 1, bounds)
     sd = float(np.std(x, ddof=1))
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
-    return Summary(vals, float(x.mean()), sd, half, n)
+    return Summary(vals, mean, sd, half, n, bounds)
+
+
+def _hull(bounds: Iterable[tuple[float, float] | None]) -> tuple[float, float] | None:
+    """The smallest range holding every one of ``bounds``; None when any is unknown (or there are none)."""
+    bs = list(bounds)
+    if not bs or any(b is None for b in bs):
+        return None
+    return min(b[0] for b in bs), max(b[1] for b in bs)
 
 
 @dataclass
@@ -598,7 +770,8 @@ class Leaderboard:
                 if o not in tb.scores:
                     continue
                 s = tb.scores[o]
-                for kind, v in (("mean", s.mean), ("ci95", s.ci), ("n", s.n), ("rank", tb.ranks[o])):
+                for kind, v in (("mean", s.mean), ("ci95", s.ci), ("ci_low", s.low), ("ci_high", s.high),
+                                ("n", s.n), ("rank", tb.ranks[o])):
                     add(kind, o, task, "main_score", None, v)
                 t = tb.tests.get(o)
                 if t is not None:
@@ -607,8 +780,9 @@ class Leaderboard:
                         add(kind, o, task, "main_score", None, v)
                 for m, d in tb.metrics.items():
                     if o in d:
-                        add("mean", o, task, m, None, d[o].mean)
-                        add("ci95", o, task, m, None, d[o].ci)
+                        for kind, v in (("mean", d[o].mean), ("ci95", d[o].ci), ("ci_low", d[o].low),
+                                        ("ci_high", d[o].high)):
+                            add(kind, o, task, m, None, v)
                         mt = tb.metric_tests.get(m, {}).get(o)
                         if mt is not None:
                             add("p_ttest", o, task, m, None, mt.p_ttest)
@@ -616,8 +790,8 @@ class Leaderboard:
             add("mean_rank", o, "", "", None, self.mean_rank[o])
             add("borda", o, "", "", None, self.borda[o])
             for m, s in self.cost.get(o, {}).items():
-                add("mean", o, "cost", m, None, s.mean)
-                add("ci95", o, "cost", m, None, s.ci)
+                for kind, v in (("mean", s.mean), ("ci95", s.ci), ("ci_low", s.low), ("ci_high", s.high)):
+                    add(kind, o, "cost", m, None, v)
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -626,7 +800,7 @@ class Leaderboard:
             "track": self.track, "budget_id": self.budget_id, "baseline": self.baseline,
             "objectives": self.objectives, "tasks": self.tasks, "seeds": self.seeds,
             "statistics": {"alpha": self.alpha, "n_boot": self.n_boot, "rank_rule": self.rank_rule,
-                           "ci": "95% Student-t over seeds"},
+                           "ci": CI_METHOD},
             "summary": {o: {"mean_rank": self.mean_rank[o], "borda": self.borda[o], "n_tasks": self.n_tasks[o],
                             "seeds": self.seeds_of(o),
                             "scores": {t: tb.scores[o].to_dict() for t, tb in self.task_boards.items()
@@ -640,7 +814,7 @@ class Leaderboard:
             "runs": [{"run_id": r.run_id, "objective": r.objective, "seed": r.seed, "status": r.status,
                       "identity": r.identity, "results_artifact": r.results_artifact} for r in self.runs],
             "failed": [{"run_id": r.run_id, "objective": r.objective, "seed": r.seed, "status": r.status,
-                        "reason": r.failure_reason} for r in self.failed],
+                        "state": r.state, "reason": r.failure_reason} for r in self.failed],
             "notes": self.notes,
             "rows": self.long_rows(),
         }
@@ -650,7 +824,8 @@ class Leaderboard:
 class TextSection:
     """Objectives against the STS tasks: per-seed average Spearman over the STS tasks an objective
     has (SimCSE's "Avg."), summarised over seeds with the same statistics as a task (95% Student-t
-    CI, paired t-test against the baseline over seeds), and the mean rank over the STS tasks."""
+    CI cut at the range of the tasks' main metrics, paired t-test against the baseline over seeds),
+    and the mean rank over the STS tasks."""
 
     tasks: list[str]
     average: dict[str, Summary]
@@ -673,7 +848,8 @@ def _text_section(boards_t: dict, runs: list, objectives: list[str], baseline: s
             if r.objective == o and all(t in r.scores for t in tasks):
                 vals[r.seed] = float(np.mean([r.scores[t] for t in tasks]))
         per_seed[o] = vals
-    average = {o: s for o in objectives if (s := summarize(per_seed[o]))}
+    bounds = _hull(metric_bounds(boards_t[t].main_metric) for t in tasks)
+    average = {o: s for o in objectives if (s := summarize(per_seed[o], bounds=bounds))}
     tests = {}
     for o in average:
         if o != baseline and baseline in average:
@@ -690,7 +866,7 @@ def text_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """The text section's table: STS tasks (mean ± CI, rank), the average, its test against the baseline."""
     sec = board.text
     header = ["objective"] + [f"{t} (rank)" for t in sec.tasks] + \
-             ["STS avg ± 95% CI", f"Δ avg vs {board.baseline}", "p (paired t, seeds)", "mean rank (STS)"]
+             ["STS avg, 95% CI", f"Δ avg vs {board.baseline}", "p (paired t, seeds)", "mean rank (STS)"]
     rows = []
     order = sorted(board.objectives, key=lambda o: (sec.mean_rank.get(o) is None, sec.mean_rank.get(o) or 0, o))
     for o in order:
@@ -745,7 +921,7 @@ def _task_board(task: str, runs: list[RunRecord], objectives: list[str], baselin
     main = {o: {r.seed: r.scores[task] for r in have if r.objective == o} for o in objs}
     items = {o: {r.seed: np.asarray(r.item_scores[task], dtype=float) for r in have
                  if r.objective == o and task in r.item_scores} for o in objs}
-    scores = {o: summarize(main[o]) for o in objs}
+    scores = {o: summarize(main[o], bounds=metric_bounds(main_metric)) for o in objs}
     objs = [o for o in objs if scores[o] is not None]
 
     counts: dict[int, np.ndarray] = {}
@@ -796,7 +972,7 @@ def _task_board(task: str, runs: list[RunRecord], objectives: list[str], baselin
     for m in metric_names:
         vals = {o: {r.seed: r.metrics[task][m] for r in have if r.objective == o and m in r.metrics[task]}
                 for o in objs}
-        metrics[m] = {o: s for o in objs if (s := summarize(vals[o])) is not None}
+        metrics[m] = {o: s for o in objs if (s := summarize(vals[o], bounds=metric_bounds(m))) is not None}
         if baseline in objs:
             mt = {}
             for o in objs:
@@ -901,10 +1077,11 @@ def build(collected: Collected, *, budget_id: str | None = None, baseline: str |
         cost = {}
         for o in objectives:
             keys = sorted({k for r in truns if r.objective == o for k in r.cost})
-            cost[o] = {k: s for k in keys
-                       if (s := summarize({r.seed: r.cost[k] for r in truns if r.objective == o and k in r.cost}))}
+            per_key = {k: {r.seed: r.cost[k] for r in truns if r.objective == o and k in r.cost} for k in keys}
+            cost[o] = {k: s for k in keys if (s := summarize(per_key[k], bounds=metric_bounds(k)))}
         seeds = sorted({r.seed for r in truns})
-        notes = list(collected.notes)
+        tfailed = [r for r in failed if r.track == track]
+        notes = list(collected.notes) + _board_notes(collected, truns, tfailed, track, budget)
         for tag, label in (("harness.dataset_fingerprint", "dataset fingerprints"), ("harness.git_sha", "git commits"),
                            ("harness.version", "harness versions")):
             vals = _distinct(truns, tag)
@@ -925,14 +1102,14 @@ def build(collected: Collected, *, budget_id: str | None = None, baseline: str |
             "git_sha": ", ".join(_distinct(truns, "harness.git_sha")),
             "dataset_fingerprint": ", ".join(_distinct(truns, "harness.dataset_fingerprint")),
             "model": ", ".join(_distinct(truns, "harness.model")),
-            "n_runs": len(truns), "n_failed": len([r for r in failed if r.track == track]),
+            "n_runs": len(truns), "n_failed": len(tfailed),
             "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         boards.append(Leaderboard(
             experiment=collected.experiment, track=track, budget_id=budget, baseline=base, objectives=objectives,
             tasks=list(boards_t), seeds=seeds, task_boards=boards_t, mean_rank=mean_rank, borda=borda,
             n_tasks=n_tasks, cost=cost, loss_curves=_loss_curves(truns, objectives), runs=truns,
-            failed=[r for r in failed if r.track == track], provenance=provenance, notes=notes, alpha=alpha,
+            failed=tfailed, provenance=provenance, notes=notes, alpha=alpha,
             n_boot=n_boot, rank_rule=rank_rule, text=_text_section(boards_t, truns, objectives, base)))
     return boards
 
@@ -959,7 +1136,22 @@ def fmt_p(p: float | None) -> str:
 def fmt_summary(s: Summary | None, digits: int = 3) -> str:
     if s is None:
         return "n/a"
-    return f"{s.mean:.{digits}f} ± {'n/a' if s.ci is None else f'{s.ci:.{digits}f}'}"
+    if s.ci is None:
+        return f"{s.mean:.{digits}f} ± n/a"
+    if s.symmetric:
+        return f"{s.mean:.{digits}f} ± {s.ci:.{digits}f}"
+    return f"{s.mean:.{digits}f} [{s.low:.{digits}f}, {s.high:.{digits}f}]"  # cut at the metric's range
+
+
+#: how a score cell reads, for captions
+CELL = "mean ± 95% CI over seeds, or mean [low, high] where the interval is cut at the metric's range"
+
+
+def _err(s: Summary | None) -> tuple[float, float]:
+    """(below, above) the mean: error bar lengths of the (possibly asymmetric) interval."""
+    if s is None or s.ci is None:
+        return 0.0, 0.0
+    return s.mean - s.low, s.high - s.mean
 
 
 COST_COLUMNS = [  # (key, header, scale, digits)
@@ -993,7 +1185,7 @@ def summary_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
 
 def task_rows(board: Leaderboard, task: str) -> tuple[list[str], list[list[str]]]:
     tb = board.task_boards[task]
-    header = ["objective", "mean ± 95% CI", "rank", f"Δ vs {board.baseline}", "p (paired t, seeds)",
+    header = ["objective", "mean, 95% CI", "rank", f"Δ vs {board.baseline}", "p (paired t, seeds)",
               "p (paired bootstrap, items)", "bootstrap 95% CI of Δ", "seeds", "significantly better"]
     rows = []
     for o in board.objectives:
@@ -1010,7 +1202,7 @@ def task_rows(board: Leaderboard, task: str) -> tuple[list[str], list[list[str]]
 
 
 def metric_rows(board: Leaderboard, task: str) -> tuple[list[str], list[list[str]]]:
-    """Every metric of a task: mean ± CI per objective; ``*`` marks paired t-test p < alpha vs the baseline."""
+    """Every metric of a task: mean and CI per objective; ``*``: paired t-test p < alpha vs the baseline."""
     tb = board.task_boards[task]
     objs = [o for o in board.objectives if o in tb.scores]
     rows = []
@@ -1025,8 +1217,9 @@ def metric_rows(board: Leaderboard, task: str) -> tuple[list[str], list[list[str
 
 
 def failed_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """Runs not ranked: status is the state shown (FAILED, KILLED, running, interrupted, SCHEDULED)."""
     return (["objective", "seed", "status", "run", "reason"],
-            [[r.objective, str(r.seed), r.status, r.run_id, (r.failure_reason or "").splitlines()[0][:300]
+            [[r.objective, str(r.seed), r.state, r.run_id, (r.failure_reason or "").splitlines()[0][:300]
               if r.failure_reason else ""] for r in board.failed])
 
 
@@ -1036,7 +1229,10 @@ def method_lines(board: Leaderboard) -> list[str]:
             "bootstrap": "the paired bootstrap over items has p < alpha (the t-test where items are missing)",
             "ttest": "the paired t-test over seeds has p < alpha (the bootstrap where seeds are too few)"}
     return [
-        "Scores: mean over seeds ± the half-width of a 95% Student-t confidence interval (± n/a: one seed).",
+        ("Scores: mean over seeds and a 95% Student-t confidence interval (mean ± t(0.975, n-1) sd / "
+         "sqrt(n)), cut at the metric's range (recall and accuracy [0, 1], STS Spearman x100 [-100, 100], "
+         "ranks >= 1, cost >= 0; an unknown metric is unbounded): shown mean ± half-width, or mean "
+         "[low, high] where an end was cut (± n/a: one seed)."),
         f"Rank per task: 1 + the number of objectives significantly better, where B is significantly better than A "
         f"when the difference favours B and {rule[board.rank_rule]} (alpha = {board.alpha}); objectives that cannot "
         f"be told apart share a rank. Without any test (one seed, no item scores) objectives share a rank.",
@@ -1048,6 +1244,9 @@ def method_lines(board: Leaderboard) -> list[str]:
         "strictly worse rank, summed over tasks. Order: mean rank, then Borda count, then name.",
         "Cost columns: means over seeds of cost/wall_seconds, cost/samples_per_second, cost/peak_memory_mb and "
         "cost/flops_per_step (GFLOPs, forward + backward, one step).",
+        ("Not ranked: runs that did not finish, by state: FAILED and KILLED (MLflow's status), running "
+         "(RUNNING with a fresh harness.heartbeat), interrupted (RUNNING without a heartbeat for over "
+         f"{_duration(STALE_AFTER_S)}: the process was killed before it could end the run)."),
     ]
 
 
@@ -1058,7 +1257,7 @@ def render_table(board: Leaderboard):
              f"{', '.join(map(str, board.seeds))} | baseline {board.baseline}")
     if board.provenance.get("parent_run_id"):
         title += f" | comparison {board.provenance['parent_run_id'][:8]}"
-    return _rich_table(title, "score: mean ± 95% CI over seeds (rank); shared rank = not significantly different",
+    return _rich_table(title, f"score: {CELL} (rank); shared rank = not significantly different",
                        header, rows)
 
 
@@ -1078,7 +1277,7 @@ def render_text_table(board: Leaderboard):
     """The text section (objectives against STS tasks) as a rich Table."""
     n = len(board.text.tasks)
     return _rich_table(f"text section (STS, {n} task{'' if n == 1 else 's'})",
-                       "STS avg: per-seed mean Spearman x100 over the STS tasks, mean ± 95% CI over seeds",
+                       f"STS avg: per-seed mean Spearman x100 over the STS tasks; {CELL}",
                        *text_rows(board))
 
 
@@ -1087,7 +1286,7 @@ def render_failed_table(board: Leaderboard):
     from rich.table import Table
 
     header, rows = failed_rows(board)
-    table = Table(title=f"not ranked: {len(rows)} run(s) did not finish", title_justify="left")
+    table = Table(title=f"not ranked: {len(rows)} run(s): {_by_state(board.failed)}", title_justify="left")
     for h in header:
         table.add_column(h, overflow="fold")
     for row in rows:
@@ -1142,17 +1341,17 @@ def render_markdown(board: Leaderboard) -> str:
         lines.append(f"- {k}: `{v}`" if k in ("command", "tracking URI") else f"- {k}: {md_escape(v)}")
     lines += ["", "## Leaderboard", ""]
     lines += _md_table(*summary_rows(board))
-    lines += ["", "Score cells: mean ± 95% CI over seeds, then the rank on that task in parentheses.", ""]
+    lines += ["", f"Score cells: {CELL}, then the rank on that task in parentheses.", ""]
     if board.text is not None:
         lines += ["## Text (STS)", ""] + _md_table(*text_rows(board)) + [
-            "", "STS avg: per seed, the mean Spearman x100 over these STS tasks (SimCSE's Avg.), then mean ± 95% CI "
-                "over seeds; p: paired t-test over seeds against the baseline.", ""]
+            "", "STS avg: per seed, the mean Spearman x100 over these STS tasks (SimCSE's Avg.), then the "
+                f"{CELL}; p: paired t-test over seeds against the baseline.", ""]
     for t, tb in board.task_boards.items():
         arrow = "higher is better" if tb.higher_is_better else "lower is better"
         lines += [f"## Task {md_escape(t)}", "",
                   f"Main metric `{tb.main_metric}` ({arrow}); {tb.n_items or 'no'} test items in the bootstrap.", ""]
         lines += _md_table(*task_rows(board, t))
-        lines += ["", f"All metrics of {md_escape(t)} (mean ± 95% CI; \\* paired t-test p < {board.alpha} against "
+        lines += ["", f"All metrics of {md_escape(t)} ({CELL}; \\* paired t-test p < {board.alpha} against "
                       f"{md_escape(board.baseline)}):", ""]
         lines += _md_table(*metric_rows(board, t))
         lines.append("")
@@ -1242,12 +1441,14 @@ def plot_scores(board: Leaderboard) -> str | None:
         objs = [o for o in board.objectives if o in tb.scores]
         for i, o in enumerate(objs):
             s = tb.scores[o]
-            ax.errorbar([i], [s.mean], yerr=[[s.ci or 0.0], [s.ci or 0.0]], fmt="o", color=colors[o], capsize=4)
+            below, above = _err(s)
+            ax.errorbar([i], [s.mean], yerr=[[below], [above]], fmt="o", color=colors[o], capsize=4)
             ax.scatter([i] * s.n, list(s.values.values()), s=10, color=colors[o], alpha=0.4)
         ax.set_xticks(range(len(objs)), [f"{o}\n#{tb.ranks[o]}" for o in objs], rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{t}\n{tb.main_metric} ({'higher' if tb.higher_is_better else 'lower'} is better)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("main score per task: mean ± 95% CI over seeds (dots: seeds)", fontsize=10)
+    fig.suptitle("main score per task: mean and 95% CI over seeds, within the metric's range (dots: seeds)",
+                 fontsize=10)
     return _png(fig)
 
 
@@ -1305,7 +1506,7 @@ def plot_compositionality(board: Leaderboard) -> str | None:
             xs = [i + (j - (len(objs) - 1) / 2) * width for i in range(len(types))]
             s = [data[split][t].get(o) for t in types]
             ax.bar(xs, [x.mean if x else 0 for x in s], width, color=colors[o], label=o,
-                   yerr=[(x.ci or 0) if x else 0 for x in s], capsize=2)
+                   yerr=np.array([_err(x) for x in s]).T, capsize=2)
         ax.set_xticks(range(len(types)), types, fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy")
@@ -1327,7 +1528,7 @@ def plot_cost(board: Leaderboard) -> str | None:
             s = tb.scores.get(o)
             if w is None or s is None:
                 continue
-            ax.errorbar([w.mean], [s.mean], xerr=[[w.ci or 0], [w.ci or 0]], yerr=[[s.ci or 0], [s.ci or 0]],
+            ax.errorbar([w.mean], [s.mean], xerr=np.array([_err(w)]).T, yerr=np.array([_err(s)]).T,
                         fmt="o", color=colors[o], capsize=3)
             ax.annotate(o, (w.mean, s.mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.margins(0.15)
@@ -1335,7 +1536,7 @@ def plot_cost(board: Leaderboard) -> str | None:
         ax.set_ylabel(tb.main_metric)
         ax.set_title(t, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle("cost against score: mean ± 95% CI over seeds", fontsize=10)
+    fig.suptitle("cost against score: mean and 95% CI over seeds, within each metric's range", fontsize=10)
     return _png(fig)
 
 
@@ -1380,12 +1581,12 @@ def render_html(board: Leaderboard) -> str:
         parts.append(f"<dt>{e(k)}</dt><dd>{value}</dd>")
     parts += ["</dl>", "</section>",
               '<section id="leaderboard">', "<h2>Leaderboard</h2>", _html_table(*summary_rows(board)),
-              '<p class="note">Score cells: mean ± 95% CI over seeds, then the rank on that task in parentheses.</p>',
+              f'<p class="note">Score cells: {e(CELL)}, then the rank on that task in parentheses.</p>',
               "</section>"]
     if board.text is not None:
         parts += ['<section id="text">', "<h2>Text (STS)</h2>", _html_table(*text_rows(board)),
                   '<p class="note">STS avg: per seed, the mean Spearman x100 over these STS tasks (SimCSE\'s Avg.), '
-                  "then mean ± 95% CI over seeds; p: paired t-test over seeds against the baseline.</p>", "</section>"]
+                  f"then the {e(CELL)}; p: paired t-test over seeds against the baseline.</p>", "</section>"]
     parts += ['<section id="tasks">', "<h2>Per task</h2>"]
     for t, tb in board.task_boards.items():
         arrow = "higher is better" if tb.higher_is_better else "lower is better"

@@ -236,3 +236,23 @@ def test_a_working_run_beats_and_a_silent_one_goes_stale(tmp_path, template_db):
     assert not rec._beat.is_alive()
     assert not is_stale("KILLED", {}, 0, now=1e12)
     assert is_stale("RUNNING", {}, 1000.0, now=1000.0)  # an old run without heartbeats: its start counts
+
+
+def test_compare_finds_runs_whose_process_was_killed(tmp_path, template_db):
+    import shutil
+
+    import mlflow
+
+    from harness.compare import interrupted_runs
+
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("harness")
+    old = f"{time.time() - 3600:.0f}"
+    dead = client.create_run(exp, tags={"harness.role": "run", "harness.identity": "dead", HEARTBEAT_TAG: old})
+    alive = client.create_run(exp, tags={"harness.role": "run", "harness.identity": "alive",
+                                         HEARTBEAT_TAG: f"{time.time():.0f}"})
+    found = interrupted_runs(uri, "harness")
+    assert set(found) == {"dead"} and found["dead"][0] == dead.info.run_id and found["dead"][1] > 3500
+    assert alive.info.status == "RUNNING"

@@ -18,7 +18,7 @@ from scipy import stats
 
 from harness import leaderboard as lb
 from harness.console import Reporter
-from harness.tracking import metric_key
+from harness.tracking import HEARTBEAT_TAG, metric_key
 
 T975_2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2), by hand from a t table: 4.303
 BUDGET = "budget0123456789"
@@ -179,13 +179,17 @@ def test_collect_reads_children_metrics_items_and_history(store):
     assert clip0.cost["wall_seconds"] == 10.0 and clip0.results_artifact.endswith(f"-{clip0.run_id[:8]}.json")
     # the superseded failure is dropped, the real one listed with its reason
     assert [(r.objective, r.status) for r in col.failed] == [("broken", "FAILED")]
-    assert col.failed[0].failure_reason.startswith("RuntimeError: boom")
-    assert any("rerun successfully" in n for n in col.notes)
+    assert col.failed[0].failure_reason.startswith("RuntimeError: boom") and col.failed[0].state == "FAILED"
+    (board,) = lb.build(col)
+    assert ("1 run(s) that did not finish (1 FAILED) are not listed: a FINISHED run of the same (objective, "
+            "seed) is ranked instead") in board.notes
 
 
 def test_a_resumed_comparison_finds_the_runs_it_reused(store):
     col = lb.collect("harness", store["resumed"], tracking_uri=store["uri"])
-    assert len(col.runs) == 9 and any("reused" in n for n in col.notes)
+    assert len(col.runs) == 9 and len(col.reused) == 9
+    notes = lb.build(col)[0].notes
+    assert "9 run(s) reused by this comparison from earlier runs (resumed), not its children" in notes
     assert lb.collect("harness", store["parent"][:10], tracking_uri=store["uri"]).parent_run_id == store["parent"]
     assert lb.collect("harness", "latest", tracking_uri=store["uri"]).parent_run_id == store["listed"]
 
@@ -428,7 +432,7 @@ def test_json_round_trip(board):
     assert len([r for r in doc["rows"] if r["kind"] == "value"]) == len(
         [r for r in board.long_rows() if r["kind"] == "value"])
     assert doc["statistics"] == {"alpha": 0.05, "n_boot": 1000, "rank_rule": "either",
-                                 "ci": "95% Student-t over seeds"}
+                                 "ci": "95% Student-t over seeds, cut at the metric's range"}
 
 
 def test_summarize_comparison_writes_and_logs_on_the_parent(store, tmp_path):
@@ -554,3 +558,217 @@ def test_aggregate_task_is_shown_but_not_ranked_or_averaged():
     assert "sts-avg" in board.task_boards and board.text.tasks == ["stsb"]
     assert board.text.average["simcse"].mean == pytest.approx(81.0)
     assert board.mean_rank["simcse"] == 1.0 and board.n_tasks["simcse"] == 1
+
+
+# -- intervals within the metric's range (issue 12, item 16) -----------------------------------------
+def test_metric_bounds_come_from_the_metric_name():
+    inf = math.inf
+    cases = {"image_retrieval_recall@5": (0, 1), "text_retrieval_recall_at_10": (0, 1),
+             "mean_recall@1": (0, 1), "recall@5": (0, 1), "test/color/acc": (0, 1), "test/macro_acc": (0, 1),
+             "acc/spatial": (0, 1), "shape/val_acc1": (0, 1), "shape/weight_decay": (0, inf),
+             "shape/acc1": (0, 1), "acc5": (0, 1), "mean_per_class_recall": (0, 1), "map": (0, 1),
+             "group_score": (0, 1), "text_score/Noun": (0, 1), "ndcg_at_10": (0, 1),
+             "spearman": (-100, 100), "stsb/pearson": (-100, 100), "avg": (-100, 100),
+             "cosine_spearman": (-1, 1), "mean_cosine_positive": (-1, 1), "negative/mean_cosine": (-1, 1),
+             "image_retrieval_mean_rank": (1, inf), "median_rank": (1, inf), "rsum": (0, inf),
+             "modality_gap": (0, 2), "alignment": (0, 4), "uniformity_text": (-8, 0),
+             "effective_rank_image": (0, inf), "n_undecodable": (0, inf), "wall_seconds": (0, inf),
+             "peak_memory_mb": (0, inf), "flops_per_step": (0, inf), "samples_per_second": (0, inf)}
+    for name, bounds in cases.items():
+        assert lb.metric_bounds(name) == bounds, name
+    for name in ("error", "final_loss", "main_score", "spearmanish", "loss/acc_like", "shape/log10_weight_decay"):
+        assert lb.metric_bounds(name) is None, name
+
+
+def test_an_interval_that_crossed_the_range_is_cut_there_with_hand_computed_ends():
+    # recall 0.98, 1, 1: mean 0.99333, sd 0.011547, half-width t(0.975, 2) * sd / sqrt(3)
+    # = 4.302653 * 0.0066667 = 0.028684; the plain t-interval [0.964649, 1.022018] crosses 1, the bounded
+    # one stops at 1
+    old = lb.summarize({0: 0.98, 1: 1.0, 2: 1.0})
+    assert old.high == pytest.approx(1.022018, abs=1e-6) and old.low == pytest.approx(0.964649, abs=1e-6)
+    s = lb.summarize({0: 0.98, 1: 1.0, 2: 1.0}, bounds=(0.0, 1.0))
+    assert s.ci == pytest.approx(0.028684, abs=1e-6)
+    assert (s.low, s.high) == (pytest.approx(0.964649, abs=1e-6), 1.0) and not s.symmetric
+    assert lb.fmt_summary(s) == "0.993 [0.965, 1.000]"
+    # recall 0, 0, 0.06: mean 0.02, sd 0.034641, half-width 4.302653 * 0.02 = 0.086053: [-0.066053, 0.106053]
+    s = lb.summarize({0: 0.0, 1: 0.0, 2: 0.06}, bounds=lb.metric_bounds("mean_recall@1"))
+    assert (s.low, s.high) == (0.0, pytest.approx(0.106053, abs=1e-6))
+    # wall seconds 10, 12, 60: mean 27.333, sd 28.3078, half-width 4.302653 * 16.3435 = 70.3206:
+    # [-42.99, 97.65] becomes [0, 97.65]
+    s = lb.summarize({0: 10.0, 1: 12.0, 2: 60.0}, bounds=lb.metric_bounds("wall_seconds"))
+    assert s.ci == pytest.approx(70.3206, abs=1e-3) and s.low == 0.0
+    assert s.high == pytest.approx(97.6539, abs=1e-3)
+    assert lb.fmt_summary(s, 1) == "27.3 [0.0, 97.7]"
+    # an interval inside the range is the plain t-interval, shown as mean ± half-width
+    s = lb.summarize({0: 0.5, 1: 0.6, 2: 0.7}, bounds=(0.0, 1.0))
+    assert s.symmetric and (s.low, s.high) == pytest.approx((0.6 - T975_2 * 0.1 / math.sqrt(3),
+                                                             0.6 + T975_2 * 0.1 / math.sqrt(3)))
+    assert lb.fmt_summary(s) == f"0.600 ± {T975_2 * 0.1 / math.sqrt(3):.3f}"
+    # values outside the table's range mean the table does not describe this metric: no bound is claimed
+    s = lb.summarize({0: 1.5, 1: 2.0, 2: 2.5}, bounds=(0.0, 1.0))
+    assert s.bounds is None and s.symmetric and s.low == pytest.approx(2.0 - T975_2 * 0.5 / math.sqrt(3))
+
+
+def bounded_runs():
+    """clip near the top of recall (0.98, 1, 1), siglip near the bottom (0, 0, 0.06), wall 10, 12, 60 s."""
+    vals = {"clip": [0.98, 1.0, 1.0], "siglip": [0.0, 0.0, 0.06]}
+    return [lb.RunRecord(run_id=f"{o}{s}", objective=o, seed=s, status="FINISHED", track="default",
+                         budget_id=BUDGET, scores={"shapes-retrieval": vals[o][s]},
+                         metrics={"shapes-retrieval": {"image_retrieval_recall@5": vals[o][s],
+                                                       "error": vals[o][s]}},
+                         main_metric={"shapes-retrieval": "mean_recall@1"},
+                         higher_is_better={"shapes-retrieval": True},
+                         cost={"wall_seconds": [10.0, 12.0, 60.0][s], "final_loss": [1.0, 1.1, 0.9][s]})
+            for o in vals for s in SEEDS]
+
+
+def test_board_intervals_stay_within_the_metric_range_in_every_output():
+    board, = lb.build(lb.Collected("e", "0", "sqlite://", None, {}, bounded_runs(), []))
+    tb = board.task_boards["shapes-retrieval"]
+    for o in ("clip", "siglip"):
+        for s in (tb.scores[o], tb.metrics["image_retrieval_recall@5"][o]):
+            assert 0.0 <= s.low <= s.mean <= s.high <= 1.0
+    assert tb.metrics["error"]["siglip"].low < 0  # unknown metric: unbounded
+    wall = board.cost["clip"]["wall_seconds"]
+    assert wall.low == 0.0 and board.cost["clip"]["final_loss"].bounds is None
+    md = lb.render_markdown(board)
+    rows = lb.parse_markdown_table(md, "## Leaderboard")
+    assert rows[0]["shapes-retrieval (rank)"] == "0.993 [0.965, 1.000] (1)"
+    assert "0.0200 [0.0000, 0.1061]" in md and "-0.06" not in md
+    doc = json.loads(lb.render_json(board))
+    sc = doc["task_boards"]["shapes-retrieval"]["scores"]["siglip"]
+    assert sc["low"] == 0.0 and sc["bounds"] == [0.0, 1.0] and sc["ci95"] == pytest.approx(0.086053, abs=1e-6)
+    csv_rows = list(csv.DictReader(io.StringIO(lb.render_csv(board))))
+    lows = [float(r["value"]) for r in csv_rows if r["kind"] == "ci_low" and r["task"] == "shapes-retrieval"
+            and r["metric"] != "error"]
+    assert len(lows) == 4 and min(lows) == 0.0
+    assert "<!DOCTYPE html>" in lb.render_html(board)  # the plots draw the asymmetric error bars
+
+
+def test_text_section_average_is_bounded_by_the_sts_range():
+    vals = {"clip": [99.0, 100.0, 100.0], "simcse": [80.0, 81.0, 85.0]}
+    runs = [lb.RunRecord(run_id=f"{o}{s}", objective=o, seed=s, status="FINISHED", track="default",
+                         budget_id=BUDGET, scores={"shapes-sts": vals[o][s]},
+                         metrics={"shapes-sts": {"spearman": vals[o][s]}},
+                         main_metric={"shapes-sts": "spearman"}, higher_is_better={"shapes-sts": True})
+            for o in vals for s in SEEDS]
+    board, = lb.build(lb.Collected("e", "0", "sqlite://", None, {}, runs, []))
+    avg = board.text.average["clip"]
+    assert avg.high == 100.0 and avg.bounds == (-100.0, 100.0) and avg.low == pytest.approx(99.6667 - 1.4342,
+                                                                                               abs=1e-3)
+
+
+# -- run statuses: FAILED, KILLED, running, interrupted (issue 12, items 16 and 17) -------------------
+NOW = 1_900_000_000.0
+
+
+def status_run(client, exp, objective, seed, status, *, budget=BUDGET, track="default", heartbeat=None,
+               started=None, reason=None):
+    """A run left in ``status``; RUNNING runs are never terminated, as after a SIGKILL."""
+    tags = {"harness.role": "run", "harness.objective": objective, "harness.seed": str(seed),
+            "harness.budget_id": budget, "harness.track": track}
+    if heartbeat is not None:
+        tags[HEARTBEAT_TAG] = str(heartbeat)
+    if reason:
+        tags["harness.failure_reason"] = reason
+    rid = client.create_run(exp, start_time=int((started if started is not None else NOW - 60) * 1000),
+                            tags=tags).info.run_id
+    if status == "FINISHED":
+        client.log_batch(rid, metrics=[_metric("shapes-retrieval/main_score", 0.5 + 0.01 * seed)])
+    if status != "RUNNING":
+        client.set_terminated(rid, status)
+    return rid
+
+
+def _metric(key, value):
+    from mlflow.entities import Metric
+
+    return Metric(key, value, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def status_store(tmp_path_factory, template_db):
+    from mlflow.tracking import MlflowClient
+
+    d = tmp_path_factory.mktemp("lb-status")
+    shutil.copy(template_db, d / "mlflow.db")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("status", artifact_location=(d / "artifacts").as_uri())
+    status_run(client, exp, "clip", 1, "KILLED", started=NOW - 7200)  # superseded by the FINISHED run below
+    for o, s in (("clip", 0), ("clip", 1), ("siglip", 0)):
+        status_run(client, exp, o, s, "FINISHED")
+    ids = {"killed": status_run(client, exp, "siglip", 1, "KILLED"),
+           "failed": status_run(client, exp, "dcl", 0, "FAILED", reason="RuntimeError: boom"),
+           "running": status_run(client, exp, "dcl", 1, "RUNNING", heartbeat=NOW - 20, started=NOW - 3600),
+           "stale": status_run(client, exp, "dcl", 2, "RUNNING", heartbeat=NOW - 43 * 60, started=NOW - 7200),
+           "old": status_run(client, exp, "supcon", 0, "RUNNING", started=NOW - 3 * 3600)}
+    # another track and another budget, each with a failure of its own
+    status_run(client, exp, "clip", 0, "FINISHED", track="tuned")
+    status_run(client, exp, "clip", 1, "FAILED", track="tuned", reason="ValueError: tuned")
+    status_run(client, exp, "clip", 0, "FINISHED", budget="other000")
+    status_run(client, exp, "clip", 1, "RUNNING", budget="other000", started=NOW - 5 * 3600)
+    return {"uri": uri, "ids": ids}
+
+
+def status_boards(status_store):
+    col = lb.collect("status", tracking_uri=status_store["uri"], now=NOW)
+    return {b.track: b for b in lb.build(col, budget_id=BUDGET)}
+
+
+def test_running_and_interrupted_runs_are_told_apart(status_store):
+    board = status_boards(status_store)["default"]
+    by_id = {r.run_id: r for r in board.failed}
+    ids = status_store["ids"]
+    assert set(by_id) == set(ids.values())
+    assert {k: by_id[v].state for k, v in ids.items()} == {"killed": "KILLED", "failed": "FAILED",
+                                                         "running": "running", "stale": "interrupted",
+                                                         "old": "interrupted"}
+    assert by_id[ids["stale"]].status == "RUNNING"  # what MLflow says is kept
+    assert by_id[ids["stale"]].failure_reason.startswith("no heartbeat for 43 min: the process was killed")
+    assert by_id[ids["old"]].failure_reason.startswith("no heartbeat since it started 3 h ago")
+    assert by_id[ids["running"]].failure_reason == "still running (last heartbeat 20 s ago)"
+    assert by_id[ids["failed"]].failure_reason == "RuntimeError: boom"
+    header, rows = lb.failed_rows(board)
+    status = {r[header.index("run")]: r[header.index("status")] for r in rows}
+    assert status[ids["stale"]] == "interrupted" and status[ids["running"]] == "running"
+    assert status[ids["killed"]] == "KILLED"
+    md = lb.render_markdown(board)
+    assert {r["status"] for r in lb.parse_markdown_table(md, "## Not ranked")} == {
+        "FAILED", "KILLED", "running", "interrupted"}
+    doc = board.to_dict()
+    assert {f["run_id"]: f["state"] for f in doc["failed"]}[ids["old"]] == "interrupted"
+    con = Console(file=io.StringIO(), width=250, color_system=None)
+    con.print(lb.render_failed_table(board))
+    assert "5 run(s): 1 FAILED, 1 KILLED, 1 running, 2 interrupted" in con.file.getvalue()
+
+
+def test_notes_count_only_the_runs_of_the_board_shown(status_store):
+    boards = status_boards(status_store)
+    notes = " | ".join(boards["default"].notes)
+    assert "5 run(s) not ranked: 1 FAILED, 1 KILLED, 1 running, 2 interrupted" in notes
+    assert "1 run(s) still running (dcl seed 1)" in notes
+    assert "2 run(s) interrupted (dcl seed 2, supcon seed 0)" in notes
+    assert "1 run(s) that did not finish (1 KILLED) are not listed: a FINISHED run" in notes
+    assert "failed" not in notes  # FAILED is a status; KILLED, running and interrupted runs are not "failed"
+    tuned = " | ".join(boards["tuned"].notes)
+    assert "1 run(s) not ranked: 1 FAILED" in tuned
+    assert "interrupted" not in tuned and "running" not in tuned and "did not finish" not in tuned
+    assert [r.state for r in boards["tuned"].failed] == ["FAILED"]
+    (other,) = lb.build(lb.collect("status", track="default", tracking_uri=status_store["uri"], now=NOW),
+                        budget_id="other000")
+    assert [r.state for r in other.failed] == ["interrupted"]
+    assert "1 run(s) not ranked: 1 interrupted" in " | ".join(other.notes)
+
+
+def test_no_finished_run_message_names_each_status(status_store, template_db, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("none", artifact_location=(tmp_path / "a").as_uri())
+    status_run(client, exp, "clip", 0, "KILLED")
+    status_run(client, exp, "clip", 1, "RUNNING", heartbeat=NOW - 3600)
+    with pytest.raises(lb.NoRunsError, match=r"2 run\(s\) did not finish \(1 KILLED, 1 interrupted\)"):
+        lb.collect("none", tracking_uri=uri, now=NOW)
