@@ -15,8 +15,24 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .models import ModelConfig
 from .shapes import ShapesSpec
+
+
+class ModelConfig(BaseModel):
+    """Which open_clip model to train or evaluate. Part of the run identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    name: str = Field("harness-tiny", description="a harness preset or any open_clip architecture")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag or a local checkpoint path")
+    tokenizer: Literal["auto", "words", "open_clip"] = Field(
+        "auto",
+        description="auto: the shapes-world word vocabulary for harness presets trained from "
+        "scratch, open_clip's tokenizer otherwise",
+    )
+    text_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the open_clip text tower's "
+                                "token embeddings and every attention / MLP output (BERT's hidden dropout); "
+                                "unsupervised SimCSE needs it (p = 0.1). Hugging Face text towers have their own")
 
 
 class ConfigError(ValueError):

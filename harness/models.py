@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+
+from .config import ModelConfig  # noqa: F401 - defined with the rest of the run configuration
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +33,6 @@ def register_presets() -> None:
     if not _registered:
         open_clip.add_model_config(PRESET_DIR)
         _registered = True
-
-
-class ModelConfig(BaseModel):
-    """Which open_clip model to train or evaluate. Part of the run identity."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-    name: str = Field("harness-tiny", description="a harness preset or any open_clip architecture")
-    pretrained: str | None = Field(None, description="open_clip pretrained tag or a local checkpoint path")
-    tokenizer: Literal["auto", "words", "open_clip"] = Field(
-        "auto",
-        description="auto: the shapes-world word vocabulary for harness presets trained from "
-        "scratch, open_clip's tokenizer otherwise",
-    )
-    text_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the open_clip text tower's "
-                                "token embeddings and every attention / MLP output (BERT's hidden dropout); "
-                                "unsupervised SimCSE needs it (p = 0.1). Hugging Face text towers have their own")
 
 
 HF_TEXT_PREFIX = "hf-text:"
