@@ -38,6 +38,11 @@ Run::
     python bench/data_throughput.py                          # B = 256, 20 timed steps, harness-tiny
     python bench/data_throughput.py --steps 3 --threads 1    # a quick look
     python bench/data_throughput.py --device cuda --batch-size 1024 --model harness-small
+    python bench/data_throughput.py --tiny                   # seconds: checks that it still runs
+
+``--tiny`` (harness-micro, B = 16, 1 warmup + 2 timed steps, a 256-scene world, all three
+objectives) runs the same code in seconds for the test suite; its figures mean nothing. Options
+given explicitly still apply.
 """
 
 from __future__ import annotations
@@ -135,20 +140,30 @@ def time_steps(model0, objective, enc_args, data: ShapesTrainData, budget: Budge
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps / batch() calls (default 20)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1; step 0 counts FLOPs)")
-    ap.add_argument("--model", default="harness-tiny")
+    ap.add_argument("--batch-size", type=int, default=None, help="(default 256; tiny 16)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps / batch() calls (default 20; tiny 2)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed steps first (>= 1; step 0 counts FLOPs; default 2; tiny 1)")
+    ap.add_argument("--model", default=None, help="(default harness-tiny; tiny harness-micro)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--objectives", default="clip,intra-modal,negclip",
                     help="comma-separated objectives whose fields are loaded (default clip,intra-modal,negclip)")
-    ap.add_argument("--n-train", type=int, default=ShapesSpec().n_train,
-                    help="training scenes of the world (default: the default budget's, 20000)")
+    ap.add_argument("--n-train", type=int, default=None,
+                    help="training scenes of the world (default: the default budget's, 20000; tiny 256)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a few steps at small sizes, seconds in all: checks that the benchmark runs")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None,
                     help="shapes-world cache (default: a temporary directory, removed at exit)")
     args = ap.parse_args(argv)
+    tiny = args.tiny
+    for name, full, small in (("batch_size", 256, 16), ("steps", 20, 2), ("warmup", 2, 1),
+                              ("model", "harness-tiny", "harness-micro"),
+                              ("n_train", ShapesSpec().n_train, 256)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if tiny else full)
     if args.steps < 1 or args.warmup < 1 or args.batch_size < 2:
         ap.error("need --steps >= 1, --warmup >= 1, --batch-size >= 2")
     if args.threads:
@@ -170,7 +185,8 @@ def main(argv=None) -> int:
     ShapesTrainData.check_static(set().union(*(c.requires for c in objectives.values())), ",".join(names))
 
     n_params = sum(p.numel() for p in model0.parameters())
-    print(f"data_throughput: model={args.model} ({n_params / 1e6:.2f} M params) batch={B} steps={args.steps} "
+    print(f"data_throughput: {'TINY (figures mean nothing) ' if tiny else ''}"
+          f"model={args.model} ({n_params / 1e6:.2f} M params) batch={B} steps={args.steps} "
           f"(+{args.warmup} warmup) device={device.type} threads={torch.get_num_threads()} "
           f"world={len(data)} train scenes, {spec.image_size} px torch={torch.__version__}")
     print(f"setup (world + tokenising + model): {setup:.1f} s", flush=True)

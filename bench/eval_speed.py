@@ -37,6 +37,11 @@ It is a measurement, not a test. Run::
 
     python bench/eval_speed.py                           # 5,000 x 25,000, d = 512
     python bench/eval_speed.py --images 1000 --dim 256 --chunk 256 --threads 2
+    python bench/eval_speed.py --tiny                    # seconds: checks that it still runs
+
+``--tiny`` (200 images x 1,000 captions, d = 64, chunk 64) runs the same code, children and
+checks included, in seconds for the test suite; its figures mean nothing. Options given explicitly
+still apply.
 """
 
 from __future__ import annotations
@@ -163,10 +168,11 @@ def tied_queries(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--images", type=int, default=None, help="(default 5000; tiny 200)")
     ap.add_argument("--captions-per-image", dest="per", type=int, default=5)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--chunk", type=int, default=512, help="query rows per step of the chunked version")
+    ap.add_argument("--dim", type=int, default=None, help="(default 512; tiny 64)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="query rows per step of the chunked version (default 512; tiny 64)")
     ap.add_argument("--noise", type=float, default=6.0,
                     help="caption = image + noise * N(0, I/d), re-normalised (larger: harder retrieval)")
     ap.add_argument("--no-grid", dest="grid", action="store_false",
@@ -175,12 +181,19 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per implementation")
+    ap.add_argument("--tiny", action="store_true",
+                    help="small sizes, seconds in all: checks that the benchmark runs")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
+    for name, full, small in (("images", 5000, 200), ("dim", 512, 64), ("chunk", 512, 64)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if args.tiny else full)
 
+    if args.tiny:
+        print("# TINY: small sizes, the figures mean nothing")
     n_txt = args.images * args.per
     print(f"# retrieval metrics, chunked (counted ranks) vs full matrix + argsort | CPU ({os.cpu_count()} cores) | "
           f"{args.images} images x {n_txt} captions, d={args.dim}, chunk={args.chunk}, "

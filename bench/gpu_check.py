@@ -29,7 +29,12 @@ the start of this script): a measurement that would not fit is skipped and liste
     recomputation out (model FLOPs = forward + backward once).
 
 ``--smoke`` runs the same code on tiny settings (harness-micro, B = 64/128, short steps) so it can
-be checked on a CPU: ``python bench/gpu_check.py --smoke --device cpu``. Exit code: 0 when every
+be checked on a CPU: ``python bench/gpu_check.py --smoke --device cpu``. ``--tiny`` is smaller
+still and runs in seconds on the CPU (the test suite's check that the script still runs): device
+``cpu`` unless ``--device`` is given, (a1) at B = 16, (a2) at B = 128, (c) at B = 16 with one
+warmup and one timed step, and (b) left out (a CLI smoke run takes half a minute; tests/test_cli.py
+covers it). On a CPU the CUDA-only parts -- CUDA against the CPU, CUDA bf16 autocast, CUDA peak
+memory, MFU/HFU -- are listed as skipped, with what stands in for them. Exit code: 0 when every
 check that ran passed (measurements never fail), 1 otherwise.
 """
 
@@ -514,15 +519,25 @@ def estimate_seconds(done: list[dict], name: str, impl: str, B: int, args) -> fl
 
 # -- main -------------------------------------------------------------------------------------
 
+CUDA_ONLY = [  # (what, what a CPU run does instead)
+    ("(a1) CUDA fp32 and bf16 autocast against the CPU", "CPU fp32 against itself and CPU bf16 autocast run"),
+    ("(a2) peak memory of the tiled and naive losses", "agreement and time only"),
+    ("(c) bf16 autocast, MFU/HFU against --peak-tflops", "fp32, utilisation printed as n/a"),
+]
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                    help="(default auto; tiny cpu)")
     ap.add_argument("--smoke", action="store_true", help="tiny settings, for checking the script on a CPU")
+    ap.add_argument("--tiny", action="store_true",
+                    help="smaller than --smoke, on the CPU, without (b): seconds in all "
+                    "(the test suite's check)")
     ap.add_argument("--out", default=None, help="report folder (default $OUT, else a new temporary folder)")
     ap.add_argument("--time-budget", type=float, default=280.0, help="seconds for the whole script (default 280)")
     ap.add_argument("--reserve", type=float, default=10.0, help="seconds kept back for the final report")
-    ap.add_argument("--sections", default="a,b,c", help="which sections to run (default a,b,c)")
+    ap.add_argument("--sections", default=None, help="which sections to run (default a,b,c; tiny a,c)")
     ap.add_argument("--a-batch", type=int, default=None, help="(a1) batch size (default 256; smoke 64)")
     ap.add_argument("--tiled-batch", type=int, default=None, help="(a2) B (default 4096; smoke 512)")
     ap.add_argument("--tiled-chunk", type=int, default=None, help="(a2) chunk (default 1024; smoke 128)")
@@ -531,21 +546,29 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="(c) batch sizes (default 4096 16384)")
     ap.add_argument("--gradcache-chunk", type=int, default=None, help="(c) GradCache sub-batch (default 1024; 0: off)")
     ap.add_argument("--loss-chunk", type=int, default=None, help="(c) tiled loss chunk (default 1024)")
-    ap.add_argument("--warmup", type=int, default=2, help="(c) untimed steps (>= 1; step 0 counts FLOPs)")
-    ap.add_argument("--timed", type=int, default=None, help="(c) timed steps (default 5; smoke 2)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="(c) untimed steps (>= 1; step 0 counts FLOPs; default 2; tiny 1)")
+    ap.add_argument("--timed", type=int, default=None, help="(c) timed steps (default 5; smoke 2; tiny 1)")
     ap.add_argument("--fp32", action="store_true", help="(c) no bf16 autocast")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H200 SXM: 989)")
     ap.add_argument("--first-guess-s", type=float, default=45.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    small = args.smoke
-    args.a_batch = args.a_batch or (64 if small else 256)
-    args.tiled_batch = args.tiled_batch or (512 if small else 4096)
-    args.tiled_chunk = args.tiled_chunk or (128 if small else 1024)
+    tiny = args.tiny
+    small = args.smoke or tiny
+    args.device = args.device or ("cpu" if tiny else "auto")
+    left_out = "not in --sections" if args.sections else \
+        "left out by --tiny (a CLI smoke run takes half a minute on a CPU; tests/test_cli.py covers it)"
+    args.sections = args.sections or ("a,c" if tiny else "a,b,c")
+    args.a_batch = args.a_batch or (16 if tiny else 64 if small else 256)
+    args.tiled_batch = args.tiled_batch or (128 if tiny else 512 if small else 4096)
+    args.tiled_chunk = args.tiled_chunk or (32 if tiny else 128 if small else 1024)
     args.model = args.model or ("harness-micro" if small else "ViT-B-32")
-    args.sizes = args.sizes or ([64, 128] if small else [4096, 16384])
-    args.gradcache_chunk = (32 if small else 1024) if args.gradcache_chunk is None else args.gradcache_chunk
-    args.loss_chunk = args.loss_chunk or (32 if small else 1024)
-    args.timed = args.timed or (2 if small else 5)
+    args.sizes = args.sizes or ([16] if tiny else [64, 128] if small else [4096, 16384])
+    args.gradcache_chunk = (8 if tiny else 32 if small else 1024) if args.gradcache_chunk is None \
+        else args.gradcache_chunk
+    args.loss_chunk = args.loss_chunk or (8 if tiny else 32 if small else 1024)
+    args.warmup = args.warmup or (1 if tiny else 2)
+    args.timed = args.timed or (1 if tiny else 2 if small else 5)
     if small:
         args.first_guess_s = 10.0
     if args.warmup < 1 or args.timed < 1:
@@ -559,9 +582,11 @@ def main(argv=None) -> int:
     out = Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu_check-"))
     rep = Report(out, T_START + args.time_budget)
     meta = rep.data["meta"]
-    meta.update({"argv": sys.argv[1:], "smoke": small, "device": str(device), "python": platform.python_version(),
+    meta.update({"argv": sys.argv[1:], "smoke": small, "tiny": tiny, "device": str(device),
+                 "python": platform.python_version(),
                  "torch": torch.__version__, "cuda": torch.version.cuda, "time_budget_s": args.time_budget})
-    rep.line(f"gpu_check: {'SMOKE (tiny settings) ' if small else ''}device {device}, torch {torch.__version__}, "
+    mode = "TINY (test-suite settings) " if tiny else "SMOKE (tiny settings) " if small else ""
+    rep.line(f"gpu_check: {mode}device {device}, torch {torch.__version__}, "
              f"python {platform.python_version()}, report in {out}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -577,6 +602,9 @@ def main(argv=None) -> int:
                  f"matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}")
     if device.type == "cpu" and not small:
         rep.line("note: a CPU run at full size is slow; use --smoke on a CPU")
+    if device.type == "cpu":  # what only a CUDA device can check, said up front, not silently passed
+        for what, stand_in in CUDA_ONLY:
+            rep.skip(f"CUDA-only {what}", f"no CUDA device (device cpu); {stand_in}")
     setup = os.environ.get("GPU_CHECK_SETUP")  # what bench/gpu_check.sh installed or found
     if setup:
         meta["setup"] = setup
@@ -592,7 +620,7 @@ def main(argv=None) -> int:
         for key, what, fn in steps:
             rep.line()
             if key not in sections:
-                rep.skip(what, "not in --sections")
+                rep.skip(what, left_out)
                 continue
             if rep.left() < args.reserve + 5:
                 rep.skip(what, f"out of time ({rep.left():.0f} s left)")

@@ -1,9 +1,10 @@
 """Shapes-world rendering speed: scenes, captions and hard negatives for N scenes, timed.
 
-    python bench/render_speed.py [--scenes 50000] [--image-size 32]
+    python bench/render_speed.py [--scenes 50000] [--image-size 32] [--tiny]
 
 Prints the seconds for the sampling + rasterisation + caption stages (the issue's goal: 50,000 scenes
-in under 10 s on a 2-core machine) and the scenes/s rate.
+in under 10 s on a 2-core machine) and the scenes/s rate. ``--tiny`` renders 500 scenes (unless
+``--scenes`` is given): the test suite's check that the benchmark still runs.
 """
 
 import argparse
@@ -12,11 +13,14 @@ import time
 from harness.shapes import ShapesSpec, _captions, _sample_scenes, render
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--scenes", type=int, default=50000)
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenes", type=int, default=None, help="(default 50000; tiny 500)")
     p.add_argument("--image-size", type=int, default=32)
-    a = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="500 scenes: checks that the benchmark runs")
+    a = p.parse_args(argv)
+    if a.scenes is None:
+        a.scenes = 500 if a.tiny else 50000
     spec = ShapesSpec(n_train=a.scenes, image_size=a.image_size)
     t0 = time.perf_counter()
     scenes, rng = _sample_scenes(spec, "train", a.scenes)

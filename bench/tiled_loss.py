@@ -31,6 +31,11 @@ Run::
     python bench/tiled_loss.py                                  # B = 4096 16384 32768, d = 512, CPU
     python bench/tiled_loss.py --sizes 4096 8192 --chunk 512 --repeats 2
     python bench/tiled_loss.py --device cuda --sizes 16384 65536 131072
+    python bench/tiled_loss.py --tiny                           # seconds: checks that it still runs
+
+``--tiny`` (B = 256, d = 64, chunk 64, one repeat, both losses, each in its child process) runs
+the same code in seconds for the test suite; its figures mean nothing. Options given explicitly
+still apply.
 """
 
 from __future__ import annotations
@@ -131,19 +136,29 @@ def fmt_mb(b: float) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768])
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--chunk", type=int, default=512, help="rows per tile of the tiled losses")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="(default 4096 16384 32768; tiny 256)")
+    ap.add_argument("--dim", type=int, default=None, help="(default 512; tiny 64)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="rows per tile of the tiled losses (default 512; tiny 64)")
     ap.add_argument("--losses", nargs="+", default=["infonce", "sigmoid"], choices=["infonce", "sigmoid"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--repeats", type=int, default=2, help="forward+backward calls per measurement")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="forward+backward calls per measurement (default 2; tiny 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
+    ap.add_argument("--tiny", action="store_true",
+                    help="small sizes, seconds in all: checks that the benchmark runs")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
+    for name, full, small in (("sizes", [4096, 16384, 32768], [256]), ("dim", 512, 64), ("chunk", 512, 64),
+                              ("repeats", 2, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if args.tiny else full)
+    if args.tiny:
+        print("# TINY: small sizes, the figures mean nothing")
 
     if args.device == "cuda":
         import torch

@@ -25,7 +25,8 @@ by ``--steps``) and the median single-step time, which resists bursts of load fr
 on a shared machine. The headline ratio is median-over-pairs of the harness's median step time over
 the same for the bare loop (on CUDA, where the bare loop does not wait per step, both figures are
 the span mean). On CUDA the timed span starts and ends with ``torch.cuda.synchronize``. The
-script also checks that both loops computed the same losses (they should agree to float rounding),
+script also checks that both loops computed the same losses (they should agree to float rounding)
+at every step where the harness reads its loss back (its logging steps: ``TrainResult.loss_curve``),
 so the comparison is of equal work.
 
 It is a measurement, not a test: the exit code is 0 whatever the ratio (goal: harness/bare <= 1.05).
@@ -36,6 +37,10 @@ Run::
     python bench/train_overhead.py --objective siglip --steps 50 --repeats 5 --threads 2
 
 With the defaults it takes about a minute on a 2-core CPU (harness-tiny, ~0.27 s per step).
+
+``--tiny`` runs the same code in seconds (harness-micro, batch 16, 1 warmup + 2 timed steps, one
+pair, a 256-scene world) so the test suite can check that the benchmark still runs; its figures
+mean nothing. Options given explicitly still apply.
 """
 
 from __future__ import annotations
@@ -66,10 +71,14 @@ FIELDS = frozenset({"image", "text"})
 
 
 class FixedBatches:
-    """Training data for ``train()`` that hands out pre-built batches (no sampling, no copies)."""
+    """Training data for ``train()`` that hands out pre-built batches (no sampling, no copies);
+    its length is that of the data the batches were drawn from (``objective.setup`` reads it)."""
 
-    def __init__(self, batches, batch_size: int):
-        self.batches, self.batch_size = batches, batch_size
+    def __init__(self, batches, batch_size: int, n_samples: int):
+        self.batches, self.batch_size, self.n_samples = batches, batch_size, n_samples
+
+    def __len__(self) -> int:
+        return self.n_samples
 
     def batch(self, step, batch_size, fields):
         assert batch_size == self.batch_size and set(fields) <= FIELDS, (batch_size, fields)
@@ -119,26 +128,29 @@ def timing(marks: list[float], warmup: int, device: torch.device) -> tuple[float
     return mean, statistics.median(b - a for a, b in zip(timed, timed[1:]))
 
 
-def run_harness(model0, args, budget, batches, encoder_args, device):
-    """One harness run; returns ((mean, median) seconds per timed step, per-step losses)."""
+def run_harness(model0, args, budget, batches, n_samples, encoder_args, device):
+    """One harness run; returns ((mean, median) seconds per timed step, {step: loss}).
+
+    The trainer reads the loss back only at its logging steps (every ``budget.log_every`` and the
+    last), so the losses are those of ``TrainResult.loss_curve``: the value ``on_step`` is given
+    between two logging steps is the last one read back, not the step's own.
+    """
     model = copy.deepcopy(model0)
     encoder = Encoder(model, *encoder_args, device=device)
     objective = OBJECTIVES[args.objective]()
-    data = FixedBatches(batches, budget.batch_size)
+    data = FixedBatches(batches, budget.batch_size, n_samples)
     total = budget.steps
-    losses: list[float] = []
     marks: list[float] = []
 
     def on_step(step: int, loss: float) -> None:
-        losses.append(loss)
         if step == args.warmup - 1 or step == total - 1:
             sync(device)
         marks.append(time.perf_counter())
 
     sync(device)
     t_start = time.perf_counter()
-    train(model, objective, encoder, data, budget, args.seed, device, on_step=on_step)
-    return timing([t_start, *marks], args.warmup, device), losses
+    result = train(model, objective, encoder, data, budget, args.seed, device, on_step=on_step)
+    return timing([t_start, *marks], args.warmup, device), dict(result.loss_curve)
 
 
 def run_bare(model0, args, budget, batches, mean, std, image_size, device):
@@ -192,17 +204,26 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objective", choices=sorted(OBJECTIVES), default="clip")
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per run (default 30)")
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--model", default="harness-tiny")
-    ap.add_argument("--repeats", type=int, default=3, help="harness/bare pairs, alternated (default 3)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every run")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 30; tiny 2)")
+    ap.add_argument("--batch-size", type=int, default=None, help="(default 256; tiny 16)")
+    ap.add_argument("--model", default=None, help="(default harness-tiny; tiny harness-micro)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="harness/bare pairs, alternated (default 3; tiny 1)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed steps at the start of every run (default 3; tiny 1)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a few steps at small sizes, seconds in all: checks that the benchmark runs")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None,
                     help="shapes-world cache (default: a temporary directory, removed at exit)")
     args = ap.parse_args(argv)
+    tiny = args.tiny
+    for name, full, small in (("steps", 30, 2), ("batch_size", 256, 16), ("repeats", 3, 1), ("warmup", 3, 1),
+                              ("model", "harness-tiny", "harness-micro")):
+        if getattr(args, name) is None:
+            setattr(args, name, small if tiny else full)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.batch_size < 2:
         ap.error("need --steps >= 1, --repeats >= 1, --warmup >= 0, --batch-size >= 2")
     if args.threads:
@@ -214,19 +235,21 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="train_overhead-") as tmp:
         cache = Path(args.cache_dir) if args.cache_dir else Path(tmp)
         t0 = time.perf_counter()
-        spec = ShapesSpec(n_train=max(4096, B * total))
+        spec = ShapesSpec(n_train=max(256 if tiny else 4096, B * total))
         world = ShapesWorld(spec, cache)
         seed_everything(args.seed)
         model0, tokenizer, image_size, mean, std = build_model(ModelConfig(name=args.model), words=vocabulary())
         data = ShapesTrainData(world, tokenizer, seed=args.seed)
         batches = [data.batch(step, B, FIELDS) for step in range(total)]
+        n_samples = len(data)
         setup = time.perf_counter() - t0
     del data, world
 
     budget = Budget(steps=total, batch_size=B, warmup_steps=min(Budget().warmup_steps, max(1, total // 10)),
                     device=args.device)
     n_params = sum(p.numel() for p in model0.parameters())
-    print(f"train_overhead: objective={args.objective} model={args.model} ({n_params / 1e6:.2f} M params) "
+    print(f"train_overhead: {'TINY (figures mean nothing) ' if tiny else ''}objective={args.objective} "
+          f"model={args.model} ({n_params / 1e6:.2f} M params) "
           f"batch={B} steps={args.steps} (+{args.warmup} warmup) repeats={args.repeats} "
           f"device={device.type} threads={torch.get_num_threads()} torch={torch.__version__}")
     print(f"setup (world + model + {total} batches): {setup:.1f} s", flush=True)
@@ -236,12 +259,13 @@ def main(argv=None) -> int:
     max_diff = 0.0
     t_bench = time.perf_counter()
     for r in range(args.repeats):  # A B A B ...
-        h, h_losses = run_harness(model0, args, budget, batches, enc_args, device)
+        h, h_losses = run_harness(model0, args, budget, batches, n_samples, enc_args, device)
         b, b_losses = run_bare(model0, args, budget, batches, mean, std, image_size, device)
-        max_diff = max(max_diff, max(abs(x - y) for x, y in zip(h_losses, b_losses)))
+        max_diff = max(max_diff, max(abs(v - b_losses[k]) for k, v in h_losses.items()))
         rows.append((h, b))
         print(f"  pair {r + 1}/{args.repeats}: harness {h[1]:.4f} s/step  bare {b[1]:.4f} s/step  "
-              f"ratio {h[1] / b[1]:.3f}  (final loss {h_losses[-1]:.4f} vs {b_losses[-1]:.4f})", flush=True)
+              f"ratio {h[1] / b[1]:.3f}  (final loss {h_losses[total - 1]:.4f} vs {b_losses[-1]:.4f})",
+              flush=True)
     bench_s = time.perf_counter() - t_bench
 
     def med(side: int, k: int) -> float:
@@ -261,7 +285,7 @@ def main(argv=None) -> int:
           f"{mh:>14.4f} {mb:>11.4f} {mh / mb:>6.3f}")
     print()
     same = "same losses" if max_diff < 1e-3 else "LOSSES DIFFER: the loops do not compute the same thing"
-    print(f"loss check: max |harness - bare| over all steps = {max_diff:.2e} ({same})")
+    print(f"loss check: max |harness - bare| over the steps the harness read back = {max_diff:.2e} ({same})")
     paired = statistics.median(h[1] / b[1] for h, b in rows)
     print(f"median of the per-pair ratios (median step): {paired:.3f}")
     print(f"samples/s: harness {B / mh:.0f}, bare {B / mb:.0f}; benchmark time {bench_s:.0f} s")
