@@ -124,7 +124,8 @@ def check_task_data(tasks: list, cfg: RunConfig, objective=None) -> None:
     if objective is not None:
         checks.append((f"training data {cfg.train_data!r}", functools.partial(
             train_data.check, cfg.train_data, objective, cfg.objective, options, cfg.train_samples,
-            model=cfg.model)))
+            model=cfg.model, batch_size=cfg.budget.batch_size,
+            cache_dir=default_cache_dir(Path(cfg.tracking.output_dir)))))
     problems: list[DataError] = []
     for _, check in checks:
         try:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from .data import Batch, MissingFieldError, ShapesTrainData, shard
-from .sources import (BUILDERS, DataOptions, DatasetUnavailableError, HubSource, MissingColumnsError, _suffix,
-                      check_columns, load_table)
+from .sources import (BUILDERS, DataOptions, DatasetUnavailableError, EmptyDatasetError, HubSource,
+                      MissingColumnsError, _suffix, check_columns, load_table)
 
 #: SimCSE's unsupervised corpus (``data/download_wiki.sh``): 10^6 Wikipedia sentences, one per line
 WIKI1M = HubSource("princeton-nlp/datasets-for-simcse", split="train", data_files="wiki1m_for_simcse.txt")
@@ -272,9 +272,9 @@ def load_sentence_corpus(name: str = "wiki1m", options: DataOptions | None = Non
         if max_samples is not None:
             sentences = sentences[:max_samples]
     if not sentences:
-        raise DatasetUnavailableError(f"sentence corpus {name} ({local or source and source.describe()}) is empty: "
-                                      "give a .txt file with one sentence per line or a table with a non-empty "
-                                      "'text' or 'sentence' column")
+        raise EmptyDatasetError(f"sentence corpus {name!r} ({local or source and source.describe()}) has no "
+                                "sentences: give a .txt file with one sentence per line or a table with a "
+                                "non-empty 'text' or 'sentence' column")
     return sentences
 
 

@@ -207,7 +207,9 @@ class DatasetTask(Task):
         resolved), so the same model evaluated on other data, or on validation instead of test, is
         another run."""
         split = self.split_name(EvalContext(encoder=None, validation=validation, data=options))
-        table = load_table(self.name, self.source_for(options), options, self.columns, split=split)
+        # the default split is the table check_data already loaded (split None), not a second read
+        table = load_table(self.name, self.source_for(options), options, self.columns,
+                           split=None if split == self.source.split else split)
         return {"split": split, "fingerprint": fingerprint(table)}
 
     def table(self, ctx: EvalContext, split: str | None = None):

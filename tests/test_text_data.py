@@ -66,6 +66,22 @@ def test_sentence_table_without_a_sentence_column(tmp_path):
         load_sentence_corpus("bad", source=HubSource("x/y", split="train"), path=path)
 
 
+def test_empty_corpora_are_refused_as_empty_not_missing(tmp_path):
+    from harness.sources import DatasetUnavailableError, EmptyDatasetError
+
+    blank = tmp_path / "wiki1m_for_simcse.txt"
+    blank.write_text("\n  \n\n", encoding="utf-8")
+    with pytest.raises(EmptyDatasetError, match=f"corpus 'wiki1m' \\({blank}\\) has no sentences") as e:
+        load_sentence_corpus("wiki1m", path=blank)
+    assert not isinstance(e.value, DatasetUnavailableError)  # the runner lists missing sets apart
+    # a 0-row NLI parquet: refused with the task and the path, before any builder traceback
+    (tmp_path / "nli").mkdir()
+    empty = datasets.Dataset.from_dict({c: [] for c in NLI_FEATURES}, features=NLI_FEATURES)
+    empty.to_parquet(str(tmp_path / "nli" / "train-00000-of-00001.parquet"))
+    with pytest.raises(EmptyDatasetError, match=f"dataset for 'nli' at {tmp_path / 'nli'} has no rows"):
+        load_nli_triplets("nli", DataOptions(paths={"nli": str(tmp_path / "nli")}))
+
+
 NLI_FEATURES = datasets.Features({c: datasets.Value("string") for c in ("anchor", "positive", "negative")})
 TRIPLETS = {"anchor": ["w1 w2", "w3 w4", "w5 w6"], "positive": ["w1", "w3", "w5"], "negative": ["w9", "w8", "w7"]}
 

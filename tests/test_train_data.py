@@ -26,12 +26,14 @@ def _jpeg(colour, size=(40, 30)) -> bytes:
     return buf.getvalue()
 
 
-def coco_wds(root: Path, n: int = 12, bad: int | None = None) -> Path:
-    """undefined443/coco-karpathy-wds layout: train/train-00000.tar with NNNNNNNNN.jpg + .json."""
+def coco_wds(root: Path, n: int = 12, bad: int | set[int] | None = None) -> Path:
+    """undefined443/coco-karpathy-wds layout: train/train-00000.tar with NNNNNNNNN.jpg + .json;
+    the images of rows ``bad`` are not JPEGs."""
+    bad = {bad} if isinstance(bad, int) else set(bad or ())
     (root / "train").mkdir(parents=True)
     with tarfile.open(root / "train" / "train-00000.tar", "w") as tar:
         for i in range(n):
-            files = {f"{i:09d}.jpg": b"not a jpeg" if i == bad else _jpeg((20 * i % 255, 0, 255 - 20 * i % 255)),
+            files = {f"{i:09d}.jpg": b"not a jpeg" if i in bad else _jpeg((20 * i % 255, 0, 255 - 20 * i % 255)),
                      f"{i:09d}.json": json.dumps({"captions": [f"image {i} caption {j}" for j in range(5)],
                                                   "cocoid": 1000 + i}).encode()}
             for name, data in files.items():
@@ -97,6 +99,117 @@ def test_undecodable_training_image_dropped_or_strict(tmp_path):
 
     with pytest.raises(UndecodableImageError, match="cannot be decoded"):
         build(tmp_path, strict=True)
+
+
+def _check(tmp_path, name="coco", objective="clip", strict=False, **kw):
+    from objectives import build_objective
+
+    kw.setdefault("cache_dir", tmp_path / "cache")
+    opts = DataOptions(paths={name: str(tmp_path / "data")}, strict_images=strict)
+    td.check(name, build_objective(objective, {}), objective, opts, **kw)
+
+
+@pytest.fixture
+def fresh_scan(monkeypatch):
+    """No decodability result of an earlier test in this process (the disk cache is per test)."""
+    monkeypatch.setattr(td, "_DECODABLE", {}, raising=False)
+
+
+def test_check_refuses_a_training_set_smaller_than_one_batch(tmp_path, fresh_scan):
+    coco_wds(tmp_path / "data", n=12)
+    with pytest.raises(td.TooFewSamplesError, match="the training set 'coco' has 12 samples, fewer than one "
+                                                    "batch of 16: lower --batch-size or provide more data"):
+        _check(tmp_path, batch_size=16)
+    with pytest.raises(td.TooFewSamplesError, match="has 4 samples .--train-samples 4 keeps only the first "
+                                                    "4.*or raise --train-samples"):
+        _check(tmp_path, max_samples=4, batch_size=8)
+    _check(tmp_path, batch_size=12)  # exactly one batch is enough
+    assert isinstance(td.TooFewSamplesError("x"), ValueError)  # the CLI's exit code 2
+
+
+def test_check_refuses_text_sets_smaller_than_one_batch(tmp_path):
+    import datasets
+
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict({"anchor": ["a b", "c d", "e f"], "positive": ["a", "c", "e"],
+                                "negative": ["x", "y", "z"]}).to_parquet(str(tmp_path / "data" / "t.parquet"))
+    with pytest.raises(td.TooFewSamplesError, match="the training set 'nli' has 3 samples, fewer than one "
+                                                    "batch of 8"):
+        _check(tmp_path, "nli", "simcse", batch_size=8)
+
+
+def test_check_reports_undecodable_training_images(tmp_path, fresh_scan):
+    from harness.sources import UndecodableImageError
+
+    coco_wds(tmp_path / "data", n=12, bad=set(range(12)))
+    with pytest.raises(UndecodableImageError, match=r"training data 'coco' \(.*data\): none of its 12 images "
+                                                    r"could be decoded \(first: 000000000.jpg in "
+                                                    r".*train-00000.tar: UnidentifiedImageError: cannot "
+                                                    r"identify image file\); check that --data coco=PATH"):
+        _check(tmp_path)  # without a batch size too
+    tmp_path = tmp_path / "some-bad"  # a new path: tables are loaded once per path and process
+    coco_wds(tmp_path / "data", n=12, bad={2, 5, 6, 9, 11})
+    with pytest.raises(td.TooFewSamplesError, match=r"5 of 12 images could not be decoded \(first: "
+                                                    r"000000002.jpg in .*train-00000.tar: Unidentified"
+                                                    r"ImageError.*\), leaving 7 samples, fewer than one "
+                                                    "batch of 8: lower --batch-size"):
+        _check(tmp_path, batch_size=8)
+    _check(tmp_path, batch_size=7)
+    with pytest.raises(UndecodableImageError, match="5 of 12 images cannot be decoded .*drop "
+                                                    "--strict-images"):
+        _check(tmp_path, strict=True)
+
+
+def test_decodability_is_scanned_once_and_reused_by_the_build(tmp_path, fresh_scan, monkeypatch):
+    from harness.sources import ImageColumn
+
+    coco_wds(tmp_path / "data", n=12, bad={3, 4})
+    _check(tmp_path, batch_size=4)
+    (scan,) = (tmp_path / "cache").glob("train-coco-*-decodable.json")
+    assert json.loads(scan.read_text())["ok"] == [i not in (3, 4) for i in range(12)]
+    # a new process (empty memory cache) reads the file: no image is decoded by the check
+    monkeypatch.setattr(td, "_DECODABLE", {})
+    monkeypatch.setattr(ImageColumn, "error", lambda self, i: pytest.fail("decoded again"))
+    _check(tmp_path, batch_size=4)
+    # the memmap build skips the images the scan found undecodable
+    loaded = []
+    real = ImageColumn.load
+    monkeypatch.setattr(ImageColumn, "load", lambda self, i: loaded.append(i) or real(self, i))
+    data, _ = build(tmp_path)
+    assert sorted(loaded) == [i for i in range(12) if i not in (3, 4)]
+    assert len(data) == 10 and data.n_undecodable == 2 and 3 not in data.rows
+
+
+def test_a_built_memmap_records_decodability_for_later_checks(tmp_path, fresh_scan, monkeypatch):
+    from harness.sources import ImageColumn
+
+    coco_wds(tmp_path / "data", n=12, bad=7)
+    build(tmp_path)  # built without a check first (e.g. by an earlier version)
+    monkeypatch.setattr(td, "_DECODABLE", {})
+    monkeypatch.setattr(ImageColumn, "error", lambda self, i: pytest.fail("decoded again"))
+    with pytest.raises(td.TooFewSamplesError, match=r"1 of 12 images could not be decoded \(first: 0+7"):
+        _check(tmp_path, batch_size=12)
+
+
+def test_build_refuses_a_set_none_of_whose_images_decode(tmp_path, fresh_scan):
+    from harness.sources import UndecodableImageError
+
+    coco_wds(tmp_path / "data", n=6, bad=set(range(6)))
+    with pytest.raises(UndecodableImageError, match="none of its 6 images could be decoded"):
+        build(tmp_path)
+
+
+def test_undecodable_training_set_fails_before_mlflow(workdir, tmp_path, capsys, fresh_scan):
+    from harness.cli import main
+    from tests.conftest import runs
+
+    coco_wds(tmp_path / "coco", n=10, bad=set(range(10)))
+    rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--train-data", "coco",
+               "--data", f"coco={tmp_path / 'coco'}", "--objective", "clip", "--task", "shapes-retrieval",
+               "--batch-size", "8", "--steps", "2"])
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert rc == 2 and "none of its 10 images could be decoded" in err and "0 training samples" not in err
+    assert runs(workdir) == []
 
 
 def test_flickr_split_column_and_missing_columns(tmp_path):
