@@ -256,3 +256,18 @@ def test_compare_finds_runs_whose_process_was_killed(tmp_path, template_db):
     found = interrupted_runs(uri, "harness")
     assert set(found) == {"dead"} and found["dead"][0] == dead.info.run_id and found["dead"][1] > 3500
     assert alive.info.status == "RUNNING"
+
+
+def test_every_missing_dataset_is_listed_in_one_message():
+    """Two evaluation sets and the training set, all missing: one error names the three."""
+    from harness.sources import DatasetUnavailableError
+
+    cfg = resolve_config(None, None, {"objective": "clip", "tasks": ["winoground", "coco-retrieval"]}, [])
+    t0 = time.perf_counter()
+    with pytest.raises(DatasetUnavailableError) as e:
+        prepare(cfg)
+    message = str(e.value)
+    assert message.startswith("3 datasets this command needs cannot be used")
+    for name in ("'winoground'", "'coco-retrieval'", "'coco'", "hf download"):
+        assert name in message
+    assert time.perf_counter() - t0 < 30  # no retry loop per dataset (24 s each before)
