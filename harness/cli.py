@@ -20,7 +20,9 @@ from rich.table import Table
 
 from .config import BUDGET_PRESETS, ConfigError, resolve_config
 from .console import Reporter
+from .core.errors import UserError
 from .tracking import Terminated
+
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 
@@ -110,24 +112,11 @@ def _data_paths(items: list[str]) -> dict[str, str]:
 
 
 def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
-    from .registry import UnknownNameError
     from .runner import execute, prepare
 
-    try:
-        cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
-        plan = prepare(cfg)
-    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
-        rep.error(str(e))
-        return EXIT_USAGE
-    try:
-        outcome = execute(cfg, rep, plan)
-    except KeyboardInterrupt as e:
-        return _interrupted(rep, e)
-    except Exception as e:  # recorded FAILED by the tracker, when the run had started
-        rep.error(f"run failed ({type(e).__name__}: {e}); {_recorded(e)}")
-        if a.verbose:
-            raise
-        return EXIT_FAILED
+    cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
+    plan = prepare(cfg)  # every check, before MLflow is touched
+    outcome = execute(cfg, rep, plan)
     from .distributed import is_main
 
     if not is_main():  # torchrun: rank 0 prints and records
@@ -141,24 +130,11 @@ def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_eval(a: argparse.Namespace, rep: Reporter) -> int:
-    from .registry import UnknownNameError
     from .runner import evaluate_only, prepare_eval
 
-    try:
-        cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
-        prepare_eval(cfg)
-    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
-        rep.error(str(e))
-        return EXIT_USAGE
-    try:
-        outcome = evaluate_only(cfg, rep)
-    except KeyboardInterrupt as e:
-        return _interrupted(rep, e)
-    except Exception as e:  # recorded FAILED, when the run had started
-        rep.error(f"evaluation failed ({type(e).__name__}: {e}); {_recorded(e)}")
-        if a.verbose:
-            raise
-        return EXIT_FAILED
+    cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
+    prepare_eval(cfg)
+    outcome = evaluate_only(cfg, rep)
     from .models import HF_TEXT_PREFIX, MINILM
 
     bundled = cfg.model.name == MINILM or cfg.model.name.startswith(HF_TEXT_PREFIX)
@@ -169,56 +145,39 @@ def cmd_eval(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
-    from .compare import CompareError, compare
-    from .registry import UnknownNameError
+    from .compare import CompareError, compare, tuned_parameters
 
     objectives = [o.strip() for o in (a.objectives or "").split(",") if o.strip()]
-    try:
-        if not objectives:
-            raise CompareError("no objectives given: pass --objectives NAME[,NAME...] "
-                               "(see `harness list objectives`)")
-        flags = _flags(a)
-        flags["objective"] = objectives[0]
-        cfg = resolve_config(a.budget, a.config, flags, a.set)
-        from .compare import tuned_parameters
+    if not objectives:
+        raise CompareError("no objectives given: pass --objectives NAME[,NAME...] (see `harness list objectives`)")
+    flags = _flags(a)
+    flags["objective"] = objectives[0]
+    cfg = resolve_config(a.budget, a.config, flags, a.set)
+    tuned = None
+    if a.tuned:
+        from .runner import expand_tasks
 
-        tuned = None
-        if a.tuned:
-            from .runner import expand_tasks
-
-            tune_task = a.tuned_on or expand_tasks(cfg.tasks)[0].name
-            tuned = tuned_parameters(cfg, objectives, tune_task, a.storage)
-        # compare() validates every pair before MLflow is touched; a run's own failure is recorded
-        # inside it, so what escapes here is bad input
-        outcome = compare(cfg, objectives, a.seeds, rep, tuned=tuned)
-    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
-        rep.error(str(e))
-        return EXIT_USAGE
-    except KeyboardInterrupt as e:
-        return _interrupted(rep, e, "; rerun the same command to resume")
+        tune_task = a.tuned_on or expand_tasks(cfg.tasks)[0].name
+        tuned = tuned_parameters(cfg, objectives, tune_task, a.storage)
+    # compare() validates every pair before MLflow is touched; a pair's own failure is recorded
+    # inside it and the sweep goes on
+    outcome = compare(cfg, objectives, a.seeds, rep, tuned=tuned)
     rep.info(f"comparison run {outcome.parent_run_id} in experiment {outcome.experiment!r}")
     return EXIT_FAILED if outcome.failed else 0
 
 
 def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
-    from .registry import UnknownNameError
-    from .tune import tune
+    from .tune import TuneError, tune
 
     objectives = [o.strip() for o in (a.objectives or a.objective or "").split(",") if o.strip()]
     tasks = [t.strip() for item in (a.tasks or []) for t in item.split(",") if t.strip()]
-    try:
-        if len(tasks) != 1:
-            raise ValueError("tune needs exactly one --task (the task whose validation score is optimised)")
-        flags = _flags(a)
-        flags["objective"] = objectives[0] if objectives else None
-        cfg = resolve_config(a.budget, a.config, flags, a.set)
-        summaries = tune(cfg, objectives, tasks[0], a.trials, rep, storage=a.storage, study=a.study,
-                         workers=a.workers, tune_lr=a.tune_lr, validate_every=a.validate_every, seed=a.sampler_seed)
-    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
-        rep.error(str(e))
-        return EXIT_USAGE
-    except KeyboardInterrupt as e:
-        return _interrupted(rep, e, "; rerun the same command to resume the study")
+    if len(tasks) != 1:
+        raise TuneError("tune needs exactly one --task (the task whose validation score is optimised)")
+    flags = _flags(a)
+    flags["objective"] = objectives[0] if objectives else None
+    cfg = resolve_config(a.budget, a.config, flags, a.set)
+    summaries = tune(cfg, objectives, tasks[0], a.trials, rep, storage=a.storage, study=a.study,
+                     workers=a.workers, tune_lr=a.tune_lr, validate_every=a.validate_every, seed=a.sampler_seed)
     table = Table(title="tuning (validation split)", title_justify="left")
     for c in ("objective", "study", "trials", "states", "best value", "best parameters"):
         table.add_column(c, overflow="fold")
@@ -270,18 +229,45 @@ def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_validate(a: argparse.Namespace, rep: Reporter) -> int:
-    from .registry import UnknownNameError
     from .runner import prepare
 
-    try:
-        cfg = resolve_config(a.budget, a.config, None, a.set)
-        prepare(cfg)
-    except (ConfigError, UnknownNameError, ValueError, ImportError, RuntimeError) as e:
-        rep.error(str(e))
-        return EXIT_USAGE
+    cfg = resolve_config(a.budget, a.config, None, a.set)
+    prepare(cfg)
     rep.info(f"[green]valid[/]: objective {escape(cfg.objective)}, tasks {', '.join(cfg.tasks)}, "
              f"{cfg.budget.steps} steps x {cfg.budget.batch_size}, identity {cfg.identity}")
     return 0
+
+
+#: what to say after an interruption, per command
+RESUME = {"compare": "; rerun the same command to resume", "tune": "; rerun the same command to resume the study"}
+
+
+def dispatch(a: argparse.Namespace, rep: Reporter) -> int:
+    """Run one command with the one error policy of every command.
+
+    * :class:`~harness.core.errors.UserError` (bad input): its message, exit 2; nothing was written
+      when it came before the run started (the usual case), else the message says what was.
+    * Ctrl-C / SIGTERM: exit 130 / 143, the open run recorded KILLED with the reason.
+    * anything else: the run failed (exit 1); the message says whether and how it was recorded, and
+      ``--verbose`` shows the traceback.
+    """
+    try:
+        return a.fn(a, rep)
+    except UserError as e:
+        if getattr(e, "harness_run_id", None):
+            rep.error(f"{e}; {_recorded(e)}")
+            return EXIT_FAILED
+        rep.error(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt as e:
+        return _interrupted(rep, e, RESUME.get(a.command, ""))
+    except Exception as e:
+        what = "run failed" if getattr(e, "harness_run_id", None) else "error"
+        hint = "" if a.verbose else " (rerun with --verbose for the traceback)"
+        rep.error(f"{what} ({type(e).__name__}: {e}); {_recorded(e)}{hint}")
+        if a.verbose:
+            raise
+        return EXIT_FAILED
 
 
 def _output_args(p: argparse.ArgumentParser, default: Any) -> None:
@@ -359,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = Reporter(quiet=a.quiet or not is_main())
     previous = _handle_sigterm()
     try:
-        return a.fn(a, rep)
+        return dispatch(a, rep)
     finally:
         cleanup()
         if previous is not None:

@@ -19,9 +19,10 @@ from .config import RunConfig
 from .console import Reporter
 from .runner import Plan, execute, prepare
 from .tracking import HEARTBEAT_TAG, MlflowRun, is_stale, open_store, tracking_uri, versions
+from .core.errors import UserError
 
 
-class CompareError(ValueError):
+class CompareError(UserError):
     """A comparison that cannot start (bad objective list, seeds, tasks)."""
 
 

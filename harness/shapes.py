@@ -32,6 +32,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from .core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +434,7 @@ class ShapesWorld:
 
     def split(self, name: str) -> ShapesSplit:
         if name not in SPLITS:
-            raise ValueError(f"unknown shapes split {name!r}; valid: {', '.join(SPLITS)}")
+            raise UserError(f"unknown shapes split {name!r}; valid: {', '.join(SPLITS)}")
         if name not in self._splits:
             self._splits[name] = self._load_or_build(name)
         return self._splits[name]

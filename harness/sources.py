@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from .core.errors import UserError
 
 #: file suffix -> ``datasets`` packaged builder
 BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json",
@@ -47,7 +48,7 @@ BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset that cannot be used as given."""
 
 

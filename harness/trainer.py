@@ -27,6 +27,7 @@ from .distributed import average_gradients, broadcast_parameters, gather_batch, 
 from .gradcache import gradcache_step
 
 from objectives.base import Objective
+from .core.errors import UserError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,7 +49,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("budget.device is 'cuda' but CUDA is not available; use device=auto or cpu")
+        raise UserError("budget.device is 'cuda' but CUDA is not available; use device=auto or cpu")
     return torch.device(name)
 
 

@@ -25,6 +25,7 @@ from .config import RunConfig
 from .console import Reporter
 from .runner import execute, prepare
 from .tracking import MlflowRun, tracking_uri, versions
+from .core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 SHARED_SPACE = {"budget.lr": (1e-4, 1e-2, True)}
 
 
-class TuneError(ValueError):
+class TuneError(UserError):
     """A study that cannot start (storage, names, trial count)."""
 
 

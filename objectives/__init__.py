@@ -15,6 +15,7 @@ from harness.batch import EmbeddingBatch, LossOutput
 from harness.registry import Registry, UnknownNameError
 
 from .base import HParam, HyperparameterError, LearnableScale, Objective
+from harness.core.errors import UserError
 
 OBJECTIVES: Registry[Objective] = Registry("objective", "harness.objectives", base=Objective)
 register = OBJECTIVES.register
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-class ObjectiveExpressionError(ValueError):
+class ObjectiveExpressionError(UserError):
     """A malformed ``--objective`` expression."""
 
 

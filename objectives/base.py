@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from harness.batch import FIELDS, EmbeddingBatch, LossOutput
+from harness.core.errors import UserError
 
 
-class HyperparameterError(ValueError):
+class HyperparameterError(UserError):
     """An objective hyperparameter outside its valid range."""
 
 

@@ -271,3 +271,19 @@ def test_every_missing_dataset_is_listed_in_one_message():
     for name in ("'winoground'", "'coco-retrieval'", "'coco'", "hf download"):
         assert name in message
     assert time.perf_counter() - t0 < 30  # no retry loop per dataset (24 s each before)
+
+
+def test_a_bug_is_not_reported_as_bad_input(workdir, capsys, monkeypatch):
+    """An internal error while preparing (here a KeyError) exits 1 with a hint to rerun with
+    --verbose; before, any ValueError/RuntimeError there was shown as bad input (exit 2)."""
+    import harness.runner as runner
+
+    def bug(cfg):
+        raise RuntimeError("an internal bug")
+
+    monkeypatch.setattr(runner, "prepare", bug)
+    assert main(smoke_args(workdir, "--objective", "clip")) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "RuntimeError: an internal bug" in err and "--verbose" in err and "nothing was recorded" in err
+    with pytest.raises(RuntimeError):
+        main(smoke_args(workdir, "--objective", "clip", "-v"))
