@@ -179,6 +179,9 @@ def prepare(cfg: RunConfig) -> Plan:
     from objectives import build_objective
 
     objective = build_objective(cfg.objective, cfg.objective_params)
+    if cfg.budget.batch_size < objective.min_batch_size:
+        raise UserError(f"objective {cfg.objective!r} needs a batch of at least {objective.min_batch_size}, "
+                        f"got budget.batch_size {cfg.budget.batch_size}")
     tasks = expand_tasks(cfg.tasks, objective.modality, cfg.objective)
     check_checkpoint(cfg, tasks, cfg.train_data)
     check_task_data(tasks, cfg, objective)

@@ -77,6 +77,10 @@ class WeightedSum(Objective):
         return frozenset().union(*(o.requires for o in self.terms))
 
     @property
+    def min_batch_size(self):  # type: ignore[override]
+        return max(o.min_batch_size for o in self.terms)
+
+    @property
     def modality(self):  # type: ignore[override]
         mods = {o.modality for o in self.terms}
         return mods.pop() if len(mods) == 1 else "image-text"

@@ -88,6 +88,10 @@ class Objective(nn.Module):
     #: behaviour under torch.distributed: "global" negatives gathered from all ranks,
     #: "local" loss per rank, or "unsupported"
     distributed: ClassVar[str] = "global"
+    #: the smallest batch the loss is defined on (a batch of one pair has no negative): checked
+    #: against budget.batch_size before training; an objective may make it a property of its
+    #: hyperparameters
+    min_batch_size: ClassVar[int] = 1
     hparams: ClassVar[dict[str, HParam]] = {}
     #: rows per chunk for objectives with a tiled implementation (set from ``budget.loss_chunk_size``)
     loss_chunk_size: int | None = None

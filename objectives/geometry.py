@@ -28,6 +28,12 @@ def uniformity(z: torch.Tensor, t: float) -> torch.Tensor:
     return torch.logsumexp(-t * d2, 0) - math.log(d2.numel())
 
 
+def _need_pairs(name: str, n: int) -> None:
+    if n < 2:
+        raise ValueError(f"{name} needs a batch of at least 2 pairs, got {n}: uniformity is a mean over "
+                         "pairs of samples; set budget.batch_size >= 2")
+
+
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
     """L_align = mean_i ||x_i - y_i||_2^alpha (official ``(x - y).norm(dim=1).pow(alpha).mean()``)."""
     return (x - y).pow(2).sum(1).pow(alpha / 2).mean()
@@ -49,6 +55,7 @@ class AlignUniform(Objective):
     The loss is symmetric in image and text by construction. It works alone or as a regulariser
     term, e.g. ``clip + 0.1*align-uniform``. Uniformity is computed from the Gram matrix as a
     logsumexp (numerically equal to the pdist form, finite gradients for coincident points).
+    Needs B >= 2 (uniformity is a mean over pairs).
 
     Distributed: global (the uniformity terms are meant over the whole gathered batch).
     """
@@ -57,6 +64,7 @@ class AlignUniform(Objective):
     citation = ("Wang & Isola 2020, Understanding Contrastive Representation Learning through "
                 "Alignment and Uniformity on the Hypersphere")
     distributed = "global"
+    min_batch_size = 2
     hparams = {
         "alpha": HParam(2.0, low=0.0, low_open=True, doc="exponent of the alignment distance"),
         "t": HParam(2.0, low=0.0, low_open=True, search=(0.5, 5.0, True), doc="uniformity kernel scale"),
@@ -78,6 +86,7 @@ class AlignUniform(Objective):
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         p = self.params
         x, y = (batch.image, batch.text) if p["pairs"] == "image-text" else (batch.text, batch.text_view)
+        _need_pairs(self.name, x.shape[0])
         align = alignment(x, y, p["alpha"])
         unif = (uniformity(x, p["t"]) + uniformity(y, p["t"])) / 2
         loss = p["align_weight"] * align + p["uniform_weight"] * unif
@@ -98,7 +107,8 @@ class CUA(Objective):
     L_CUA, w_x = 1 gives L_CUAXU. Paper defaults: t = 2, alpha = 2, temperature fixed at 0.01
     (the paper fine-tunes CLIP with tau = 0.01 not learned); ``learnable_temperature=true``
     gives CLIP's learnable, clamped scale instead. With w_u = w_a = w_x = 0 it is exactly
-    ``clip``. Symmetric: the CLIP term averages image->text and text->image.
+    ``clip``. Symmetric: the CLIP term averages image->text and text->image. Needs B >= 2
+    (uniformity is a mean over pairs).
 
     Distributed: global (CLIP negatives and the uniformity terms span the gathered batch).
     """
@@ -108,6 +118,7 @@ class CUA(Objective):
                 "Addressing the Contrastive Gap")
     requires = frozenset({"image", "text"})
     distributed = "global"
+    min_batch_size = 2
     hparams = {
         "temperature": HParam(0.01, low=0.0, low_open=True, search=(0.01, 0.1, True),
                               doc="CLIP temperature (paper: fixed 0.01)"),
@@ -127,6 +138,7 @@ class CUA(Objective):
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         p = self.params
         x, y = batch.image, batch.text
+        _need_pairs(self.name, x.shape[0])
         s = self.scale()
         contrastive = symmetric_ce(s * x @ y.T)
         unif = (uniformity(x, p["t"]) + uniformity(y, p["t"])) / 2
@@ -164,6 +176,8 @@ class Dispersive(Objective):
     the regulariser is added to the main loss with weight lambda (0.5 in the official code:
     ``loss += 0.5 * disp_loss``); here that weight is the expression weight, so the paper's
     recipe is ``clip + 0.5*dispersive`` (``dispersive`` alone only spreads the embeddings apart).
+    Self-distances are exactly 0: the Gram-matrix form leaves float32 rounding there, whose
+    gradient dominated the true one at small tau. ``include_self=false`` needs B >= 2.
 
     Distributed: global (the pairwise repulsion is meant over the whole gathered batch).
     """
@@ -177,14 +191,24 @@ class Dispersive(Objective):
         "include_self": HParam(True, doc="average over all B^2 pairs, i = j included (official code)"),
     }
 
+    @property
+    def min_batch_size(self) -> int:
+        """2 without self-pairs: one sample has no pair to average over."""
+        return 1 if self.params["include_self"] else 2
+
     def _disp(self, z: torch.Tensor) -> torch.Tensor:
-        d2 = sq_dists(z, z)
+        eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+        d2 = sq_dists(z, z).masked_fill(eye, 0.0)  # exactly 0: the Gram form leaves rounding there
         if not self.params["include_self"]:
-            d2 = d2[~torch.eye(z.shape[0], dtype=torch.bool, device=z.device)]
+            d2 = d2[~eye]
         d2 = d2.reshape(-1)
         return torch.logsumexp(-d2 / self.params["temperature"], 0) - math.log(d2.numel())
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
+        n = batch.image.shape[0]
+        if n < self.min_batch_size:
+            raise ValueError(f"dispersive with include_self=false needs a batch of at least 2, got {n}: the "
+                             "mean is over pairs i != j; set budget.batch_size >= 2 or include_self=true")
         di, dt = self._disp(batch.image), self._disp(batch.text)
         return LossOutput((di + dt) / 2, {"image": di.detach(), "text": dt.detach()})
 

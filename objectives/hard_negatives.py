@@ -54,7 +54,7 @@ def _negative_weights(logits: torch.Tensor, beta: float | None) -> torch.Tensor:
     """w_ij = N exp(beta l_ij) / sum_{k != i} exp(beta l_ik) for j != i, 0 on the diagonal
     (beta None or 0: exactly 1 off the diagonal). Not detached, as in the HCL and HN-NCE code."""
     off = _off_diagonal(logits.shape[0], logits.device)
-    if not beta:
+    if not beta or logits.shape[0] < 2:  # B = 1: no negative to weight (a softmax over -inf is NaN)
         return off.to(logits.dtype)
     z = (beta * logits).masked_fill(~off, float("-inf"))
     return (logits.shape[0] - 1) * torch.softmax(z, dim=1)
@@ -172,7 +172,8 @@ class HCL(DCL):
 
     (the code's ``imp = exp(beta * sim / t)``, ``reweight_neg = (imp * neg).sum / imp.mean``; the
     weights are not detached, as in the code). Symmetric, N = B-1 as in ``dcl``; beta = 0 is
-    exactly ``dcl``. Paper defaults: t = 0.5 (fixed), tau+ = 0.1, beta = 1.0.
+    exactly ``dcl``. Paper defaults: t = 0.5 (fixed), tau+ = 0.1, beta = 1.0. At B = 1 there is no
+    negative to weight: the loss is 0, as ``dcl``'s and ``clip``'s.
 
     Distributed: global (N and the weights span the gathered batch).
     """
@@ -198,7 +199,7 @@ class HNNCE(_Scaled):
     sums the two directions; they are averaged here so that alpha = 1, beta1 = beta2 = 0 is exactly
     ``clip``. Defaults alpha = 1, beta1 = beta2 = 0.5: recalled from the paper, not verified (the
     official repository does not publish the loss). Temperature learnable as CLIP (DiHT trains a
-    CLIP model).
+    CLIP model). alpha = 0 needs B >= 2 (``min_batch_size``): one pair leaves an empty denominator.
 
     Distributed: global (N and the weights span the gathered batch).
     """
@@ -208,6 +209,11 @@ class HNNCE(_Scaled):
                 "Vision-Language Pre-Training")
     requires = frozenset({"image", "text"})
     distributed = "global"
+
+    @property
+    def min_batch_size(self) -> int:
+        """2 when alpha = 0: a batch of one then has an empty denominator (the loss is -inf)."""
+        return 2 if self.params["alpha"] == 0 else 1
     hparams = {
         **_temperature(0.07, True),
         "alpha": HParam(1.0, low=0.0, high=1.0, search=(0.0, 1.0, False),
@@ -230,6 +236,11 @@ class HNNCE(_Scaled):
         return torch.logsumexp(logits + log_w, dim=1) - logits.diagonal()
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
+        n = batch.image.shape[0]
+        if n < self.min_batch_size:
+            raise ValueError(f"hn-nce with alpha = 0 needs a batch of at least 2 pairs, got {n}: the "
+                             "positive leaves the denominator and a batch of one has no negative (the loss "
+                             "is -inf); set budget.batch_size >= 2 or alpha > 0")
         s = self.scale()
         logits = _logits(s, batch.image, batch.text)
         p = self.params

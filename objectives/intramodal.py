@@ -25,7 +25,7 @@ class TIC(Objective):
 
     a pure repulsion between each caption and its hardest in-batch captions. Official defaults:
     k = 10, threshold 0.95, no temperature (``temperature`` = 1 reproduces it; a fixed divisor
-    kept for tuning). As in the official code the zeroed entries stay candidates of the top-k (a
+    kept for tuning). Needs B >= 2. As in the official code the zeroed entries stay candidates of the top-k (a
     zeroed entry contributes exp(0) when fewer than k entries are positive).
 
     Variant: FG-CLIP 2 applies TIC to the region texts of the batch (the positive box captions, not
@@ -43,6 +43,7 @@ class TIC(Objective):
     requires = frozenset({"text"})
     modality = "text"
     distributed = "global"
+    min_batch_size = 2
     hparams = {
         "k": HParam(10, low=1, doc="number of hardest in-batch captions"),
         "threshold": HParam(0.95, low=-1.0, high=1.0,
@@ -54,8 +55,9 @@ class TIC(Objective):
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         t = batch.text
         n = t.shape[0]
-        if n < 2:
-            raise ValueError("tic needs a batch of at least 2 captions")
+        if n < self.min_batch_size:
+            raise ValueError(f"tic needs a batch of at least 2 captions, got {n}: it repels each caption "
+                             "from the other captions of the batch; set budget.batch_size >= 2")
         p = self.params
         eye = torch.eye(n, dtype=torch.bool, device=t.device)
         sim = t @ t.T

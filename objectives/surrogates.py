@@ -48,7 +48,8 @@ class AUC(Objective):
     ``scope="query"`` is the per-query variant: mean_i mean_{j != i} softplus(s_ij - s_ii),
     image->text and text->image averaged. tau = 0.05, fixed (the temperature of the paper's
     retriever training; not learned). The loss is a decreasing function of every margin
-    s_p - s_n and tends to 0 when each positive beats each negative by a large margin.
+    s_p - s_n and tends to 0 when each positive beats each negative by a large margin. Needs
+    B >= 2 (a batch of one has no negative pair).
 
     Distributed: global (positives and negatives from the whole gathered batch).
     """
@@ -58,6 +59,7 @@ class AUC(Objective):
                 "Robust Neural Retrieval")
     requires = frozenset({"image", "text"})
     distributed = "global"
+    min_batch_size = 2
     hparams = {
         "temperature": HParam(0.05, low=0.0, low_open=True, search=(0.01, 0.5, True),
                               doc="scores are cosine / temperature"),
@@ -66,8 +68,12 @@ class AUC(Objective):
     }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
+        n = batch.image.shape[0]
+        if n < self.min_batch_size:
+            raise ValueError(f"auc needs a batch of at least 2 pairs, got {n}: a batch of one has no "
+                             "negative pair, so the mean over (positive, negative) pairs is empty; set "
+                             "budget.batch_size >= 2")
         s = batch.image @ batch.text.T / self.params["temperature"]
-        n = s.shape[0]
         eye = torch.eye(n, dtype=torch.bool, device=s.device)
         pos = s.diagonal()
         if self.params["scope"] == "global":

@@ -116,7 +116,7 @@ class ISogCLR(Objective):
     All state (tau, s, u, visited) is in buffers created by ``setup``, so it is checkpointed.
     Note: with s = g, G(tau_i) = rho - KL(w_i || uniform) >= rho - log(B-1), so with
     rho > log(B-1) (e.g. the default 6 at B = 32) every tau_i is driven to tau_min; tune rho down
-    for small batches.
+    for small batches. Needs B >= 2 (the estimate is a mean over the B-1 negatives).
 
     Distributed: global negatives; per-sample state is indexed by the global ``batch.index`` of the
     gathered batch, so every rank applies the same update and the replicated state stays in sync.
@@ -127,6 +127,7 @@ class ISogCLR(Objective):
                 "Learning with Automatic Temperature Individualization")
     requires = frozenset({"image", "text", "index"})
     distributed = "global"
+    min_batch_size = 2
     grad_clip = 5.0
     hparams = {
         "tau_init": HParam(0.01, low=0.0, low_open=True, search=(0.005, 0.05, True)),
@@ -177,6 +178,10 @@ class ISogCLR(Objective):
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         if not hasattr(self, "tau"):
             raise RuntimeError("isogclr: call setup(num_samples=...) before the first loss")
+        n = batch.image.shape[0]
+        if n < self.min_batch_size:
+            raise ValueError(f"isogclr needs a batch of at least 2 pairs, got {n}: its estimate s_i is a "
+                             "mean over the B-1 in-batch negatives; set budget.batch_size >= 2")
         sim = batch.image @ batch.text.T
         sim = sim.to(torch.promote_types(sim.dtype, torch.float32))  # h/tau with tau ~ 0.005
         idx, self._pending = batch.index.to(self.tau.device), []
@@ -192,6 +197,14 @@ class ISogCLR(Objective):
             tau = self.tau[k, idx] - p["eta"] * self.u[k, idx]
             self.tau[k, idx] = tau.clamp(p["tau_min"], p["tau_max"])
         self._pending = []
+
+
+def reweighted_nll(u: torch.Tensor) -> torch.Tensor:
+    """softplus(u) (1 + e^{-u}) in float64, the value of MACL's sg(V) (-log P) at u = log((1-P)/P):
+    -> 1 as u -> -inf (log1p(e^u) e^{-u} = 1 - e^u/2 + ... there), ~u for large u."""
+    u = u.double()
+    softplus = torch.logaddexp(u, torch.zeros_like(u))  # F.softplus returns u itself above u = 20
+    return softplus + torch.where(u < -20, 1 - u.exp() / 2, softplus * (-u).exp())
 
 
 @register("macl")
@@ -214,6 +227,11 @@ class MACL(Objective):
     at the defaults). ``reweight=False`` drops V; with alpha = 0 it is then InfoNCE with tau_0.
     Variant: image-text only, negatives are the other modality's batch (no SimCLR 2B views).
 
+    Numerics: with u_i = log((1 - P_ii)/P_ii), computed as a logsumexp over the negatives, each
+    term sg(V_i)(-log P_ii) is softplus(u_i)(1 + e^{-u_i}) in value (:func:`reweighted_nll`) and
+    du_i in gradient, so it stays exact when P_ii rounds to 1 (e.g. temperature 0.01, aligned
+    pairs); the plain form gave V_i * 0 there. Needs B >= 2 (with no negative V_i = 1/0).
+
     Distributed: global negatives; A is the mean over the gathered batch's positives.
     """
 
@@ -221,6 +239,7 @@ class MACL(Objective):
     citation = "Huang et al. 2023, Model-Aware Contrastive Learning: Towards Escaping the Dilemmas"
     requires = frozenset({"image", "text"})
     distributed = "global"
+    min_batch_size = 2
     hparams = {
         "temperature": HParam(0.1, low=0.0, low_open=True, search=(0.02, 0.5, True),
                               doc="base temperature tau_0"),
@@ -231,16 +250,24 @@ class MACL(Objective):
     }
 
     def _direction(self, logits: torch.Tensor) -> torch.Tensor:
-        logp = F.log_softmax(logits, dim=1).diagonal()
         if not self.params["reweight"]:
-            return -logp.mean()
+            return -F.log_softmax(logits, dim=1).diagonal().mean()
+        # u_i = log r_i, r_i = sum_{k!=i} e^{l_ik - l_ii} = (1 - P_ii) / P_ii: -log P_ii = softplus(u_i)
+        # and V_i = 1 + e^{-u_i}. sg(V_i) (-log P_ii) has value softplus(u)(1 + e^{-u}) (>= 1) and
+        # gradient exactly du_i (V_i sigmoid(u_i) = 1). log_softmax would round -log P_ii to 0 once
+        # 1 - P_ii < 1e-7 (float32; 1e-16 in float64) and V_i would multiply that 0.
         eye = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
-        log_rest = torch.logsumexp(logits.masked_fill(eye, -math.inf), 1) - torch.logsumexp(logits, 1)
-        return -((-log_rest).exp().detach() * logp).mean()
+        u = torch.logsumexp(logits.masked_fill(eye, -math.inf), 1) - logits.diagonal()
+        return (reweighted_nll(u.detach()).to(u.dtype) + u - u.detach()).mean()
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         p = self.params
+        n = batch.image.shape[0]
+        if n < self.min_batch_size:
+            raise ValueError(f"macl needs a batch of at least 2 pairs, got {n}: with no negative P_ii = 1 "
+                             "and the reweighting V_i = 1/(1 - P_ii) is 1/0; set budget.batch_size >= 2")
         sim = batch.image @ batch.text.T
+        sim = sim.to(torch.promote_types(sim.dtype, torch.float32))  # logits up to 1/tau_0
         a = sim.diagonal().mean().detach()
         tau = p["temperature"] * (1 + p["alpha"] * (a - p["A_0"])).clamp_min(0.1)
         logits = sim / tau

@@ -13,16 +13,33 @@ from . import register
 from .base import EvalContext, Task, TaskResult
 
 
+#: The tie rule of every compositionality task, recorded in each result's ``protocol``: see
+#: docs/compositionality.md. A tie is exact (bit-identical scores): the encoder embeds each distinct
+#: text and image once, and every score is computed by :func:`caption_scores`.
+TIES = ("wrong: every comparison is strict (the true caption, or image, must score strictly higher "
+        "than the alternative); identical inputs get bit-identical embeddings and scores, so a tie is exact")
+
+
+def caption_scores(image_emb: torch.Tensor, candidates: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """(N, m) cosine scores ``image_emb[n] . candidates[n, j]`` of N images against m candidate
+    captions each (N x m x d), all by one elementwise product and sum over d, so that bit-identical
+    candidates get bit-identical scores (a matrix product may round its output columns
+    differently); in chunks of rows to bound the N x m x d product."""
+    if len(image_emb) == 0:
+        return candidates.new_zeros(candidates.shape[:2])
+    return torch.cat([(image_emb[i:i + chunk, None, :] * candidates[i:i + chunk]).sum(-1)
+                      for i in range(0, len(image_emb), chunk)])
+
+
 def caption_choice(image_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor) -> torch.Tensor:
     """(N x k) bool: does image i score its true caption strictly above negative j?
 
     CLIP_benchmark's ``image_caption_selection`` takes ``argmax`` over [true, negatives], which counts
     an exact tie as correct; a strict comparison counts it as wrong (a tie means the model cannot
-    tell the captions apart).
+    tell the captions apart). Scores by :func:`caption_scores`.
     """
-    pos = (image_emb * pos_emb).sum(-1, keepdim=True)
-    neg = torch.einsum("nd,nkd->nk", image_emb, neg_emb)
-    return pos > neg
+    scores = caption_scores(image_emb, torch.cat([pos_emb[:, None, :], neg_emb], dim=1))
+    return scores[:, :1] > scores[:, 1:]
 
 
 @register("shapes-compositionality")
@@ -35,6 +52,9 @@ class ShapesCompositionality(Task):
     three), ``{split}/macro_acc`` (mean over the three types), and the single-object scenes'
     replacement negatives under ``{split}/single/...``. Main score: ``test/macro_acc``. The
     negative types follow ARO / SugarCrepe (Yuksekgonul et al. 2023; Hsieh et al. 2023).
+
+    Ties count as wrong (:data:`TIES`, recorded in ``protocol``); ``{split}/n_ties`` counts the
+    (scene, negative) comparisons whose two scores are exactly equal.
     """
 
     family = "compositionality"
@@ -55,9 +75,12 @@ class ShapesCompositionality(Task):
             sp = ctx.world.split(split)
             n, k = sp.negatives.shape
             img = ctx.cache.image(ctx.encoder, "shapes", split, sp.images)
-            pos = ctx.cache.text(ctx.encoder, "shapes", split, "captions", sp.full_captions)
-            neg = ctx.cache.text(ctx.encoder, "shapes", split, "negatives", sp.negatives.reshape(-1)).view(n, k, -1)
-            ok = caption_choice(img, pos, neg).numpy()
+            # captions and negatives in one call: a negative equal to its caption gets the same embedding
+            texts = np.concatenate([sp.full_captions, sp.negatives.reshape(-1)])
+            emb = ctx.cache.text(ctx.encoder, "shapes", split, "captions+negatives", texts)
+            scores = caption_scores(img, torch.cat([emb[:n, None], emb[n:].view(n, k, -1)], dim=1))
+            ok = (scores[:, :1] > scores[:, 1:]).numpy()
+            metrics[f"{split}/n_ties"] = float((scores[:, :1] == scores[:, 1:]).sum())
             two = sp.n_objects == 2
             if split == ctx.split("test"):  # the main score: macro accuracy over two-object scenes
                 item_scores = ok[two].mean(axis=1).tolist()
@@ -77,4 +100,4 @@ class ShapesCompositionality(Task):
         return self.result(metrics, predictions=preds, item_scores=item_scores,
                            dataset="shapes-world/" + "+".join(dict.fromkeys(ctx.split(s) for s in self.splits)),
                            dataset_fingerprint=fingerprint, n_items=len(preds),
-                           seconds=time.perf_counter() - t0)
+                           seconds=time.perf_counter() - t0, protocol={"ties": TIES})

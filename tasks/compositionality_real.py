@@ -2,12 +2,17 @@
 
 Every task scores an image against its true caption and hard-negative captions with the encoder's
 normalised embeddings (cosine similarity) and counts an item correct only when the true caption
-scores *strictly* higher (:func:`tasks.compositionality.caption_choice`). SugarCrepe's
+scores *strictly* higher (:func:`tasks.compositionality.caption_scores`). SugarCrepe's
 ``main_eval.py`` uses the same strict ``pos_score > neg_score``; CLIP_benchmark's
 ``image_caption_selection`` and ARO's ``evaluate_scores`` take an ``argmax``, which resolves an
 exact tie by index order (CLIP_benchmark: true caption first, so a tie counts as correct; ARO
 VG-R/VG-A: ``[false, true]``, so a tie counts as wrong; ARO Order: original first, a tie counts as
-correct). Here a tie is always wrong: a model that cannot tell the captions apart has not chosen.
+correct). Here a tie is always wrong: a model that cannot tell the captions apart has not chosen
+(:data:`tasks.compositionality.TIES`, recorded in each result's ``protocol``; docs/compositionality.md).
+Ties are exact: the true and negative captions (Winoground: both captions, and both images) are
+embedded in one encoder call, which embeds each distinct input once, so equal inputs get equal
+scores. ``n_ties`` counts the items a tie decided (correct under an argmax with the true caption
+first), so CLIP_benchmark's SugarCrepe accuracy is ``acc + n_ties / n_items``.
 
 None of these datasets has a validation split: under ``ctx.validation`` (tuning, checkpoint
 selection) every task refuses. An image that does not decode drops its item (``n_undecodable``
@@ -41,11 +46,11 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from harness.sources import DataError, HubSource, load_table
+from harness.sources import DataError, HubSource, fingerprint, load_table
 
 from . import register
 from .base import DatasetTask, EvalContext, Suite, TaskResult
-from .compositionality import caption_choice
+from .compositionality import TIES, caption_scores
 
 # ------------------------------------------------------------------------------ metric helpers
 
@@ -206,19 +211,23 @@ class _CaptionChoice(DatasetTask):
     image_column: ClassVar[str] = "image"
 
     def _choose(self, ctx: EvalContext, table, true: list[str], negatives: list[list[str]], crop=None):
-        """Scores and strict correctness of the items whose image decoded."""
+        """Scores (true caption first), strict correctness and the number of tied items (the true
+        caption equal to its best negative: correct under an argmax, wrong here) of the items whose
+        image decoded. True and negative captions are embedded in one call, so a negative equal to
+        its true caption gets the same embedding and score."""
         column = self.images(ctx, table, self.image_column, crop=crop)
         img, ok = self.image_embeddings(ctx, column, table)
         n, k = len(true), len(negatives[0]) if negatives else 0
-        pos = self.text_embeddings(ctx, table, "true", true)
-        neg = self.text_embeddings(ctx, table, "negatives", [c for row in negatives for c in row]).view(n, k, -1)
+        texts = list(true) + [c for row in negatives for c in row]
+        emb = self.text_embeddings(ctx, table, "true+negatives", texts)
         rows = torch.nonzero(ok).flatten()
         if len(rows) == 0:
             raise DataError(f"task {self.name!r}: none of the {n} images could be decoded")
-        img, pos, neg = img[rows], pos[rows], neg[rows]
-        correct = caption_choice(img, pos, neg).all(dim=1)
-        scores = torch.cat([(img * pos).sum(-1, keepdim=True), torch.einsum("nd,nkd->nk", img, neg)], dim=1)
-        return rows.tolist(), correct.numpy(), scores.numpy(), int(n - len(rows))
+        candidates = torch.cat([emb[:n, None], emb[n:].view(n, k, -1)], dim=1)[rows]
+        scores = caption_scores(img[rows], candidates)
+        correct = (scores[:, :1] > scores[:, 1:]).all(dim=1)
+        ties = int((scores[:, 0] == scores[:, 1:].max(dim=1).values).sum())
+        return rows.tolist(), correct.numpy(), scores.numpy(), int(n - len(rows)), ties
 
     @staticmethod
     def _predictions(rows, true, negatives, scores, correct, **extra) -> list[dict[str, Any]]:
@@ -252,11 +261,12 @@ class SugarCrepe(_CaptionChoice):
         table = self.table(ctx)
         pos, neg = sugarcrepe_captions(table)
         negatives = [[c] for c in neg]
-        rows, correct, scores, bad = self._choose(ctx, table, pos, negatives)
-        metrics = {"acc": float(correct.mean()), "n_undecodable": float(bad)}
+        rows, correct, scores, bad, ties = self._choose(ctx, table, pos, negatives)
+        metrics = {"acc": float(correct.mean()), "n_undecodable": float(bad), "n_ties": float(ties)}
         return self.result(metrics, predictions=self._predictions(rows, pos, negatives, scores, correct),
                            item_scores=correct.astype(float).tolist(), n_items=len(rows),
-                           seconds=time.perf_counter() - t0, **self.provenance(table))
+                           protocol={"ties": TIES}, seconds=time.perf_counter() - t0,
+                           **self.provenance(table))
 
 
 def _sugarcrepe(category: str):
@@ -346,15 +356,17 @@ class _AROVisualGenome(_CaptionChoice):
         boxes = [bbox_box(b) for b in table["bbox"]]
         groups, extra_metrics = self._group_labels(table, true, false)
         negatives = [[c] for c in false]
-        rows, correct, scores, bad = self._choose(ctx, table, true, negatives, crop=lambda r: boxes[r])
+        rows, correct, scores, bad, ties = self._choose(ctx, table, true, negatives, crop=lambda r: boxes[r])
         macro, per_group, counts, item_scores = macro_accuracy(
             correct, [groups[r] for r in rows], self._exclude(), self._min_count())
         metrics = {"macro_acc": macro, "acc": float(correct.mean()), "n_groups": float(len(per_group)),
-                   "n_scored": float(sum(counts.values())), "n_undecodable": float(bad), **extra_metrics}
+                   "n_scored": float(sum(counts.values())), "n_undecodable": float(bad),
+                   "n_ties": float(ties), **extra_metrics}
         metrics.update({f"acc/{g}": a for g, a in sorted(per_group.items())})
         preds = self._predictions(rows, true, negatives, scores, correct, group=groups)
         return self.result(metrics, predictions=preds, item_scores=item_scores.tolist(), n_items=len(rows),
-                           seconds=time.perf_counter() - t0, **self.provenance(table))
+                           protocol={"ties": TIES}, seconds=time.perf_counter() - t0,
+                           **self.provenance(table))
 
 
 @register("aro-relation")
@@ -438,11 +450,12 @@ class AROCocoOrder(_CaptionChoice):
         table = self.table(ctx)
         true = [str(x) for x in table["correct_caption"]]
         negatives = [list(map(str, row)) for row in zip(*(table[c] for c in self.negative_columns))]
-        rows, correct, scores, bad = self._choose(ctx, table, true, negatives)
-        metrics = {"acc": float(correct.mean()), "n_undecodable": float(bad)}
+        rows, correct, scores, bad, ties = self._choose(ctx, table, true, negatives)
+        metrics = {"acc": float(correct.mean()), "n_undecodable": float(bad), "n_ties": float(ties)}
         return self.result(metrics, predictions=self._predictions(rows, true, negatives, scores, correct),
                            item_scores=correct.astype(float).tolist(), n_items=len(rows),
-                           seconds=time.perf_counter() - t0, **self.provenance(table))
+                           protocol={"ties": TIES}, seconds=time.perf_counter() - t0,
+                           **self.provenance(table))
 
 
 @register("aro")
@@ -464,7 +477,8 @@ class Winoground(DatasetTask):
     Metrics: ``text_score``, ``image_score``, ``group_score`` (fractions; chance 0.25, 0.25, 1/6;
     CLIP ViT-B/32: 0.3075 / 0.105 / 0.08), and the three per ``collapsed_tag`` (Object, Relation,
     Both) when the table has that column; ``n_undecodable`` counts examples dropped because either
-    image failed. Main score ``group_score``; item scores: 0/1 group correctness.
+    image failed; ``n_ties`` the examples with an exactly tied comparison (wrong, as every tie).
+    Main score ``group_score``; item scores: 0/1 group correctness.
 
     The dataset is gated: accept its terms on the Hub (images licensed from Getty Images, research
     use only) and log in, or download it where you can and pass ``--data winoground=DIR``."""
@@ -489,19 +503,24 @@ class Winoground(DatasetTask):
         self.split_name(ctx)
         table = self.table(ctx)
         caps = [[str(x) for x in table["caption_0"]], [str(x) for x in table["caption_1"]]]
-        img0, ok0 = self.image_embeddings(ctx, self.images(ctx, table, "image_0"), table)
-        img1, ok1 = self.image_embeddings(ctx, self.images(ctx, table, "image_1"), table)
-        c0 = self.text_embeddings(ctx, table, "caption_0", caps[0])
-        c1 = self.text_embeddings(ctx, table, "caption_1", caps[1])
-        rows = torch.nonzero(ok0 & ok1).flatten()
+        n = len(table)
+        # both images of every example in one encoder call, and both captions in one: equal inputs
+        # then get bit-identical embeddings, so a tie between them is exact
+        images = self.images(ctx, self._both_images(table), "image_0")
+        emb = ctx.cache.get((id(ctx.encoder), fingerprint(table), "image_0+image_1", "image"),
+                            lambda: ctx.encoder.encode_image(images))
+        ok = ~torch.isnan(emb).any(dim=1)
+        texts = self.text_embeddings(ctx, table, "caption_0+caption_1", caps[0] + caps[1])
+        rows = torch.nonzero(ok[:n] & ok[n:]).flatten()
         if len(rows) == 0:
             raise DataError(f"task {self.name!r}: no example has two decodable images")
-        img = torch.stack([img0[rows], img1[rows]], dim=1)  # (N, image, d)
-        cap = torch.stack([c0[rows], c1[rows]], dim=1)  # (N, caption, d)
-        sim = torch.einsum("ncd,nid->nci", cap, img)
+        cap = torch.stack([texts[:n][rows], texts[n:][rows]], dim=1)  # (N, caption, d)
+        sim = torch.stack([caption_scores(emb[:n][rows], cap), caption_scores(emb[n:][rows], cap)], dim=2)
         ok = {k: v.numpy() for k, v in winoground_scores(sim).items()}
         metrics = {f"{k}_score": float(v.mean()) for k, v in ok.items()}
-        metrics["n_undecodable"] = float(len(table) - len(rows))
+        metrics["n_undecodable"] = float(n - len(rows))
+        s00, s01, s10, s11 = sim[:, 0, 0], sim[:, 0, 1], sim[:, 1, 0], sim[:, 1, 1]
+        metrics["n_ties"] = float(((s00 == s10) | (s11 == s01) | (s00 == s01) | (s11 == s10)).sum())
         rows = rows.tolist()
         if "collapsed_tag" in table.column_names:
             column = [str(t) for t in table["collapsed_tag"]]
@@ -515,4 +534,13 @@ class Winoground(DatasetTask):
                   "group": bool(ok["group"][j]), "correct": bool(ok["group"][j])}
                  for j, r in enumerate(rows)]
         return self.result(metrics, predictions=preds, item_scores=ok["group"].astype(float).tolist(),
-                           n_items=len(rows), seconds=time.perf_counter() - t0, **self.provenance(table))
+                           n_items=len(rows), seconds=time.perf_counter() - t0, protocol={"ties": TIES},
+                           **self.provenance(table))
+
+    @staticmethod
+    def _both_images(table):
+        """A one-column table: every ``image_0``, then every ``image_1`` (as column ``image_0``)."""
+        import datasets
+
+        second = table.select_columns(["image_1"]).rename_column("image_1", "image_0")
+        return datasets.concatenate_datasets([table.select_columns(["image_0"]), second])

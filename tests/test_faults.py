@@ -287,3 +287,12 @@ def test_a_bug_is_not_reported_as_bad_input(workdir, capsys, monkeypatch):
     assert "RuntimeError: an internal bug" in err and "--verbose" in err and "nothing was recorded" in err
     with pytest.raises(RuntimeError):
         main(smoke_args(workdir, "--objective", "clip", "-v"))
+
+
+def test_a_batch_below_the_objectives_minimum_is_refused_before_training(monkeypatch):
+    from objectives.weighting import MACL
+
+    monkeypatch.setattr(MACL, "min_batch_size", 3)
+    cfg = resolve_config("smoke", None, {"objective": "clip + 0.1*macl"}, ["budget.batch_size=2"])
+    with pytest.raises(ValueError, match="at least 3"):
+        prepare(cfg)

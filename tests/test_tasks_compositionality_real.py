@@ -2,6 +2,7 @@
 cases (a fake encoder returning chosen vectors), each task end to end with the micro model, bbox
 crops, missing columns, undecodable images, validation refusal and the gated-dataset message."""
 
+import copy
 import io
 import math
 
@@ -12,9 +13,10 @@ import torch
 from PIL import Image
 
 from harness.models import Encoder, ModelConfig, build_model
-from harness.sources import (DataError, DataOptions, DatasetUnavailableError, MissingColumnsError,
-                             UndecodableImageError)
+from harness.sources import (DataError, DataOptions, DatasetUnavailableError, ImageColumn,
+                             MissingColumnsError, UndecodableImageError)
 from tasks import TASKS, EvalContext
+from tasks.compositionality import TIES
 from tasks.compositionality_real import (ARO_EXCLUDED_RELATIONS, AROAttribution, AROCocoOrder, ARORelation,
                                          SugarCrepeAddObj, SugarCrepeSwapAtt, Winoground, attribute_pair,
                                          macro_accuracy, winoground_scores)
@@ -404,7 +406,7 @@ def test_winoground_gated_message_and_validation(tmp_path, monkeypatch):
         Winoground().check_data(DataOptions())
     msg = str(e.value)
     assert "facebook/winoground" in msg and "is gated (accept its terms on the Hub" in msg
-    assert "--data winoground=DIR" in msg and "huggingface-cli download facebook/winoground" in msg
+    assert "--data winoground=DIR" in msg and "download facebook/winoground" in msg  # hf / huggingface-cli
     ctx = ctx_for(wino_encoder(), "winoground", winoground_fixture(tmp_path / "wino"))
     ctx.validation = True
     with pytest.raises(ValueError, match="no validation split"):
@@ -441,3 +443,128 @@ def test_end_to_end_with_micro_encoder(tmp_path, micro, name):
     # a second run hits the embedding cache and gives the same numbers
     again = task.evaluate(ctx)
     assert again.metrics == res.metrics and ctx.cache.hits > 0
+
+
+# ------------------------------------------------------------------------------- exact ties
+
+
+class BatchDependent(torch.nn.Module):
+    """An open_clip model whose embedding of a row depends on the rest of its batch: float kernels'
+    rounding can (a ragged batch of one takes a matrix-vector path; MKL's results depend on memory
+    alignment), here exaggerated to 1e-3 so that it always shows."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.visual = model, model.visual
+
+    def encode_text(self, tokens, normalize=False):
+        emb = self.inner.encode_text(tokens, normalize=normalize)
+        return emb + 1e-3 * emb.mean(0, keepdim=True)
+
+    def encode_image(self, x, normalize=False):
+        emb = self.inner.encode_image(x, normalize=normalize)
+        return emb + 1e-3 * emb.mean(0, keepdim=True)
+
+
+@pytest.fixture
+def small_batches(micro):
+    """The micro encoder over a :class:`BatchDependent` model, in batches of 4."""
+    enc = copy.copy(micro)
+    enc.model, enc.batch_size = BatchDependent(micro.model), 4
+    return enc
+
+
+def test_identical_inputs_get_bit_identical_embeddings(small_batches):
+    cap = "a small red circle left of a large blue square"
+    texts = [cap, "a red circle", "two horses and a man", "the big cross", cap, cap.capitalize()]
+    emb = small_batches.encode_text(texts)  # batches [0:4] and [4:6]
+    assert torch.equal(emb[0], emb[4]) and torch.equal(emb[0], emb[5])  # open_clip's tokenizer lower-cases
+    assert not torch.equal(emb[0], emb[1])
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 20, 20, 3), dtype=torch.uint8, generator=g)
+    images[4] = images[0]  # batches [0:4] and [4:5]
+    img = small_batches.encode_image(images)
+    assert torch.equal(img[0], img[4]) and not torch.equal(img[0], img[1])
+    # decoded real images (an ImageColumn), with an undecodable one in between
+    table = datasets.Dataset.from_dict({"image": [png(0), png(1), png(2), BAD, png(0)]},
+                                       features=datasets.Features({"image": datasets.Image()}))
+    column = ImageColumn(table, "image")
+    emb = small_batches.encode_image(column)
+    assert torch.equal(emb[0], emb[4]) and not torch.equal(emb[0], emb[1])
+    assert torch.isnan(emb[3]).all() and not torch.isnan(emb[[0, 1, 2, 4]]).any()
+    assert column.undecodable == [3]
+
+
+def _tied(res, item):
+    scores = res.predictions[item]["scores"]
+    return scores[0] == scores[1] and not res.predictions[item]["correct"]
+
+
+def test_sugarcrepe_identical_negative_is_an_exact_tie_counted_wrong(tmp_path, small_batches):
+    rows = SC_ROWS[:2] + [("two men and a horse", "two men and a horse", True)] + SC_ROWS[3:]
+    ctx = ctx_for(small_batches, "sugarcrepe-add-obj", sugarcrepe_fixture(tmp_path, rows))
+    res = SugarCrepeAddObj().evaluate(ctx)
+    assert _tied(res, 2) and res.metrics["n_ties"] == 1.0 and res.item_scores[2] == 0.0
+    assert res.protocol == {"ties": TIES}
+    # CLIP_benchmark's argmax over [true, negative] (first index on ties) differs on the tie only
+    argmax = [int(torch.tensor(p["scores"]).argmax()) == 0 for p in res.predictions]
+    assert argmax == [p["correct"] or i == 2 for i, p in enumerate(res.predictions)]
+    assert np.mean(argmax) == res.metrics["acc"] + res.metrics["n_ties"] / res.n_items
+
+
+@pytest.mark.parametrize("cls", [ARORelation, AROAttribution])
+def test_aro_vg_identical_false_caption_is_an_exact_tie_counted_wrong(tmp_path, small_batches, cls):
+    n = 6
+    true = [f"the dog{i} is on the sofa" for i in range(n)]
+    false = [f"the sofa is on the dog{i}" for i in range(n)]
+    false[4] = true[4]
+    data = {"image": [png(i, (20, 20)) for i in range(n)], "true_caption": true, "false_caption": false,
+            "bbox": [{"x": 0, "y": 0, "w": 20, "h": 20}] * n}
+    feats = {k: v for k, v in REL_FEATURES.items() if k != "relation_name"}
+    if cls is ARORelation:
+        data["relation_name"], feats["relation_name"] = ["on"] * n, REL_FEATURES["relation_name"]
+    task = cls()
+    task.min_pair_count = 1
+    res = task.evaluate(ctx_for(small_batches, task.name, write(tmp_path / "vg", data, feats)))
+    assert _tied(res, 4) and res.metrics["n_ties"] == 1.0 and res.protocol == {"ties": TIES}
+
+
+def test_aro_coco_order_identical_perturbation_is_an_exact_tie_counted_wrong(tmp_path, small_batches):
+    root = tmp_path / "order"
+    n = 3
+    data = {"images": [png(i) for i in range(n)],
+            "correct_caption": [f"a man rides a horse {i}" for i in range(n)],
+            **{f"hard_text_{k}": [f"horse a rides man a {i} {k}" for i in range(n)] for k in range(1, 5)}}
+    data["hard_text_3"][1] = data["correct_caption"][1]  # the perturbation left the words in place
+    res = AROCocoOrder().evaluate(ctx_for(small_batches, "aro-coco-order", write(root, data, ORDER_FEATURES)))
+    scores = res.predictions[1]["scores"]
+    assert scores[0] == scores[3] and not res.predictions[1]["correct"]
+    # n_ties: the items an argmax with the true caption first would count correct, and this rule wrong
+    assert res.metrics["n_ties"] == sum(p["scores"][0] == max(p["scores"][1:]) for p in res.predictions)
+    assert res.protocol == {"ties": TIES}
+
+
+def test_winoground_identical_captions_or_images_are_exact_ties_counted_wrong(tmp_path, small_batches):
+    n = len(WINO_ROWS)
+    data = {"id": list(range(n)), "image_0": [png(10 * i) for i in range(n)],
+            "image_1": [png(10 * i + 5) for i in range(n)],
+            "caption_0": [f"caption zero {i}" for i in range(n)],
+            "caption_1": [f"caption one {i}" for i in range(n)],
+            "tag": ["Noun"] * n, "secondary_tag": [""] * n, "num_main_preds": [1] * n,
+            "collapsed_tag": [t for *_, t in WINO_ROWS]}
+    data["caption_1"][1] = data["caption_0"][1]  # example 1: the same caption twice
+    data["image_1"][3] = data["image_0"][3]      # example 3: the same image twice
+    ctx = ctx_for(small_batches, "winoground", write(tmp_path / "w", data, WINO_FEATURES))
+    res = Winoground().evaluate(ctx)
+    (s00, s01), (s10, s11) = res.predictions[1]["scores"]
+    assert s00 == s10 and s01 == s11 and not res.predictions[1]["text"]
+    (s00, s01), (s10, s11) = res.predictions[3]["scores"]
+    assert s00 == s01 and s10 == s11 and not res.predictions[3]["image"]
+    assert res.metrics["n_ties"] == 2.0 and res.protocol == {"ties": TIES}
+    # CLIP_benchmark's argmax (image_caption_selection) fails these ties too: the second image
+    # (caption) loses its tie to the first, so on ties of identical inputs the two rules agree
+    for p in res.predictions:
+        scores = torch.tensor(p["scores"]).T  # (image, caption), as CLIP_benchmark's image @ text.T
+        gt = torch.arange(2)
+        assert bool((scores.argmax(1) == gt).all()) == p["text"]
+        assert bool((scores.argmax(0) == gt).all()) == p["image"]

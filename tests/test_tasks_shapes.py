@@ -282,6 +282,36 @@ def test_intra_modal_excludes_the_query_itself(ctx):
     assert res.metrics["map"] == 1.0 and res.metrics["recall@1"] == 1.0 and res.metrics["mean_rank"] == 1.0
 
 
+def test_compositionality_identical_negative_is_an_exact_tie_counted_wrong(ctx, tiny_world):
+    """A negative equal to its caption must score exactly as the caption, whatever batch each falls
+    in (with a model whose rounding depends on the batch), and the tie counts as wrong."""
+    import copy
+    import dataclasses
+    from types import SimpleNamespace
+
+    from test_tasks_compositionality_real import BatchDependent
+
+    from tasks.compositionality import TIES
+
+    splits, same = {}, {}
+    for split in ("test", "heldout"):
+        sp = tiny_world.split(split)
+        neg = sp.negatives.copy()
+        same[split] = np.zeros(neg.shape, dtype=bool)
+        same[split][::9, 1] = True  # every ninth relation swap is the caption itself
+        neg[same[split]] = np.broadcast_to(sp.full_captions[:, None], neg.shape)[same[split]]
+        splits[split] = dataclasses.replace(sp, negatives=neg)
+    world = SimpleNamespace(split=splits.__getitem__, fingerprint=tiny_world.fingerprint)
+    encoder = copy.copy(ctx.encoder)
+    encoder.model, encoder.batch_size = BatchDependent(ctx.encoder.model), 100
+    res = TASKS.get("shapes-compositionality")().evaluate(EvalContext(encoder, world, EmbeddingCache()))
+    for split, sp in splits.items():
+        preds = [p for p in res.predictions if p["split"] == split]
+        assert not any(preds[i][str(sp.negative_types[i, j])] for i, j in zip(*np.nonzero(same[split])))
+        assert res.metrics[f"{split}/n_ties"] == same[split].sum()
+    assert res.protocol == {"ties": TIES}
+
+
 class _GarbageTest(EmbeddingCache):
     """Test-split image features replaced by noise (fixed seed)."""
 
