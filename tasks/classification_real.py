@@ -6,12 +6,19 @@ Zero-shot (``cifar10-zeroshot``, ``cifar100-zeroshot``, ``imagenet-zeroshot``), 
 embeddings over the templates (:func:`tasks.zeroshot.zeroshot_classifier`), ``logits = 100 * image
 @ W``; metrics ``acc1``, ``acc5`` (with at least 5 classes) and ``mean_per_class_recall``
 (sklearn's balanced accuracy), :func:`tasks.zeroshot.classification_metrics`. Class names and
-templates: :mod:`tasks.classnames`.
+templates: :mod:`tasks.classnames`; each result records which in ``protocol`` (docs/zero-shot.md).
+``wds-zeroshot`` evaluates any CLIP_benchmark zero-shot webdataset with its own ``classnames.txt``
+and ``zeroshot_classification_templates.txt`` (``--data wds-zeroshot=DIR``); ``imagenet-zeroshot``
+uses them too when its webdataset has them. Labels outside the class names are refused before
+training (:meth:`RealClassification.labels`).
 
-Linear probe (``cifar10-linear``, ``cifar100-linear``): multinomial logistic regression on frozen,
-L2-normalised image features (:func:`tasks.linear.fit_logistic_regression`, full-batch L-BFGS as
-OpenAI's CLIP probe; CLIP_benchmark's ``metrics/linear_probe.py`` trains the same objective with
-AdamW on CUDA only). The weight decay is chosen on a held-out validation part of the train split.
+Linear probe (docs/linear-probe.md), two protocols. ``cifar10-linear``, ``cifar100-linear``
+(``harness``): multinomial logistic regression on frozen, L2-normalised image features solved to
+convergence (:func:`tasks.linear.fit_logistic_regression`, full-batch L-BFGS as OpenAI's CLIP
+probe), the weight decay chosen on a held-out validation part of the train split.
+``cifar10-linear-cb``, ``cifar100-linear-cb`` (``clip_benchmark``): CLIP_benchmark's
+``metrics/linear_probe.py`` (AdamW, its weight-decay search, refit on train + validation, ``lp_*``
+keys; :func:`tasks.linear.clip_benchmark_probe`), on any device.
 
 Validation (tuning, checkpoint selection): CIFAR has no validation split, so a seeded held-out part
 of ``train`` (:meth:`RealClassification.holdout`, the same rows for the zero-shot and the probe
@@ -26,6 +33,7 @@ and split (not the task), so ``cifar10-zeroshot`` and ``cifar10-linear`` encode 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, ClassVar
 
@@ -33,13 +41,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.sources import DataError, HubSource, MissingColumnsError, load_table
+from harness.sources import (DataError, DataOptions, DatasetUnavailableError, HubSource, MissingColumnsError,
+                             load_table)
 
 from . import register
 from .base import DatasetTask, EvalContext, TaskResult
-from .classnames import (CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR_TEMPLATES, imagenet_classnames,
-                         imagenet_templates, same_classes)
-from .linear import WEIGHT_DECAYS, LogisticRegression, probe_metrics, select_probe
+from .classnames import (CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR100_TORCHVISION_CLASSNAMES,
+                         CIFAR_TEMPLATES, WDS_CLASSNAMES, WDS_TEMPLATES, imagenet_classnames,
+                         imagenet_templates, read_wds_metadata, same_classes)
+from .linear import (CB_EPOCHS, CB_SEED, CB_VAL_PROPORTION, PROBE_MAX_ITER, PROBE_TOL, WEIGHT_DECAYS,
+                     LogisticRegression, cb_facts, cb_logits, cb_metrics, cb_protocol, cb_split,
+                     clip_benchmark_probe, fit_facts, harness_protocol, probe_metrics, select_probe)
 from .zeroshot import classification_metrics, zeroshot_classifier
 
 # Revisions: the Hub's main-branch commits of these repositories are known here only by short hash
@@ -71,6 +83,8 @@ class RealClassification(DatasetTask):
     label_columns: ClassVar[tuple[str, ...]] = ()
     classnames: ClassVar[tuple[str, ...]] = ()
     templates: ClassVar[tuple[str, ...]] = ()
+    #: which class names and templates these are, recorded in every result's ``protocol``
+    naming: ClassVar[dict[str, Any]] = {}
     #: whether a ``ClassLabel`` label column must name :attr:`classnames` in order (up to ``_``/case)
     check_label_names: ClassVar[bool] = True
     train_split: ClassVar[str] = "train"
@@ -83,13 +97,30 @@ class RealClassification(DatasetTask):
     check_splits: ClassVar[tuple[str, ...]] = ("test",)
 
     # -- data --------------------------------------------------------------------------------
+    def bind(self, options: DataOptions) -> None:
+        """Settle the class names and templates for the data ``options`` point to (tasks that read a
+        webdataset's own files override this); :meth:`check_data` and ``evaluate`` call it first."""
+        self._names, self._templates = tuple(self.classnames), tuple(self.templates)
+        self._naming = dict(self.naming)
+
     def class_names(self) -> tuple[str, ...]:
-        return tuple(self.classnames)
+        if not hasattr(self, "_names"):
+            self.bind(DataOptions())
+        return self._names
 
     def prompt_templates(self) -> tuple[str, ...]:
-        return tuple(self.templates)
+        if not hasattr(self, "_templates"):
+            self.bind(DataOptions())
+        return self._templates
+
+    def naming_protocol(self) -> dict[str, Any]:
+        """``protocol`` entries naming the class names and templates used (docs/zero-shot.md)."""
+        if not hasattr(self, "_naming"):
+            self.bind(DataOptions())
+        return dict(self._naming)
 
     def check_data(self, options) -> None:
+        self.bind(options)
         for split in self.check_splits:
             table = load_table(self.name, self.source, options, self.columns, split=split)
             _, label = self.detect_columns(table)
@@ -129,9 +160,19 @@ class RealClassification(DatasetTask):
                             f"id per row, got dtype {y.dtype} and shape {y.shape}")
         bad = (y < 0) | (y >= len(names))
         if bad.any():
-            raise DataError(f"dataset for {self.name!r}: {int(bad.sum())} label(s) in {column!r} outside "
-                            f"[0, {len(names)}) (e.g. {int(y[bad][0])}); an unlabelled split (ImageNet's test "
-                            "split has label -1) cannot be evaluated: use the labelled validation images")
+            if y.min() < 0:
+                hint = ("an unlabelled split (ImageNet's test split has label -1) cannot be evaluated: use "
+                        "the labelled validation images")
+            elif "metadata" in self.naming_protocol():
+                hint = (f"the dataset's own {WDS_CLASSNAMES} ({self.naming_protocol()['metadata']}) and its "
+                        "shards disagree: fix one of them")
+            else:
+                named = self.naming_protocol().get("classnames", "the task's")
+                hint = (f"the class names ({named}) do not fit these labels: a CLIP_benchmark webdataset "
+                        f"should carry its own {WDS_CLASSNAMES} (evaluate it with task wds-zeroshot)")
+            raise DataError(f"dataset {self.where(table)}: {int(bad.sum())} label(s) in {column!r} outside "
+                            f"[0, {len(names)}): labels range from {int(y.min())} to {int(y.max())} "
+                            f"(max label {int(y.max())}) but there are {len(names)} class names; {hint}")
         return y.astype(np.int64)
 
     def holdout(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +204,7 @@ class RealZeroShot(RealClassification):
     """Zero-shot classification (CLIP_benchmark): prompt-ensemble classifier, ``100 * img @ W``;
     ``acc1``, ``acc5`` (>= 5 classes), ``mean_per_class_recall``, ``n_undecodable``; main score
     ``acc1``. Predictions name the true and predicted class per item; item scores are the top-1
-    hits (their mean is ``acc1``)."""
+    hits (their mean is ``acc1``). ``protocol`` names the class names and templates."""
 
     family = "zeroshot"
     version = "1"
@@ -172,6 +213,7 @@ class RealZeroShot(RealClassification):
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         t0 = time.perf_counter()
+        self.bind(ctx.data)
         split = self.split_name(ctx)  # the test split, or the train split's hold-out under validation
         table = self.table(ctx, split)
         image_col, label_col = self.detect_columns(table)
@@ -199,7 +241,7 @@ class RealZeroShot(RealClassification):
         if ctx.validation:
             prov["dataset"] += f" ({split} split, held-out validation part)"
         return self.result(metrics, predictions=predictions, item_scores=hits.tolist(), n_items=len(items),
-                           seconds=time.perf_counter() - t0, **prov)
+                           seconds=time.perf_counter() - t0, protocol=self.naming_protocol(), **prov)
 
 
 class CifarData:
@@ -217,6 +259,7 @@ class Cifar10Data(CifarData):
     columns = ("img", "label")
     label_columns = ("label",)
     classnames = CIFAR10_CLASSNAMES
+    naming = {"classnames": "clip", "templates": "clip-18"}  # CLIP's and torchvision's names agree here
 
 
 class Cifar100Data(CifarData):
@@ -224,6 +267,8 @@ class Cifar100Data(CifarData):
     columns = ("img", "fine_label")
     label_columns = ("fine_label",)
     classnames = CIFAR100_CLASSNAMES
+    #: CLIP's names ("aquarium fish"); CLIP_benchmark 1.6.2 prompts with torchvision's ("aquarium_fish")
+    naming = {"classnames": "clip", "templates": "clip-18"}
 
 
 @register("cifar10-zeroshot")
@@ -238,9 +283,20 @@ class Cifar10ZeroShot(Cifar10Data, RealZeroShot):
 @register("cifar100-zeroshot")
 class Cifar100ZeroShot(Cifar100Data, RealZeroShot):
     """CIFAR-100 zero-shot classification over the 100 fine classes (``uoft-cs/cifar100``, columns
-    ``img``, ``fine_label``), with the CLIP paper's 18 prompts; validation as ``cifar10-zeroshot``."""
+    ``img``, ``fine_label``), with the CLIP paper's 18 prompts and class names (``protocol``:
+    ``classnames: clip``); validation as ``cifar10-zeroshot``."""
 
     templates = CIFAR_TEMPLATES
+
+
+@register("cifar100-zeroshot-tv")
+class Cifar100ZeroShotTV(Cifar100ZeroShot):
+    """``cifar100-zeroshot`` prompting with torchvision's class names, as CLIP_benchmark 1.6.2 does
+    (``aquarium_fish``, ``lawn_mower``, ... for nine classes; ``protocol``: ``classnames:
+    torchvision``), so its numbers can be set beside CLIP_benchmark's."""
+
+    classnames = CIFAR100_TORCHVISION_CLASSNAMES
+    naming = {"classnames": "torchvision", "templates": "clip-18"}
 
 
 @register("imagenet-zeroshot")
@@ -249,7 +305,9 @@ class ImageNetZeroShot(RealZeroShot):
     them (``clip-benchmark/wds_imagenet1k``, split ``test``: webdataset shards with ``webp``/``jpg``
     images and ``cls`` labels), with open_clip's OpenAI class names and 80 prompts. A local
     ``ILSVRC/imagenet-1k``-style table (``image``, ``label``; its labelled validation files) is read
-    too. Only a test split: refuses validation mode."""
+    too. A local webdataset's own ``classnames.txt`` / ``zeroshot_classification_templates.txt`` are
+    used when present (as CLIP_benchmark does), each recorded in ``protocol``. Only a test split:
+    refuses validation mode."""
 
     source = IMAGENET_SOURCE
     columns = ()
@@ -260,38 +318,106 @@ class ImageNetZeroShot(RealZeroShot):
     license = IMAGENET_LICENSE
     citation = IMAGENET_CITATION
 
-    def class_names(self) -> tuple[str, ...]:
-        return imagenet_classnames()
+    def bind(self, options: DataOptions) -> None:
+        local = options.local_path(self.name, self.source.repo)
+        try:
+            meta = read_wds_metadata(local) if local is not None else None
+        except ValueError as e:
+            raise DataError(f"dataset for {self.name!r} ({local}): {e}") from None
+        names, templates = imagenet_classnames(), imagenet_templates()
+        self._naming = {"classnames": "open_clip-openai", "templates": "openai-80"}
+        if meta is not None:
+            same = meta.classnames == names
+            names = meta.classnames
+            self._naming["classnames"] = "open_clip-openai" if same else \
+                f"{WDS_CLASSNAMES} ({len(names)} names)"
+            if meta.templates is not None:
+                same = meta.templates == templates
+                templates = meta.templates
+                self._naming["templates"] = "openai-80" if same else f"{WDS_TEMPLATES} ({len(templates)})"
+            self._naming["metadata"] = str(meta.root)
+        self._names, self._templates = tuple(names), tuple(templates)
 
-    def prompt_templates(self) -> tuple[str, ...]:
-        return imagenet_templates()
+
+@register("wds-zeroshot")
+class WdsZeroShot(RealZeroShot):
+    """Zero-shot classification on any CLIP_benchmark webdataset, named by path: ``--data
+    wds-zeroshot=DIR`` (or ``data.paths.wds-zeroshot``). ``DIR`` has CLIP_benchmark's layout
+    (``build_wds_dataset``): ``classnames.txt`` (one class name per line, label ``i`` is line ``i``),
+    ``zeroshot_classification_templates.txt`` (one template per line, ``{c}`` for the name) and split
+    folders of ``.tar`` shards (``test/0.tar``, ...) whose samples hold a ``webp``/``png``/``jpg``
+    image and a ``cls`` label; a download of a ``clip-benchmark/wds_*`` Hub repository is one. The
+    ``test`` split is evaluated with the dataset's own names and templates, as CLIP_benchmark does;
+    labels outside ``[0, number of class names)`` are refused before training. Only a test split:
+    refuses validation mode. ``protocol`` records the files and their line counts."""
+
+    source = HubSource("clip-benchmark/wds_*", split="test")
+    columns = ()
+    image_columns = ("webp", "png", "jpg", "jpeg")
+    label_columns = ("cls",)
+    validation_split = None
+    check_label_names = False
+    license = "the dataset's own (see its card)"
+    citation = "CLIP_benchmark webdataset zero-shot classification (LAION-AI/CLIP_benchmark)"
+
+    def bind(self, options: DataOptions) -> None:
+        local = options.local_path(self.name)
+        layout = (f"a CLIP_benchmark webdataset directory ({WDS_CLASSNAMES}, {WDS_TEMPLATES}, test/*.tar; "
+                  "e.g. `huggingface-cli download clip-benchmark/wds_cars --repo-type dataset "
+                  "--local-dir DIR`)")
+        if local is None:
+            raise DatasetUnavailableError(f"task {self.name!r} evaluates a local webdataset: pass --data "
+                                          f"{self.name}=DIR (or set data.paths.{self.name}), DIR being "
+                                          f"{layout}")
+        try:
+            meta = read_wds_metadata(local)
+        except ValueError as e:
+            raise DataError(f"dataset for {self.name!r} ({local}): {e}") from None
+        if meta is None:
+            raise DataError(f"dataset for {self.name!r} ({local}) has no {WDS_CLASSNAMES}; expected {layout}")
+        if meta.templates is None:
+            raise DataError(f"dataset for {self.name!r} ({meta.root}) has no {WDS_TEMPLATES} (CLIP_benchmark "
+                            f"refuses a webdataset without templates too); expected {layout}")
+        if meta.dataset_type != "classification":
+            raise DataError(f"dataset for {self.name!r} ({meta.root}) is a {meta.dataset_type!r} webdataset "
+                            "(dataset_type.txt); wds-zeroshot evaluates single-label classification sets "
+                            "only")
+        self._names, self._templates = meta.classnames, meta.templates
+        digest = hashlib.sha256("\n".join(meta.classnames + ("",) + meta.templates).encode()).hexdigest()[:16]
+        self._naming = {"classnames": f"{WDS_CLASSNAMES} ({len(meta.classnames)} names)",
+                        "templates": f"{WDS_TEMPLATES} ({len(meta.templates)})", "metadata": str(meta.root),
+                        "metadata_sha256": digest}
+
 
 
 class RealLinearProbe(RealClassification):
-    """Linear probe on frozen, L2-normalised image features (CLIP_benchmark §linear_probe; the
-    objective of OpenAI's CLIP logistic-regression probe).
+    """Linear probe on frozen, L2-normalised image features, protocol ``harness`` (the objective of
+    OpenAI's CLIP logistic-regression probe, solved to convergence; docs/linear-probe.md).
 
     The train split is split once (:meth:`RealClassification.holdout`): a validation part (10%, at
     most 5,000 images) and the rest, of which the first ``n_fit`` (default 10,000) of the seeded
     permutation are the fit set (the cap keeps a CPU run to minutes; set ``n_fit = None`` for all
     45,000). For every weight decay in :data:`tasks.linear.WEIGHT_DECAYS` a probe is fitted on the fit
-    set (:func:`fit_logistic_regression`, float64 L-BFGS, ``max_iter`` iterations) and scored on the
-    validation part; the best top-1 accuracy wins, ties going to the larger weight decay (as
-    ``shapes-linear``). The chosen probe is then reported on the test split (``acc1``, ``acc5``
-    with more than 5 classes, ``mean_per_class_recall``), or, under validation, on the validation
-    part itself, never reading the test split. Fitting runs on the encoder's device.
+    set (:func:`fit_logistic_regression`, float64 L-BFGS to a gradient tolerance, at most ``max_iter``
+    iterations) and scored on the validation part; the best top-1 accuracy wins, ties going to the
+    larger weight decay (as ``shapes-linear``). The chosen probe is then reported on the test split
+    (``acc1``, ``acc5`` with more than 5 classes, ``mean_per_class_recall``), or, under validation,
+    on the validation part itself, never reading the test split. Fitting runs on the encoder's device.
 
     Extra metrics: ``weight_decay`` / ``log10_weight_decay`` (the chosen one), ``val_acc1``,
     ``n_fit``, ``n_val`` (images used after dropping undecodable ones), ``n_undecodable`` (all
-    parts read).
+    parts read), ``probe_converged`` (1 or 0: the reported fit met the tolerance; 0 is also logged as
+    a warning), ``probe_iterations`` and ``probe_unconverged_fits`` (fits of the grid that did not
+    converge). ``protocol`` records the solver, its tolerance and cap, the grid and the chosen fit.
     """
 
     family = "linear_probe"
-    version = "1"
+    version = "2"  # 2: L-BFGS preconditioned and run to its tolerance (1 stopped at 200 iterations)
     main_score = "acc1"
     modality = "image"
     n_fit: ClassVar[int | None] = 10_000
-    max_iter: ClassVar[int] = 200
+    max_iter: ClassVar[int] = PROBE_MAX_ITER
+    tol: ClassVar[float] = PROBE_TOL
     weight_decays: ClassVar[tuple[float, ...]] = WEIGHT_DECAYS
     check_splits = ("train", "test")
 
@@ -300,14 +426,15 @@ class RealLinearProbe(RealClassification):
         return F.normalize(emb[ok].float(), dim=-1).to(device)
 
     def select(self, x_fit: torch.Tensor, y_fit: torch.Tensor, x_val: torch.Tensor,
-               y_val: torch.Tensor) -> tuple[LogisticRegression, float]:
+               y_val: torch.Tensor) -> tuple[LogisticRegression, float, list[float]]:
         """The probe with the best validation top-1 accuracy over :attr:`weight_decays` (ties: the
-        larger weight decay) and that accuracy."""
+        larger weight decay), that accuracy and the weight decays whose fit did not converge."""
         return select_probe(x_fit, y_fit, x_val, y_val, self.weight_decays, len(self.class_names()),
-                            self.max_iter)
+                            self.max_iter, self.tol)
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         t0 = time.perf_counter()
+        self.bind(ctx.data)
         train = self.table(ctx, self.train_split)
         image_col, label_col = self.detect_columns(train)
         y_train = self.labels(train, label_col)
@@ -320,7 +447,7 @@ class RealLinearProbe(RealClassification):
         x_fit, x_val = self._features(ctx, e_fit, ok_fit), self._features(ctx, e_val, ok_val)
         y_fit = torch.from_numpy(y_train[fit_rows][ok_fit.numpy()])
         y_val = torch.from_numpy(y_train[val_rows][ok_val.numpy()])
-        probe, val_acc = self.select(x_fit, y_fit, x_val, y_val)
+        probe, val_acc, unconverged = self.select(x_fit, y_fit, x_val, y_val)
         n_bad = int((~ok_fit).sum() + (~ok_val).sum())
 
         if ctx.validation:  # report on the validation part: the test split is never read
@@ -339,7 +466,8 @@ class RealLinearProbe(RealClassification):
         metrics: dict[str, Any] = probe_metrics(logits, y_eval)
         metrics.update(weight_decay=probe.weight_decay, log10_weight_decay=float(np.log10(probe.weight_decay)),
                        val_acc1=val_acc, n_fit=float(len(y_fit)), n_val=float(len(y_val)),
-                       n_undecodable=float(n_bad))
+                       n_undecodable=float(n_bad), probe_converged=float(probe.converged),
+                       probe_iterations=float(probe.n_iter), probe_unconverged_fits=float(len(unconverged)))
         names = self.class_names()
         pred = logits.argmax(dim=1).cpu().numpy()
         target = y_eval.numpy()
@@ -348,8 +476,13 @@ class RealLinearProbe(RealClassification):
         prov = self.provenance(table)
         if ctx.validation:
             prov["dataset"] += f" ({self.train_split} split, held-out validation part)"
+        protocol = harness_protocol(self.weight_decays, self.max_iter, self.tol,
+                                    **fit_facts(probe, unconverged),
+                                    fit=f"at most {self.n_fit} other train rows",
+                                    validation=f"a seeded {self.val_fraction:.0%} of the train split "
+                                    f"(at most {self.max_val})")
         return self.result(metrics, predictions=predictions, item_scores=(pred == target).astype(float).tolist(),
-                           n_items=len(items), seconds=time.perf_counter() - t0, **prov)
+                           n_items=len(items), seconds=time.perf_counter() - t0, protocol=protocol, **prov)
 
 
 @register("cifar10-linear")
@@ -363,3 +496,89 @@ class Cifar10Linear(Cifar10Data, RealLinearProbe):
 class Cifar100Linear(Cifar100Data, RealLinearProbe):
     """CIFAR-100 linear probe over the 100 fine classes; protocol as ``cifar10-linear``."""
 
+
+class RealLinearProbeCB(RealClassification):
+    """Linear probe under CLIP_benchmark's protocol (``metrics/linear_probe.py``, docs/linear-probe.md).
+
+    The train split is divided as CLIP_benchmark's ``--val_proportion 0.1`` does
+    (``torch.utils.data.random_split(train, [0.9, 0.1])`` from a generator seeded with 0,
+    :func:`tasks.linear.cb_split`); all of the train part is used (no ``n_fit`` cap: a CPU run takes
+    minutes). :func:`tasks.linear.clip_benchmark_probe` searches the weight decay over
+    ``np.logspace(-6, 2, 97)`` on the validation part (AdamW, lr 0.1, 10 epochs, batch 64, cosine
+    schedule, seed 0; AMP on CUDA as CLIP_benchmark, float32 on the CPU), retrains the chosen one on
+    train + validation and reports it on the test split. Under validation mode the refit is skipped
+    and the searched probe is reported on the validation part, never reading the test split.
+
+    Metrics, CLIP_benchmark's keys: ``lp_acc1`` (main score), ``lp_acc5`` (when the test labels
+    reach 5), ``lp_mean_per_class_recall``, ``weight_decay``, ``epochs``, ``seed``, ``fewshot_k``
+    (-1), ``normalized`` (1); and ``val_acc1``, ``n_fit``, ``n_val``, ``n_undecodable``. ``protocol``
+    records the hyperparameters, the search and the chosen weight decay.
+    """
+
+    family = "linear_probe"
+    version = "1"
+    main_score = "lp_acc1"
+    modality = "image"
+    val_proportion: ClassVar[float] = CB_VAL_PROPORTION
+    check_splits = ("train", "test")
+
+    def evaluate(self, ctx: EvalContext) -> TaskResult:
+        t0 = time.perf_counter()
+        self.bind(ctx.data)
+        train = self.table(ctx, self.train_split)
+        image_col, label_col = self.detect_columns(train)
+        y_train = self.labels(train, label_col)
+        g = torch.Generator().manual_seed(CB_SEED)
+        fit_rows, val_rows = cb_split(len(train), self.val_proportion, g)
+        emb, ok = self.embed(ctx, train, self.train_split, image_col)
+        keep = ok.numpy()
+        fit_rows, val_rows = fit_rows[keep[fit_rows]], val_rows[keep[val_rows]]
+        self._nonempty(torch.from_numpy(keep[fit_rows]), f"{self.name}'s train part")
+        self._nonempty(torch.from_numpy(keep[val_rows]), f"{self.name}'s validation part")
+        x = F.normalize(emb.float(), dim=-1)
+        device = getattr(ctx.encoder, "device", torch.device("cpu"))
+        amp = torch.device(device).type == "cuda"
+        probe = clip_benchmark_probe(x[fit_rows], torch.from_numpy(y_train[fit_rows]), x[val_rows],
+                                     torch.from_numpy(y_train[val_rows]), device=device, amp=amp,
+                                     refit=not ctx.validation, generator=g)
+        n_bad = int((~ok).sum())
+
+        if ctx.validation:  # the searched probe on the validation part: the test split is never read
+            table, logits, target, items = train, probe.val_logits, y_train[val_rows], val_rows
+        else:
+            table = self.table(ctx, self.source.split)
+            image_col, label_col = self.detect_columns(table)
+            y_test = self.labels(table, label_col)
+            e_test, ok_test = self.embed(ctx, table, self.source.split, image_col)
+            self._nonempty(ok_test, f"{self.name} ({self.source.split})")
+            n_bad += int((~ok_test).sum())
+            logits = cb_logits(probe.model, F.normalize(e_test[ok_test].float(), dim=-1), amp)
+            target, items = y_test[ok_test.numpy()], np.flatnonzero(ok_test.numpy())
+
+        metrics: dict[str, Any] = cb_metrics(logits, torch.from_numpy(target))
+        metrics.update(weight_decay=probe.weight_decay, epochs=CB_EPOCHS, seed=CB_SEED, fewshot_k=-1,
+                       normalized=1.0, val_acc1=probe.val_acc1, n_fit=float(len(fit_rows)),
+                       n_val=float(len(val_rows)), n_undecodable=float(n_bad))
+        names = self.class_names()
+        pred = logits.argmax(dim=1).numpy()
+        predictions = [{"item": int(i), "true": names[int(t)], "pred": names[int(p)]}
+                       for i, t, p in zip(items, target, pred)]
+        prov = self.provenance(table)
+        if ctx.validation:
+            prov["dataset"] += f" ({self.train_split} split, CLIP_benchmark validation part)"
+        protocol = cb_protocol(amp, f"random_split of the train split, proportion {self.val_proportion} "
+                               f"(generator seeded with {CB_SEED})", **cb_facts(probe))
+        return self.result(metrics, predictions=predictions, item_scores=(pred == target).astype(float).tolist(),
+                           n_items=len(items), seconds=time.perf_counter() - t0, protocol=protocol, **prov)
+
+
+@register("cifar10-linear-cb")
+class Cifar10LinearCB(Cifar10Data, RealLinearProbeCB):
+    """CIFAR-10 linear probe under CLIP_benchmark's protocol (``lp_*`` keys): train 90% / validation
+    10% of the train split, weight decay searched, refit on both, reported on the 10,000 test images."""
+
+
+@register("cifar100-linear-cb")
+class Cifar100LinearCB(Cifar100Data, RealLinearProbeCB):
+    """CIFAR-100 linear probe over the 100 fine classes under CLIP_benchmark's protocol; as
+    ``cifar10-linear-cb``."""
