@@ -112,8 +112,8 @@ def check_task_data(tasks: list, cfg: RunConfig, objective=None) -> None:
     trained: each task's data (local copy or Hub) and, given the ``objective``, the training data.
 
     A missing, gated or malformed dataset raises; every problem found is reported in one message
-    (not one per try). Then the scored split and fingerprint of each real dataset are recorded in
-    the run identity (:meth:`RunConfig.set_eval_data`)."""
+    (not one per try). Then the scored split and fingerprint of each real dataset, and the version
+    of each task past its first, are recorded in the run identity (:meth:`RunConfig.set_eval_data`)."""
     options = cfg.data.options()
     if cfg.evaluation == "validation":
         for t in tasks:
@@ -141,8 +141,14 @@ def check_task_data(tasks: list, cfg: RunConfig, objective=None) -> None:
         raise kind(f"{len(problems)} datasets this command needs cannot be used:\n\n"
                    + "\n\n".join(f"{i}. {e}" for i, e in enumerate(problems, 1)))
     validation = cfg.evaluation == "validation"
-    cfg.set_eval_data({t.name: ident for t in tasks
-                       if (ident := t.data_identity(options, validation)) is not None})
+    eval_data = {}
+    for t in tasks:
+        entry = dict(t.data_identity(options, validation) or {})
+        if str(t.version) != "1":  # a task whose protocol changed scores differently: another run
+            entry["version"] = str(t.version)
+        if entry:
+            eval_data[t.name] = entry
+    cfg.set_eval_data(eval_data)
 
 
 def check_checkpoint(cfg: RunConfig, tasks: list, train_data_name: str, adopt: bool = False) -> None:

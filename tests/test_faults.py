@@ -296,3 +296,13 @@ def test_a_batch_below_the_objectives_minimum_is_refused_before_training(monkeyp
     cfg = resolve_config("smoke", None, {"objective": "clip + 0.1*macl"}, ["budget.batch_size=2"])
     with pytest.raises(ValueError, match="at least 3"):
         prepare(cfg)
+
+
+def test_a_task_whose_protocol_changed_is_another_run():
+    """shapes-linear is version 2 (a converging probe): its runs must not resume version-1 runs."""
+    retrieval = resolve_config("smoke", None, {"objective": "clip", "tasks": ["shapes-retrieval"]}, [])
+    linear = resolve_config("smoke", None, {"objective": "clip", "tasks": ["shapes-linear"]}, [])
+    before = linear.identity
+    prepare(retrieval), prepare(linear)
+    assert retrieval.eval_data == {}  # version 1, generated data: the identity is unchanged
+    assert linear.eval_data == {"shapes-linear": {"version": "2"}} and linear.identity != before
