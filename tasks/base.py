@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -32,9 +33,47 @@ class TaskResult:
     #: how the numbers were made, where a reader could assume otherwise: the linear-probe protocol,
     #: the class names a zero-shot task prompts with, the tie rule of a k-way choice, ...
     protocol: dict[str, Any] = field(default_factory=dict)
+    #: what a leaderboard needs about the task, recorded with the run so that a board is rebuilt from
+    #: the runs alone, never from the installed registry: the task's family; whether it is an aggregate
+    #: of other tasks (sts-avg); whether it is a diagnostic (family geometry, or an aggregate): shown,
+    #: never ranked; and ``breakdown``, a grouping of metrics for plots (see :func:`breakdown_of`)
+    family: str = ""
+    diagnostic: bool = False
+    aggregate: bool = False
+    breakdown: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def breakdown_of(pattern: str | None, metrics: dict[str, float]) -> dict[str, Any]:
+    """The metrics that match ``pattern`` grouped by its placeholders, or {} (no pattern, no match).
+
+    ``pattern`` is a metric key with ``{level}`` placeholders, one path segment each, optionally
+    restricted to a regular expression: ``{split}/{negative:attribute_swap|relation_swap}/acc``. The
+    result is ``{"pattern": ..., "levels": ["split", "negative"], "metrics": {"test/relation_swap/acc":
+    ["test", "relation_swap"], ...}}``, metrics in their recorded order."""
+    if not pattern:
+        return {}
+    levels, parts = [], []
+    for seg in pattern.split("/"):
+        hit = re.fullmatch(r"\{(\w+)(?::([^{}]+))?\}", seg)
+        if hit:
+            levels.append(hit[1])
+            parts.append(f"(?P<{hit[1]}>{hit[2] or '[^/]+'})")
+        else:
+            parts.append(re.escape(seg))
+    rx = re.compile("/".join(parts))
+    found = {k: [hit[level] for level in levels] for k in metrics if (hit := rx.fullmatch(k))}
+    return {"pattern": pattern, "levels": levels, "metrics": found} if found else {}
+
+
+def task_meta(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
+    """Per task, what a leaderboard reads about it: the run tag ``harness.task_meta`` (JSON), so a
+    board needs no artifact download and no installed task to rank the run."""
+    return {r.task: {"family": r.family, "main_metric": r.main_metric, "higher_is_better": r.higher_is_better,
+                     "diagnostic": r.diagnostic, "aggregate": r.aggregate, "breakdown": r.breakdown}
+            for r in results}
 
 
 class EmbeddingCache:
@@ -101,6 +140,8 @@ class Task:
     #: an aggregate of other tasks' scores (e.g. sts-avg): shown on leaderboards, never ranked
     #: alongside its members (that would count them twice)
     aggregate: ClassVar[bool] = False
+    #: metric keys grouped for plots, e.g. ``{split}/{negative}/acc`` (see :func:`breakdown_of`)
+    breakdown: ClassVar[str | None] = None
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -135,7 +176,9 @@ class Task:
         return TaskResult(
             task=self.name, metrics={k: float(v) for k, v in metrics.items()},
             main_score=float(metrics[self.main_score]), main_metric=self.main_score,
-            higher_is_better=self.higher_is_better, version=self.version, **kw,
+            higher_is_better=self.higher_is_better, version=self.version, family=self.family,
+            aggregate=bool(self.aggregate), diagnostic=self.family == "geometry" or bool(self.aggregate),
+            breakdown=breakdown_of(self.breakdown, metrics), **kw,
         )
 
 

@@ -60,6 +60,7 @@ class ShapesCompositionality(Task):
     family = "compositionality"
     version = "1"
     main_score = "test/macro_acc"
+    breakdown = "{split}/{negative:" + "|".join(NEGATIVE_TYPES) + "}/acc"  # plots: accuracy by negative type
     dataset = "shapes-world"
     citation = "Yuksekgonul et al. 2023 (ARO); Hsieh et al. 2023 (SugarCrepe)"
     license = "generated"

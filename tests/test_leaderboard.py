@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 from scipy import stats
+import torch.nn.functional as F
 
 from harness import leaderboard as lb
 from harness.console import Reporter
 from harness.tracking import HEARTBEAT_TAG, metric_key
+from tasks.base import Task, breakdown_of, task_meta
 
 T975_2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2), by hand from a t table: 4.303
 BUDGET = "budget0123456789"
@@ -67,8 +69,11 @@ def task_docs(objective: str, seed: int) -> dict:
         comp_metrics[f"{split}/macro_acc"] = float(np.mean([comp_metrics[f"{split}/{t}/acc"] for t in TYPES]))
         comp_metrics[f"{split}/single/color/acc"] = 0.5
     test_items = comp_ok(objective, seed, "test").mean(axis=1)
+    # what Task.result records of the task: its family and the breakdown of its metrics for the plots
     comp = {"metrics": comp_metrics, "main_score": comp_metrics["test/macro_acc"], "main_metric": "test/macro_acc",
-            "higher_is_better": True, "item_scores": test_items.tolist(), "n_items": 120}
+            "higher_is_better": True, "item_scores": test_items.tolist(), "n_items": 120,
+            "family": "compositionality", "diagnostic": False,
+            "breakdown": breakdown_of("{split}/{negative:color|size|relation}/acc", comp_metrics)}
     err = {"metrics": {"error": ERROR[objective][i]}, "main_score": ERROR[objective][i], "main_metric": "error",
            "higher_is_better": False, "item_scores": None, "n_items": 0}
     return {"shapes-retrieval": ret, "shapes-compositionality": comp, "fake-error": err}
@@ -265,20 +270,6 @@ def test_paired_tests_against_the_baseline(board):
     assert mt.p_ttest == pytest.approx(stats.ttest_rel(vals["weak"], vals["clip"]).pvalue)
 
 
-def test_paired_bootstrap_is_seeded_and_two_sided():
-    counts = lb.bootstrap_counts(50, 1000, seed=3)
-    assert counts.shape == (1000, 50) and np.all(counts.sum(axis=1) == 50)
-    assert np.array_equal(counts, lb.bootstrap_counts(50, 1000, seed=3))
-    d = np.r_[np.ones(30), np.zeros(20)] * 0.1
-    delta, p, lo, hi = lb.paired_bootstrap(d, counts)
-    delta2, p2, lo2, hi2 = lb.paired_bootstrap(-d, counts)
-    assert delta == pytest.approx(0.06) and delta2 == pytest.approx(-0.06) and p == pytest.approx(p2) and p < 0.01
-    assert lo < delta < hi and lo2 == pytest.approx(-hi)
-    assert lb.paired_bootstrap(np.zeros(50), counts)[1] == 1.0
-    noise = np.random.default_rng(0).normal(size=50)
-    assert lb.paired_bootstrap(noise - noise.mean(), counts)[1] > 0.9
-
-
 def test_shared_and_distinct_ranks(board):
     tb = board.task_boards
     assert tb["shapes-retrieval"].ranks == {"clip": 1, "siglip": 1, "weak": 3}  # clip ~ siglip
@@ -355,10 +346,12 @@ def test_html_is_self_contained_and_well_formed(board, tmp_path):
     c.feed(page)
     c.close()
     assert not c.errors and not c.stack
-    for section in ("provenance", "leaderboard", "tasks", "scores", "loss", "compositionality", "cost", "failed",
+    for section in ("provenance", "leaderboard", "tasks", "scores", "loss", "breakdowns", "cost", "failed",
                     "method"):
         assert section in c.ids
-    assert len(c.imgs) == 4
+    assert len(c.imgs) == 4  # scores, loss, the breakdown shapes-compositionality recorded, cost
+    breakdowns = page.split('<section id="breakdowns">')[1].split("</section>")[0]
+    assert "<h3>shapes-compositionality</h3>" in breakdowns
     for img in c.imgs:
         assert img["src"].startswith("data:image/png;base64,") and img.get("alt")
         assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -372,13 +365,13 @@ def store_parent_in(text, board):
     return board.provenance["parent_run_id"] in text
 
 
-def test_html_without_compositionality_or_history_says_so(store):
+def test_html_without_breakdowns_or_history_says_so(store):
     col = lb.collect("mixed", tracking_uri=store["uri"], with_history=False)
     for r in col.runs:
         r.scores.pop("shapes-compositionality")
     (b,) = lb.build(col, budget_id="aaaa1111")
     page = lb.render_html(b)
-    assert "no train/loss history" in page and "no shapes-compositionality results" in page
+    assert "no train/loss history" in page and "no task in these runs recorded a breakdown" in page
     assert page.count("<img ") == 2
 
 
@@ -506,7 +499,7 @@ def test_html_renders_in_headless_chromium(board, tmp_path):
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and 'id="compositionality"' in out.stdout
+    assert out.returncode == 0 and 'id="breakdowns"' in out.stdout
 
 
 def test_text_section_averages_sts_tasks_per_seed_with_ci_and_paired_test():
@@ -521,7 +514,8 @@ def test_text_section_averages_sts_tasks_per_seed_with_ci_and_paired_test():
                 scores={"shapes-sts": sts[o][i], "shapes-retrieval": 0.5},
                 metrics={"shapes-sts": {"spearman": sts[o][i]}, "shapes-retrieval": {"mean_recall@1": 0.5}},
                 main_metric={"shapes-sts": "spearman", "shapes-retrieval": "mean_recall@1"},
-                higher_is_better={"shapes-sts": True, "shapes-retrieval": True}))
+                higher_is_better={"shapes-sts": True, "shapes-retrieval": True},
+                family={"shapes-sts": "sts", "shapes-retrieval": "retrieval"}))
     board, = lb.build(lb.Collected("e", "0", "sqlite://", None, {}, runs, []))
     sec = board.text
     assert sec.tasks == ["shapes-sts"]
@@ -548,67 +542,24 @@ def test_no_text_section_without_sts_tasks():
 
 def test_aggregate_task_is_shown_but_not_ranked_or_averaged():
     """sts-avg repeats its members' scores: it gets a task board, but neither the text section's
-    average nor the mean rank counts it (that would count the STS sets twice)."""
+    average nor the mean rank counts it (that would count the STS sets twice). Both the family and
+    the diagnostic flag are what the runs recorded."""
     runs = [lb.RunRecord(run_id=f"{o}{s}", objective=o, seed=s, status="FINISHED", track="default", budget_id=BUDGET,
                          scores={"stsb": v + s, "sts-avg": 10.0 * (o == "clip")},
                          metrics={"stsb": {}, "sts-avg": {}}, main_metric={"stsb": "spearman", "sts-avg": "avg"},
-                         higher_is_better={"stsb": True, "sts-avg": True})
+                         higher_is_better={"stsb": True, "sts-avg": True},
+                         family={"stsb": "sts", "sts-avg": "sts"},
+                         diagnostic={"stsb": False, "sts-avg": True})
             for o, v in (("clip", 50.0), ("simcse", 80.0)) for s in SEEDS]
     board, = lb.build(lb.Collected("e", "0", "sqlite://", None, {}, runs, []))
     assert "sts-avg" in board.task_boards and board.text.tasks == ["stsb"]
     assert board.text.average["simcse"].mean == pytest.approx(81.0)
     assert board.mean_rank["simcse"] == 1.0 and board.n_tasks["simcse"] == 1
+    assert board.to_dict()["task_boards"]["sts-avg"]["diagnostic"] is True
+    assert not [n for n in board.notes if "not every objective" in n]  # a diagnostic is missing from no one
 
 
 # -- intervals within the metric's range (issue 12, item 16) -----------------------------------------
-def test_metric_bounds_come_from_the_metric_name():
-    inf = math.inf
-    cases = {"image_retrieval_recall@5": (0, 1), "text_retrieval_recall_at_10": (0, 1),
-             "mean_recall@1": (0, 1), "recall@5": (0, 1), "test/color/acc": (0, 1), "test/macro_acc": (0, 1),
-             "acc/spatial": (0, 1), "shape/val_acc1": (0, 1), "shape/weight_decay": (0, inf),
-             "shape/acc1": (0, 1), "acc5": (0, 1), "mean_per_class_recall": (0, 1), "map": (0, 1),
-             "group_score": (0, 1), "text_score/Noun": (0, 1), "ndcg_at_10": (0, 1),
-             "spearman": (-100, 100), "stsb/pearson": (-100, 100), "avg": (-100, 100),
-             "cosine_spearman": (-1, 1), "mean_cosine_positive": (-1, 1), "negative/mean_cosine": (-1, 1),
-             "image_retrieval_mean_rank": (1, inf), "median_rank": (1, inf), "rsum": (0, inf),
-             "modality_gap": (0, 2), "alignment": (0, 4), "uniformity_text": (-8, 0),
-             "effective_rank_image": (0, inf), "n_undecodable": (0, inf), "wall_seconds": (0, inf),
-             "peak_memory_mb": (0, inf), "flops_per_step": (0, inf), "samples_per_second": (0, inf)}
-    for name, bounds in cases.items():
-        assert lb.metric_bounds(name) == bounds, name
-    for name in ("error", "final_loss", "main_score", "spearmanish", "loss/acc_like", "shape/log10_weight_decay"):
-        assert lb.metric_bounds(name) is None, name
-
-
-def test_an_interval_that_crossed_the_range_is_cut_there_with_hand_computed_ends():
-    # recall 0.98, 1, 1: mean 0.99333, sd 0.011547, half-width t(0.975, 2) * sd / sqrt(3)
-    # = 4.302653 * 0.0066667 = 0.028684; the plain t-interval [0.964649, 1.022018] crosses 1, the bounded
-    # one stops at 1
-    old = lb.summarize({0: 0.98, 1: 1.0, 2: 1.0})
-    assert old.high == pytest.approx(1.022018, abs=1e-6) and old.low == pytest.approx(0.964649, abs=1e-6)
-    s = lb.summarize({0: 0.98, 1: 1.0, 2: 1.0}, bounds=(0.0, 1.0))
-    assert s.ci == pytest.approx(0.028684, abs=1e-6)
-    assert (s.low, s.high) == (pytest.approx(0.964649, abs=1e-6), 1.0) and not s.symmetric
-    assert lb.fmt_summary(s) == "0.993 [0.965, 1.000]"
-    # recall 0, 0, 0.06: mean 0.02, sd 0.034641, half-width 4.302653 * 0.02 = 0.086053: [-0.066053, 0.106053]
-    s = lb.summarize({0: 0.0, 1: 0.0, 2: 0.06}, bounds=lb.metric_bounds("mean_recall@1"))
-    assert (s.low, s.high) == (0.0, pytest.approx(0.106053, abs=1e-6))
-    # wall seconds 10, 12, 60: mean 27.333, sd 28.3078, half-width 4.302653 * 16.3435 = 70.3206:
-    # [-42.99, 97.65] becomes [0, 97.65]
-    s = lb.summarize({0: 10.0, 1: 12.0, 2: 60.0}, bounds=lb.metric_bounds("wall_seconds"))
-    assert s.ci == pytest.approx(70.3206, abs=1e-3) and s.low == 0.0
-    assert s.high == pytest.approx(97.6539, abs=1e-3)
-    assert lb.fmt_summary(s, 1) == "27.3 [0.0, 97.7]"
-    # an interval inside the range is the plain t-interval, shown as mean ± half-width
-    s = lb.summarize({0: 0.5, 1: 0.6, 2: 0.7}, bounds=(0.0, 1.0))
-    assert s.symmetric and (s.low, s.high) == pytest.approx((0.6 - T975_2 * 0.1 / math.sqrt(3),
-                                                             0.6 + T975_2 * 0.1 / math.sqrt(3)))
-    assert lb.fmt_summary(s) == f"0.600 ± {T975_2 * 0.1 / math.sqrt(3):.3f}"
-    # values outside the table's range mean the table does not describe this metric: no bound is claimed
-    s = lb.summarize({0: 1.5, 1: 2.0, 2: 2.5}, bounds=(0.0, 1.0))
-    assert s.bounds is None and s.symmetric and s.low == pytest.approx(2.0 - T975_2 * 0.5 / math.sqrt(3))
-
-
 def bounded_runs():
     """clip near the top of recall (0.98, 1, 1), siglip near the bottom (0, 0, 0.06), wall 10, 12, 60 s."""
     vals = {"clip": [0.98, 1.0, 1.0], "siglip": [0.0, 0.0, 0.06]}
@@ -650,7 +601,8 @@ def test_text_section_average_is_bounded_by_the_sts_range():
     runs = [lb.RunRecord(run_id=f"{o}{s}", objective=o, seed=s, status="FINISHED", track="default",
                          budget_id=BUDGET, scores={"shapes-sts": vals[o][s]},
                          metrics={"shapes-sts": {"spearman": vals[o][s]}},
-                         main_metric={"shapes-sts": "spearman"}, higher_is_better={"shapes-sts": True})
+                         main_metric={"shapes-sts": "spearman"}, higher_is_better={"shapes-sts": True},
+                         family={"shapes-sts": "sts"})
             for o in vals for s in SEEDS]
     board, = lb.build(lb.Collected("e", "0", "sqlite://", None, {}, runs, []))
     avg = board.text.average["clip"]
@@ -772,3 +724,122 @@ def test_no_finished_run_message_names_each_status(status_store, template_db, tm
     status_run(client, exp, "clip", 1, "RUNNING", heartbeat=NOW - 3600)
     with pytest.raises(lb.NoRunsError, match=r"2 run\(s\) did not finish \(1 KILLED, 1 interrupted\)"):
         lb.collect("none", tracking_uri=uri, now=NOW)
+
+
+# -- a board is rebuilt from what the runs recorded, not from what is installed (issue 13, item 2) ----
+class PluginCosine(Task):
+    """A plugin-like diagnostic (family geometry): per test scene, the cosine of the image and its caption."""
+
+    family = "geometry"
+    main_score = "mean_cosine_positive"
+
+    def evaluate(self, ctx):
+        split = ctx.split("test")
+        sp = ctx.world.split(split)
+        img = F.normalize(ctx.cache.image(ctx.encoder, "shapes", split, sp.images).double(), dim=-1)
+        txt = ctx.cache.text(ctx.encoder, "shapes", split, "captions", sp.full_captions)
+        cos = (img * F.normalize(txt.double(), dim=-1)).sum(-1)
+        return self.result({"mean_cosine_positive": float(cos.mean())}, item_scores=cos.tolist(),
+                           n_items=len(cos))
+
+
+def rendered(out):
+    """The latest comparison's board, as Markdown and JSON bytes (the clock-stamped field fixed)."""
+    (board,) = lb.build(lb.collect("harness", "latest", tracking_uri=f"sqlite:///{out / 'mlflow.db'}"))
+    board.provenance["generated"] = "2000-01-01T00:00:00Z"
+    return board, lb.render_markdown(board).encode(), lb.render_json(board).encode()
+
+
+def test_a_board_rebuilt_after_uninstalling_a_task_is_byte_identical(workdir):
+    """A diagnostic task registered only while the runs ran: once it is uninstalled, the board rebuilt from
+    the same runs is the same bytes (it used to rank the task then, changing n_tasks, mean rank and Borda)."""
+    from harness.cli import main
+    from tasks import TASKS
+
+    TASKS.register("plugin-cosine")(PluginCosine)
+    try:
+        assert main(["-q", "compare", "--budget", "smoke", "--output-dir", str(workdir), "--no-checkpoint",
+                     "--tasks", "shapes-retrieval,plugin-cosine", "--objectives", "clip,siglip",
+                     "--seeds", "1"]) == 0
+        board, md, js = rendered(workdir)
+    finally:
+        TASKS.unregister("plugin-cosine")
+    assert "plugin-cosine" not in TASKS
+    assert "plugin-cosine" in board.task_boards  # shown, not ranked:
+    assert board.n_tasks == {"clip": 1, "siglip": 1}
+    assert json.loads(js)["task_boards"]["plugin-cosine"]["diagnostic"] is True
+    again, md2, js2 = rendered(workdir)
+    assert (again.mean_rank, again.borda, again.n_tasks) == (board.mean_rank, board.borda, board.n_tasks)
+    assert md2 == md and js2 == js
+
+
+def test_a_task_result_records_what_a_board_needs():
+    class Geo(Task):
+        name, family, main_score, higher_is_better = "geo-x", "geometry", "gap", False
+
+    class Comp(Task):
+        name, family, main_score = "comp-x", "compositionality", "test/macro_acc"
+        breakdown = "{split}/{neg:a|b}/acc"
+
+    class Avg(Task):
+        name, family, main_score, aggregate = "avg-x", "sts", "avg", True
+
+    geo, avg = Geo().result({"gap": 0.2}), Avg().result({"avg": 70.0})
+    comp = Comp().result({"test/a/acc": 1.0, "test/all/acc": 0.0, "test/macro_acc": 0.5, "heldout/b/acc": 0.0,
+                          "test/single/a/acc": 1.0})
+    assert (geo.family, geo.diagnostic, geo.aggregate, geo.breakdown) == ("geometry", True, False, {})
+    assert (avg.family, avg.diagnostic, avg.aggregate) == ("sts", True, True)
+    assert not comp.diagnostic and comp.breakdown == {
+        "pattern": "{split}/{neg:a|b}/acc", "levels": ["split", "neg"],
+        "metrics": {"test/a/acc": ["test", "a"], "heldout/b/acc": ["heldout", "b"]}}
+    meta = task_meta([geo, comp])
+    assert json.loads(json.dumps(meta)) == meta and meta["geo-x"] == {
+        "family": "geometry", "main_metric": "gap", "higher_is_better": False, "diagnostic": True,
+        "aggregate": False, "breakdown": {}}
+    assert meta["comp-x"]["breakdown"] == comp.breakdown and comp.to_dict()["family"] == "compositionality"
+    from tasks.compositionality import ShapesCompositionality
+
+    found = breakdown_of(ShapesCompositionality.breakdown,
+                         {"test/relation_swap/acc": 1.0, "test/all/acc": 1.0,
+                          "heldout/attribute_swap/acc": 1.0})
+    assert found["metrics"] == {"test/relation_swap/acc": ["test", "relation_swap"],
+                                "heldout/attribute_swap/acc": ["heldout", "attribute_swap"]}
+
+
+def test_what_a_board_knows_of_a_task_is_what_the_run_recorded(template_db, tmp_path):
+    """The harness.task_meta tag first, then the results JSON's entry, then the defaults; never the registry
+    (``fake-geo`` is installed nowhere)."""
+    from mlflow.tracking import MlflowClient
+
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("meta", artifact_location=(tmp_path / "a").as_uri())
+    tag = {"fake-geo": {"family": "geometry", "main_metric": "gap", "higher_is_better": False,
+                        "diagnostic": True, "aggregate": False,
+                        "breakdown": {"levels": ["k"], "metrics": {"gap": ["all"]}}}}
+    doc = {"fake-geo": {"main_score": 0.5, "metrics": {"gap": 0.5}, "main_metric": "doc_gap",
+                        "family": "retrieval", "higher_is_better": True, "diagnostic": False}}
+
+    def run(seed, tags, tasks):
+        rid = client.create_run(exp, tags={"harness.role": "run", "harness.objective": "clip",
+                                           "harness.seed": str(seed), "harness.budget_id": BUDGET,
+                                           **tags}).info.run_id
+        client.log_batch(rid, metrics=[_metric("fake-geo/main_score", 0.5)])
+        if tasks:
+            client.log_dict(rid, {"tasks": tasks}, f"id-{rid[:8]}.json")
+        client.set_terminated(rid, "FINISHED")
+        return rid
+
+    ids = {"tag": run(0, {lb.TASK_META_TAG: json.dumps(tag)}, doc), "json": run(1, {}, doc),
+           "none": run(2, {}, None)}
+    recs = {r.run_id: r for r in lb.collect("meta", tracking_uri=uri, with_history=False).runs}
+    got = {k: (recs[v].family["fake-geo"], recs[v].diagnostic["fake-geo"],
+               recs[v].higher_is_better["fake-geo"], recs[v].main_metric["fake-geo"]) for k, v in ids.items()}
+    assert got == {"tag": ("geometry", True, False, "gap"), "json": ("retrieval", False, True, "doc_gap"),
+                   "none": ("", False, True, "main_score")}
+    assert recs[ids["tag"]].breakdown["fake-geo"]["levels"] == ["k"]
+    assert recs[ids["none"]].breakdown["fake-geo"] == {}
+    lean = lb.collect("meta", tracking_uri=uri, with_artifacts=False, with_history=False).runs
+    assert {r.run_id: r.diagnostic["fake-geo"] for r in lean} == {  # the tag needs no artifact
+        ids["tag"]: True, ids["json"]: False, ids["none"]: False}

@@ -1,0 +1,455 @@
+"""Building the leaderboard from collected runs: one board per track, under one budget.
+
+Runs with different ``harness.budget_id`` are never ranked side by side (:class:`MixedBudgetsError`
+unless ``budget_id=`` selects one); tracks (``default``, ``tuned``) are never mixed either. What a board
+knows of a task (family, main metric, direction, whether it is a diagnostic, its breakdown for plots)
+is what the runs recorded (:mod:`.runs`), by majority over the runs that have the task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import LeaderboardError, MixedBudgetsError, NoRunsError
+from .runs import Collected, RunRecord, by_state, collect
+from .stats import (CI_METHOD, RANK_RULES, PairedTest, Summary, board_order, bootstrap_counts, hull,
+                    item_diffs, mean_rank_and_borda, metric_bounds, paired_bootstrap, paired_ttest,
+                    significance_ranks, summarize, task_seed)
+
+LONG_FIELDS = ["track", "kind", "objective", "task", "metric", "seed", "value", "run_id"]
+#: task families of the text section (objectives against STS tasks, SimCSE's protocol)
+TEXT_FAMILIES = ("sts",)
+
+
+@dataclass
+class TaskBoard:
+    task: str
+    main_metric: str
+    higher_is_better: bool
+    scores: dict[str, Summary]  # objective -> main score over seeds
+    ranks: dict[str, int]
+    tests: dict[str, PairedTest]  # objective -> against the baseline (main score)
+    metrics: dict[str, dict[str, Summary]]  # metric -> objective -> summary
+    metric_tests: dict[str, dict[str, PairedTest]]  # metric -> objective -> t-test against the baseline
+    better: dict[str, list[str]]  # objective -> the objectives significantly better than it
+    n_items: int = 0
+    family: str = ""
+    diagnostic: bool = False  # shown, never part of the mean rank or the Borda count
+    breakdown: dict[str, Any] = field(default_factory=dict)  # {"levels": [...], "metrics": {metric: values}}
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task, "main_metric": self.main_metric, "higher_is_better": self.higher_is_better,
+            "family": self.family, "diagnostic": self.diagnostic, "n_items": self.n_items,
+            "scores": {o: s.to_dict() for o, s in self.scores.items()}, "ranks": self.ranks,
+            "significantly_better": self.better,
+            "vs_baseline": {o: t.to_dict() for o, t in self.tests.items()},
+            "metrics": {m: {o: s.to_dict() for o, s in d.items()} for m, d in self.metrics.items()},
+            "metric_vs_baseline": {m: {o: t.to_dict() for o, t in d.items()}
+                                   for m, d in self.metric_tests.items()},
+        }
+
+
+@dataclass
+class Leaderboard:
+    experiment: str
+    track: str
+    budget_id: str
+    baseline: str
+    objectives: list[str]  # ordered: mean rank, Borda (desc), name
+    tasks: list[str]
+    seeds: list[int]
+    task_boards: dict[str, TaskBoard]
+    mean_rank: dict[str, float | None]
+    borda: dict[str, int]
+    n_tasks: dict[str, int]
+    cost: dict[str, dict[str, Summary]]  # objective -> cost metric -> summary
+    loss_curves: dict[str, dict[str, list]]  # objective -> {"step", "mean", "min", "max"}
+    runs: list[RunRecord]
+    failed: list[RunRecord]
+    provenance: dict[str, Any]
+    notes: list[str]
+    alpha: float = 0.05
+    n_boot: int = 1000
+    rank_rule: str = "either"
+    text: "TextSection | None" = None
+
+    def seeds_of(self, objective: str) -> int:
+        return len({r.seed for r in self.runs if r.objective == objective})
+
+    def long_rows(self) -> list[dict[str, Any]]:
+        """Long format: one row per (objective, task, metric, seed) value, then the summary rows."""
+        rows: list[dict[str, Any]] = []
+
+        def add(kind, objective, task, metric, seed, value, run_id=""):
+            rows.append({"track": self.track, "kind": kind, "objective": objective, "task": task,
+                         "metric": metric, "seed": "" if seed is None else seed, "value": value,
+                         "run_id": run_id})
+
+        for r in sorted(self.runs, key=lambda r: (self.objectives.index(r.objective), r.seed)):
+            for task in self.tasks:
+                if task not in r.scores:
+                    continue
+                add("value", r.objective, task, "main_score", r.seed, r.scores[task], r.run_id)
+                for m, v in r.metrics[task].items():
+                    add("value", r.objective, task, m, r.seed, v, r.run_id)
+            for m, v in r.cost.items():
+                add("value", r.objective, "cost", m, r.seed, v, r.run_id)
+        for task, tb in self.task_boards.items():
+            for o in self.objectives:
+                if o not in tb.scores:
+                    continue
+                s = tb.scores[o]
+                for kind, v in (("mean", s.mean), ("ci95", s.ci), ("ci_low", s.low), ("ci_high", s.high),
+                                ("n", s.n), ("rank", tb.ranks[o])):
+                    add(kind, o, task, "main_score", None, v)
+                t = tb.tests.get(o)
+                if t is not None:
+                    for kind, v in (("delta_vs_baseline", t.delta), ("p_ttest", t.p_ttest),
+                                    ("p_bootstrap", t.p_bootstrap)):
+                        add(kind, o, task, "main_score", None, v)
+                for m, d in tb.metrics.items():
+                    if o in d:
+                        for kind, v in (("mean", d[o].mean), ("ci95", d[o].ci), ("ci_low", d[o].low),
+                                        ("ci_high", d[o].high)):
+                            add(kind, o, task, m, None, v)
+                        mt = tb.metric_tests.get(m, {}).get(o)
+                        if mt is not None:
+                            add("p_ttest", o, task, m, None, mt.p_ttest)
+        for o in self.objectives:
+            add("mean_rank", o, "", "", None, self.mean_rank[o])
+            add("borda", o, "", "", None, self.borda[o])
+            for m, s in self.cost.get(o, {}).items():
+                for kind, v in (("mean", s.mean), ("ci95", s.ci), ("ci_low", s.low), ("ci_high", s.high)):
+                    add(kind, o, "cost", m, None, v)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provenance": self.provenance,
+            "track": self.track, "budget_id": self.budget_id, "baseline": self.baseline,
+            "objectives": self.objectives, "tasks": self.tasks, "seeds": self.seeds,
+            "statistics": {"alpha": self.alpha, "n_boot": self.n_boot, "rank_rule": self.rank_rule,
+                           "ci": CI_METHOD},
+            "summary": {o: {"mean_rank": self.mean_rank[o], "borda": self.borda[o],
+                            "n_tasks": self.n_tasks[o], "seeds": self.seeds_of(o),
+                            "scores": {t: tb.scores[o].to_dict() for t, tb in self.task_boards.items()
+                                       if o in tb.scores},
+                            "ranks": {t: tb.ranks[o] for t, tb in self.task_boards.items() if o in tb.ranks},
+                            "cost": {m: s.to_dict() for m, s in self.cost.get(o, {}).items()}}
+                        for o in self.objectives},
+            "task_boards": {t: tb.to_dict() for t, tb in self.task_boards.items()},
+            "text": self.text.to_dict() if self.text is not None else None,
+            "loss_curves": self.loss_curves,
+            "runs": [{"run_id": r.run_id, "objective": r.objective, "seed": r.seed, "status": r.status,
+                      "identity": r.identity, "results_artifact": r.results_artifact} for r in self.runs],
+            "failed": [{"run_id": r.run_id, "objective": r.objective, "seed": r.seed, "status": r.status,
+                        "state": r.state, "reason": r.failure_reason} for r in self.failed],
+            "notes": self.notes,
+            "rows": self.long_rows(),
+        }
+
+
+@dataclass
+class TextSection:
+    """Objectives against the STS tasks: per-seed average Spearman over the STS tasks an objective
+    has (SimCSE's "Avg."), summarised over seeds with the same statistics as a task (95% Student-t
+    CI cut at the range of the tasks' main metrics, paired t-test against the baseline over seeds),
+    and the mean rank over the STS tasks."""
+
+    tasks: list[str]
+    average: dict[str, Summary]
+    tests: dict[str, PairedTest]
+    mean_rank: dict[str, float | None]
+
+    def to_dict(self) -> dict:
+        return {"tasks": self.tasks, "average": {o: s.to_dict() for o, s in self.average.items()},
+                "vs_baseline": {o: t.to_dict() for o, t in self.tests.items()}, "mean_rank": self.mean_rank}
+
+
+def _text_section(boards_t: dict[str, TaskBoard], runs: list, objectives: list[str],
+                  baseline: str) -> TextSection | None:
+    tasks = [t for t, tb in boards_t.items() if tb.family in TEXT_FAMILIES and not tb.diagnostic]
+    if not tasks:
+        return None
+    per_seed: dict[str, dict[int, float]] = {}
+    for o in objectives:
+        vals: dict[int, float] = {}
+        for r in runs:
+            if r.objective == o and all(t in r.scores for t in tasks):
+                vals[r.seed] = float(np.mean([r.scores[t] for t in tasks]))
+        per_seed[o] = vals
+    bounds = hull(metric_bounds(boards_t[t].main_metric) for t in tasks)
+    average = {o: s for o in objectives if (s := summarize(per_seed[o], bounds=bounds))}
+    tests = {}
+    for o in average:
+        if o != baseline and baseline in average:
+            delta, p, n = paired_ttest(per_seed[o], per_seed[baseline])
+            tests[o] = PairedTest(o, baseline, delta=delta, p_ttest=p, n_seeds=n)
+    mean_rank = {}
+    for o in objectives:
+        rs = [boards_t[t].ranks[o] for t in tasks if o in boards_t[t].ranks]
+        mean_rank[o] = float(np.mean(rs)) if rs else None
+    return TextSection(tasks, average, tests, mean_rank)
+
+
+def _vote(values: Iterable[Any]) -> Any:
+    """The most common of ``values`` (the first seen on a tie); dicts are compared by content."""
+    values = list(values)
+    keys = [json.dumps(v, sort_keys=True) for v in values]
+    return values[keys.index(Counter(keys).most_common(1)[0][0])]
+
+
+def _task_board(task: str, runs: list[RunRecord], objectives: list[str], baseline: str, alpha: float,
+                n_boot: int, boot_seed: int, rule: str) -> TaskBoard | None:
+    have = [r for r in runs if task in r.scores]
+    objs = [o for o in objectives if any(r.objective == o for r in have)]
+    if not objs:
+        return None
+    hib_votes = Counter(r.higher_is_better[task] for r in have)
+    hib = hib_votes.most_common(1)[0][0]
+    main_metric = Counter(r.main_metric[task] for r in have).most_common(1)[0][0]
+    family = _vote(r.family.get(task, "") for r in have)
+    diagnostic = _vote(r.diagnostic.get(task, False) for r in have)
+    breakdown = _vote(r.breakdown.get(task) or {} for r in have)
+    main = {o: {r.seed: r.scores[task] for r in have if r.objective == o} for o in objs}
+    items = {o: {r.seed: np.asarray(r.item_scores[task], dtype=float) for r in have
+                 if r.objective == o and task in r.item_scores} for o in objs}
+    scores = {o: summarize(main[o], bounds=metric_bounds(main_metric)) for o in objs}
+    objs = [o for o in objs if scores[o] is not None]
+
+    counts: dict[int, np.ndarray] = {}
+
+    def boot(a: str, b: str):
+        d = item_diffs(items[a], items[b])
+        if d is None:
+            return None
+        n = len(d)
+        if n not in counts:
+            counts[n] = bootstrap_counts(n, n_boot, task_seed(boot_seed, task))
+        return paired_bootstrap(d, counts[n]), n
+
+    pair: dict[tuple[str, str], dict[str, tuple]] = {}  # (b, a) -> tests of b - a
+    n_items = 0
+    for i, a in enumerate(objs):
+        for b in objs[i + 1:]:
+            d_t, p_t, _ = paired_ttest(main[b], main[a])
+            bs = boot(b, a)
+            tests = {"ttest": (d_t, p_t)}
+            if bs is not None:
+                (d_b, p_b, _, _), n_items = bs
+                tests["bootstrap"] = (d_b, p_b)
+            pair[(b, a)] = tests
+            pair[(a, b)] = {k: (None if d is None else -d, p) for k, (d, p) in tests.items()}
+    better, ranks = significance_ranks(objs, pair, hib, alpha, rule)
+
+    tests: dict[str, PairedTest] = {}
+    if baseline in objs:
+        for o in objs:
+            if o == baseline:
+                continue
+            d_t, p_t, n_t = paired_ttest(main[o], main[baseline])
+            t = PairedTest(o, baseline, delta=d_t, p_ttest=p_t, n_seeds=n_t)
+            bs = boot(o, baseline)
+            if bs is not None:
+                (t.delta_items, t.p_bootstrap, t.boot_low, t.boot_high), t.n_items = bs
+            tests[o] = t
+
+    metric_names: list[str] = []
+    for r in have:
+        for m in r.metrics[task]:
+            if m not in metric_names:
+                metric_names.append(m)
+    metrics: dict[str, dict[str, Summary]] = {}
+    metric_tests: dict[str, dict[str, PairedTest]] = {}
+    for m in metric_names:
+        vals = {o: {r.seed: r.metrics[task][m] for r in have if r.objective == o and m in r.metrics[task]}
+                for o in objs}
+        metrics[m] = {o: s for o in objs if (s := summarize(vals[o], bounds=metric_bounds(m))) is not None}
+        if baseline in objs:
+            mt = {}
+            for o in objs:
+                if o != baseline:
+                    d_t, p_t, n_t = paired_ttest(vals[o], vals[baseline])
+                    mt[o] = PairedTest(o, baseline, delta=d_t, p_ttest=p_t, n_seeds=n_t)
+            metric_tests[m] = mt
+    return TaskBoard(task=task, main_metric=main_metric, higher_is_better=hib,
+                     scores={o: scores[o] for o in objs}, ranks=ranks, tests=tests, metrics=metrics,
+                     metric_tests=metric_tests, better=better, n_items=n_items, family=family,
+                     diagnostic=diagnostic, breakdown=breakdown)
+
+
+def _board_notes(collected: Collected, truns: list[RunRecord], failed: list[RunRecord], track: str,
+                 budget: str) -> list[str]:
+    """Notes about the runs of one board (its track and budget), counted over those runs only."""
+    def mine(rs):
+        return [r for r in rs if r.track == track and r.budget_id == budget]
+
+    notes = []
+    dup, sup = mine(collected.duplicates), mine(collected.superseded)
+    if dup:
+        notes.append(f"{len(dup)} older duplicate FINISHED run(s) of the same (track, budget, objective, "
+                     f"seed) ignored")
+    if sup:
+        notes.append(f"{len(sup)} run(s) that did not finish ({by_state(sup)}) are not listed: a FINISHED "
+                     f"run of the same (objective, seed) is ranked instead")
+    reused = [r for r in truns if r.run_id in collected.reused]
+    if reused:
+        notes.append(f"{len(reused)} run(s) reused by this comparison from earlier runs (resumed), not its "
+                     f"children")
+    if collected.with_artifacts:
+        notes += [f"run {r.run_id[:8]} ({r.label}) has no results JSON: no item scores, no paired bootstrap "
+                  f"for it" for r in truns if r.results_artifact is None]
+    if failed:
+        notes.append(f"{len(failed)} run(s) not ranked: {by_state(failed)} (see Not ranked)")
+    running = [r.label for r in failed if r.state == "running"]
+    if running:
+        notes.append(f"{len(running)} run(s) still running ({', '.join(running)}): this board is provisional "
+                     f"until they finish")
+    interrupted = [r.label for r in failed if r.state == "interrupted"]
+    if interrupted:
+        notes.append(f"{len(interrupted)} run(s) interrupted ({', '.join(interrupted)}): their processes "
+                     f"were killed without ending the run (no heartbeat); rerunning the comparison trains "
+                     f"these pairs again")
+    return notes
+
+
+def _loss_curves(runs: list[RunRecord], objectives: list[str]) -> dict[str, dict[str, list]]:
+    out = {}
+    for o in objectives:
+        curves = [dict(r.loss) for r in runs if r.objective == o and r.loss]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        if not steps:
+            continue
+        m = np.array([[c[s] for s in steps] for c in curves])
+        out[o] = {"step": steps, "mean": m.mean(0).tolist(), "min": m.min(0).tolist(),
+                  "max": m.max(0).tolist(), "n": len(curves)}
+    return out
+
+
+def _select_budget(runs: list[RunRecord], budget_id: str | None, where: str) -> tuple[list[RunRecord], str]:
+    counts = Counter(r.budget_id for r in runs)
+    if budget_id:
+        matches = [b for b in counts if b == budget_id] or [b for b in counts if b.startswith(budget_id)]
+        if len(matches) != 1:
+            listing = ", ".join(f"{b} ({n} runs)" for b, n in counts.most_common())
+            problem = "matches several" if matches else "matches none of"
+            raise NoRunsError(f"--budget-id {budget_id!r} {problem} the budget ids of the finished runs in "
+                              f"{where}: {listing}")
+        return [r for r in runs if r.budget_id == matches[0]], matches[0]
+    if len(counts) > 1:
+        lines = []
+        for b, n in counts.most_common():
+            objs = sorted({r.objective for r in runs if r.budget_id == b})
+            lines.append(f"  {b}: {n} finished run(s) ({', '.join(objs)})")
+        raise MixedBudgetsError(
+            f"the finished runs in {where} were trained under {len(counts)} different budgets, and runs "
+            f"under different budgets are never ranked side by side:\n" + "\n".join(lines) +
+            f"\nselect one with --budget-id ID (for example --budget-id {counts.most_common(1)[0][0]})",
+            dict(counts))
+    return runs, next(iter(counts))
+
+
+def _distinct(runs: Iterable[RunRecord], tag: str) -> list[str]:
+    return sorted({r.tags[tag] for r in runs if r.tags.get(tag)})
+
+
+def build(collected: Collected, *, budget_id: str | None = None, baseline: str | None = None,
+          alpha: float = 0.05, n_boot: int = 1000, boot_seed: int = 0,
+          rank_rule: str = "either") -> list[Leaderboard]:
+    """One :class:`Leaderboard` per track (``default`` first), from one budget.
+
+    Raises :class:`MixedBudgetsError` when the runs carry several budget ids and ``budget_id`` is
+    None, :class:`NoRunsError` when nothing is left, :class:`LeaderboardError` for an unknown
+    ``baseline`` or ``rank_rule``.
+    """
+    if rank_rule not in RANK_RULES:
+        raise LeaderboardError(f"unknown rank rule {rank_rule!r}; one of {', '.join(RANK_RULES)}")
+    where = (f"comparison {collected.parent_run_id}" if collected.parent_run_id
+             else f"experiment {collected.experiment!r}")
+    if not collected.runs:
+        raise NoRunsError(f"no FINISHED run to rank in {where}")
+    runs, budget = _select_budget(collected.runs, budget_id, where)
+    failed = [r for r in collected.failed if r.budget_id in (budget, "unknown")]
+    declared = [o.strip() for o in collected.parent_tags.get("harness.objectives", "").split(",")
+                if o.strip()]
+    tracks = sorted({r.track for r in runs}, key=lambda t: (t != "default", t))
+    boards = []
+    for track in tracks:
+        truns = [r for r in runs if r.track == track]
+        present = {r.objective for r in truns}
+        objectives = [o for o in declared if o in present] + sorted(present - set(declared))
+        if baseline is not None and baseline not in present:
+            raise LeaderboardError(f"baseline {baseline!r} has no finished run on track {track!r} under "
+                                   f"budget {budget}; objectives there: {', '.join(objectives)}")
+        base = baseline or ("clip" if "clip" in present else objectives[0])
+        tasks: list[str] = []
+        for r in truns:
+            for t in r.scores:
+                if t not in tasks:
+                    tasks.append(t)
+        boards_t = {}
+        for t in tasks:
+            tb = _task_board(t, truns, objectives, base, alpha, n_boot, boot_seed, rank_rule)
+            if tb is not None:
+                boards_t[t] = tb
+        # diagnostic tasks (geometry, aggregates), as the runs recorded them, are shown but never ranked
+        mean_rank, borda, n_tasks = mean_rank_and_borda(
+            (tb.ranks for tb in boards_t.values() if not tb.diagnostic), objectives)
+        objectives = board_order(objectives, mean_rank, borda)
+        cost = {}
+        for o in objectives:
+            keys = sorted({k for r in truns if r.objective == o for k in r.cost})
+            per_key = {k: {r.seed: r.cost[k] for r in truns if r.objective == o and k in r.cost}
+                       for k in keys}
+            cost[o] = {k: s for k in keys if (s := summarize(per_key[k], bounds=metric_bounds(k)))}
+        seeds = sorted({r.seed for r in truns})
+        tfailed = [r for r in failed if r.track == track]
+        notes = list(collected.notes) + _board_notes(collected, truns, tfailed, track, budget)
+        for tag, label in (("harness.dataset_fingerprint", "dataset fingerprints"),
+                           ("harness.git_sha", "git commits"), ("harness.version", "harness versions")):
+            vals = _distinct(truns, tag)
+            if len(vals) > 1:
+                notes.append(f"the runs span {len(vals)} {label}: {', '.join(vals)}")
+        n_ranked = sum(not tb.diagnostic for tb in boards_t.values())
+        missing = [f"{o} ({n_tasks[o]}/{n_ranked} tasks)" for o in objectives if n_tasks[o] < n_ranked]
+        if missing:
+            notes.append("not every objective has every task; mean ranks cover different tasks: "
+                         + ", ".join(missing))
+        pt = collected.parent_tags
+        provenance = {
+            "experiment": collected.experiment, "experiment_id": collected.experiment_id,
+            "tracking_uri": collected.tracking_uri, "parent_run_id": collected.parent_run_id,
+            "budget_id": budget, "budget_preset": pt.get("harness.budget_preset") or
+            ", ".join(_distinct(truns, "harness.budget_preset")),
+            "track": track, "seeds": seeds, "objectives": objectives, "tasks": tasks,
+            "command": pt.get("harness.command"), "compare_key": pt.get("harness.compare_key"),
+            "harness_version": ", ".join(_distinct(truns, "harness.version")),
+            "git_sha": ", ".join(_distinct(truns, "harness.git_sha")),
+            "dataset_fingerprint": ", ".join(_distinct(truns, "harness.dataset_fingerprint")),
+            "model": ", ".join(_distinct(truns, "harness.model")),
+            "n_runs": len(truns), "n_failed": len(tfailed),
+            "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        boards.append(Leaderboard(
+            experiment=collected.experiment, track=track, budget_id=budget, baseline=base,
+            objectives=objectives, tasks=list(boards_t), seeds=seeds, task_boards=boards_t,
+            mean_rank=mean_rank, borda=borda,
+            n_tasks=n_tasks, cost=cost, loss_curves=_loss_curves(truns, objectives), runs=truns,
+            failed=tfailed, provenance=provenance, notes=notes, alpha=alpha,
+            n_boot=n_boot, rank_rule=rank_rule, text=_text_section(boards_t, truns, objectives, base)))
+    return boards
+
+
+def leaderboard(experiment: str = "harness", parent_run_id: str | None = None, track: str | None = None,
+                tracking_uri: str | None = None, **build_kw) -> list[Leaderboard]:
+    """:func:`collect` then :func:`build`."""
+    return build(collect(experiment, parent_run_id, track, tracking_uri), **build_kw)
