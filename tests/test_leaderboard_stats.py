@@ -137,3 +137,11 @@ def test_item_differences_and_the_task_seed():
     assert st.item_diffs(a, {0: np.zeros(4)}) is None and st.item_diffs(a, {5: np.zeros(3)}) is None
     assert st.task_seed(0, "x") == st.task_seed(0, "x") != st.task_seed(0, "y") != st.task_seed(1, "y")
     assert st.hull([(0.0, 1.0), (-1.0, 0.5)]) == (-1.0, 1.0) and st.hull([(0.0, 1.0), None]) is None
+
+
+def test_linear_probe_keys_are_bounded():
+    from harness.leaderboard.stats import metric_bounds
+
+    for key in ("lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "probe_converged", "colour/probe_converged"):
+        assert metric_bounds(key) == (0.0, 1.0), key
+    assert metric_bounds("probe_iterations") == (0.0, float("inf"))

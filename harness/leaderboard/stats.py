@@ -29,7 +29,10 @@ _AT = r"(?:.+/)?"  # a prefix inside a task: a split, a probe target, a member t
 METRIC_BOUNDS: list[tuple[str, tuple[float, float]]] = [
     (_AT + r"n_\w+", (0.0, _INF)),  # counts: n_undecodable, n_queries, n_groups, ...
     (_AT + r"(?:\w+_)?(?:recall|precision|ndcg|map|mrr)(?:@|_at_)\d+", (0.0, 1.0)),  # retrieval @k
-    (_AT + r"(?:mean_per_class_recall|map|accuracy|f1(?:_\w+)?|ap|pairs_from_captions)", (0.0, 1.0)),
+    (_AT + r"(?:lp_)?(?:mean_per_class_recall|map|accuracy|f1(?:_\w+)?|ap|pairs_from_captions)", (0.0, 1.0)),
+    (_AT + r"lp_acc\d+", (0.0, 1.0)),  # CLIP_benchmark's linear-probe keys
+    (_AT + r"probe_converged", (0.0, 1.0)),
+    (_AT + r"probe_(?:iterations|unconverged_fits)", (0.0, _INF)),
     (_AT + r"(?:macro_|val_)?acc\d*(?:/.+)?", (0.0, 1.0)),  # acc1, test/color/acc, macro_acc, acc/<group>
     (_AT + r"(?:text|image|group)_score(?:/.+)?", (0.0, 1.0)),  # Winoground
     (r"rsum", (0.0, _INF)),  # 100 x the sum of the recalls; its top depends on the task's ks
