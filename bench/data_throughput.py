@@ -14,7 +14,7 @@ and two figures are taken, in one process, on the same world and model:
 
 * **loader** -- seconds per ``ShapesTrainData.batch`` call in a plain loop, nothing else running
   in the process (``--warmup`` untimed calls, then ``--steps`` timed ones; median);
-* **step** -- seconds of one training step of ``--model`` at the same B: ``harness.trainer.train``
+* **step** -- seconds of one training step of ``--model`` at the same B: ``harness.engine.trainer.train``
   for ``--warmup + --steps`` steps with that objective, reading its batches through a wrapper
   that times every ``batch()`` call, and the step's compute time is the span between two
   consecutive steps minus the time spent in ``batch()`` (median over the timed steps). The first
@@ -58,10 +58,10 @@ from pathlib import Path
 import torch
 
 from harness.config import Budget
-from harness.data import ShapesTrainData
-from harness.models import Encoder, ModelConfig, build_model
-from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
-from harness.trainer import resolve_device, seed_everything, train
+from harness.data.batches import ShapesTrainData
+from harness.engine.models import Encoder, ModelConfig, build_model
+from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.engine.trainer import resolve_device, seed_everything, train
 
 
 def objective_class(name: str):

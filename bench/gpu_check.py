@@ -11,7 +11,7 @@ the start of this script): a measurement that would not fit is skipped and liste
       temperature / bias) on CPU float32 against CUDA float32 (TF32 off; tolerance: loss 1e-5
       relative, gradients 1e-4 relative L2 norm of the difference) and CUDA bf16 autocast (loose:
       loss 2e-2, gradients 0.1 relative norm and cosine >= 0.99).
-    * ``harness.tiled`` against the naive B x B losses on CUDA at B = 4096, d = 512, float32, chunk
+    * ``objectives.tiled`` against the naive B x B losses on CUDA at B = 4096, d = 512, float32, chunk
       1024: loss and gradients (x, y, scale, bias) within 1e-5 relative (max |difference| / max
       |reference|, as in tests/test_tiled.py), with the peak memory and time of each.
 (b) ``python -m harness run --budget smoke --device cuda`` end to end in a temporary output
@@ -144,9 +144,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-8) -> float:
 # -- (a) devices agree --------------------------------------------------------------------------
 
 def shapes_batch(cache: Path, n: int, words_model: str):
-    from harness.data import ShapesTrainData
-    from harness.models import ModelConfig, build_model
-    from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
+    from harness.data.batches import ShapesTrainData
+    from harness.engine.models import ModelConfig, build_model
+    from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
 
     spec = ShapesSpec(n_train=max(2048, n), n_val=128, n_test=128, n_heldout=128, n_zeroshot=128)
     torch.manual_seed(0)
@@ -156,8 +156,8 @@ def shapes_batch(cache: Path, n: int, words_model: str):
 
 
 def loss_and_grads(model0, enc_args, cls, batch, device: torch.device, bf16: bool):
-    from harness.models import Encoder
-    from harness.trainer import embed
+    from harness.engine.models import Encoder
+    from harness.engine.trainer import embed
 
     model = copy.deepcopy(model0).to(device).train()
     objective = cls().to(device).train()
@@ -228,7 +228,7 @@ def check_devices(rep: Report, args, device: torch.device, cache: Path) -> None:
 
 
 def check_tiled(rep: Report, args, device: torch.device) -> None:
-    from harness.tiled import naive_infonce, naive_sigmoid, tiled_infonce, tiled_sigmoid
+    from objectives.tiled import naive_infonce, naive_sigmoid, tiled_infonce, tiled_sigmoid
 
     n, d, chunk = args.tiled_batch, 512, args.tiled_chunk
     rep.line(f"(a2) tiled vs naive losses on {device.type}: B = {n}, d = {d}, chunk = {chunk}, float32 "
@@ -329,7 +329,7 @@ class RandomData:
     """One random batch, made once on the device, handed out at every step (no loading cost)."""
 
     def __init__(self, n: int, image_size: int, ctx: int, vocab: int, sot: int, eot: int, device):
-        from harness.data import Batch
+        from harness.data.batches import Batch
 
         g = torch.Generator(device=device).manual_seed(n)
         self.n = n
@@ -351,8 +351,8 @@ def recompute_flops(model, encoder, batch, chunk: int, device, bf16: bool) -> fl
     the towers' cost is linear in the rows)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.gradcache import split_batch
-    from harness.trainer import embed
+    from harness.engine.gradcache import split_batch
+    from harness.engine.trainer import embed
 
     sub = split_batch(batch, chunk)[0]
     counter = FlopCounterMode(display=False)
@@ -363,9 +363,9 @@ def recompute_flops(model, encoder, batch, chunk: int, device, bf16: bool) -> fl
 
 def measure(rep: Report, args, device, model0, enc_args, data: RandomData, cls, impl: str) -> dict:
     from harness.config import Budget
-    from harness.gradcache import split_batch
-    from harness.models import Encoder
-    from harness.trainer import embed, train
+    from harness.engine.gradcache import split_batch
+    from harness.engine.models import Encoder
+    from harness.engine.trainer import embed, train
 
     B = data.n
     bf16 = device.type == "cuda" and not args.fp32
@@ -415,7 +415,7 @@ def measure(rep: Report, args, device, model0, enc_args, data: RandomData, cls, 
 def check_throughput(rep: Report, args, device: torch.device) -> None:
     import open_clip
 
-    from harness.models import ModelConfig, build_model
+    from harness.engine.models import ModelConfig, build_model
     from objectives.infonce import CLIP
     from objectives.sigmoid import SigLIP
 
@@ -497,7 +497,7 @@ def check_throughput(rep: Report, args, device: torch.device) -> None:
     if tiled:
         d = int(getattr(getattr(model0, "visual", None), "output_dim", 512))
         worst = max(2 * r["B"] ** 2 * d / r["model_flops_per_step"] for r in tiled)
-        rep.line("  note: FlopCounterMode counts no FLOPs for the in-place addmm_ that harness.tiled's backward uses "
+        rep.line("  note: FlopCounterMode counts no FLOPs for the in-place addmm_ that objectives.tiled's backward uses "
                  f"for dY, so tiled rows (and the trainer's cost/flops_per_step) miss 2*B^2*d per step "
                  f"(at most {worst:.2%} of a step here)")
     if done:

@@ -10,7 +10,7 @@ in under 10 s on a 2-core machine) and the scenes/s rate. ``--tiny`` renders 500
 import argparse
 import time
 
-from harness.shapes import ShapesSpec, _captions, _sample_scenes, render
+from harness.data.shapes import ShapesSpec, _captions, _sample_scenes, render
 
 
 def main(argv=None) -> None:

@@ -3,8 +3,8 @@
 What is measured
 ----------------
 For each loss (``infonce``: symmetric InfoNCE = open_clip ``ClipLoss``; ``sigmoid``: SigLIP), each
-batch size B and each implementation (``naive``: ``harness.tiled.naive_*``, the B x B logits as in
-``objectives/``; ``tiled``: ``harness.tiled.tiled_*`` with ``--chunk`` rows per tile), one forward
+batch size B and each implementation (``naive``: ``objectives.tiled.naive_*``, the B x B logits as in
+``objectives/``; ``tiled``: ``objectives.tiled.tiled_*`` with ``--chunk`` rows per tile), one forward
 and backward of the loss on random L2-normalised float32 embeddings x, y (B x d) with a learnable
 scale (and bias), gradients for x, y, scale (and bias).
 
@@ -72,7 +72,7 @@ def child(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from harness.tiled import naive_infonce, naive_sigmoid, tiled_infonce, tiled_sigmoid
+    from objectives.tiled import naive_infonce, naive_sigmoid, tiled_infonce, tiled_sigmoid
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

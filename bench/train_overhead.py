@@ -4,8 +4,8 @@ What is measured
 ----------------
 Seconds per optimiser step of two loops that do the same work, in one process:
 
-* **harness**: ``harness.trainer.train`` with the ``clip`` or ``siglip`` objective (embedding via
-  ``harness.trainer.embed`` and ``Encoder.preprocess``, the objective module, the non-finite guard,
+* **harness**: ``harness.engine.trainer.train`` with the ``clip`` or ``siglip`` objective (embedding via
+  ``harness.engine.trainer.embed`` and ``Encoder.preprocess``, the objective module, the non-finite guard,
   the step-0 FLOP counter, the schedule, ``after_step``, the loss read-back and callbacks);
 * **bare**: a plain loop written here: preprocess (as ``Encoder.preprocess``), ``encode_image`` /
   ``encode_text`` with ``normalize=True``, the loss written out with ``F.cross_entropy`` (clip) or
@@ -59,10 +59,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import Budget
-from harness.data import ShapesTrainData
-from harness.models import Encoder, ModelConfig, build_model
-from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
-from harness.trainer import param_groups, resolve_device, seed_everything, train, warmup_cosine
+from harness.data.batches import ShapesTrainData
+from harness.engine.models import Encoder, ModelConfig, build_model
+from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.engine.trainer import param_groups, resolve_device, seed_everything, train, warmup_cosine
 from objectives.infonce import CLIP
 from objectives.sigmoid import SigLIP
 

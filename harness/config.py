@@ -15,8 +15,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .shapes import ShapesSpec
-from .core.errors import UserError
+from harness.core.data import DataOptions
+from harness.core.errors import UserError
+from harness.data.shapes import ShapesSpec
+
+
+#: model names that are Hugging Face text towers (``hf-text:DIR``, and the bundled all-MiniLM-L6-v2)
+HF_TEXT_PREFIX = "hf-text:"
+MINILM = "all-MiniLM-L6-v2"
 
 
 class ModelConfig(BaseModel):
@@ -104,9 +110,7 @@ class DataConfig(BaseModel):
     strict_images: bool = Field(False, description="an undecodable image is an error (default: skipped "
                                 "and counted in the results)")
 
-    def options(self):
-        from .sources import DataOptions
-
+    def options(self) -> DataOptions:
         return DataOptions(paths=dict(self.paths), strict_images=self.strict_images)
 
 
@@ -117,7 +121,8 @@ class RunConfig(BaseModel):
     objective_params: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] = Field(default_factory=lambda: ["shapes-retrieval"])
     train_data: str = Field("auto", description="training data (harness list train-data); 'auto' = "
-                            "what the first task implies (shapes tasks: shapes, coco-retrieval: coco, ...)")
+                            "what the first task implies (shapes tasks: shapes, coco-retrieval: coco, ...), "
+                            "resolved by the runner before the identity is used")
     train_samples: int | None = Field(None, ge=1, description="use only the first N training samples "
                                       "of a real training set (None = all)")
     selection: Selection | None = Field(None, description="checkpoint selection on a task's validation split")
@@ -149,29 +154,6 @@ class RunConfig(BaseModel):
         if not v:
             raise ValueError("at least one task is needed")
         return v
-
-    @field_validator("train_data")
-    @classmethod
-    def _train_data(cls, v: str) -> str:
-        from .train_data import TRAIN_DATA
-
-        if v != "auto" and v not in TRAIN_DATA:
-            raise ValueError(f"unknown training data {v!r}; valid: auto, {', '.join(TRAIN_DATA)}")
-        return v
-
-    @model_validator(mode="after")
-    def _resolve_train_data(self) -> "RunConfig":
-        """'auto' becomes the first task's default training data, so the identity names the data."""
-        if self.train_data == "auto":
-            default = "shapes"
-            try:
-                from tasks import TASKS
-
-                default = TASKS.get(self.tasks[0]).default_train_data
-            except Exception:  # an unknown task is reported, with suggestions, when the run is prepared
-                pass
-            self.train_data = default
-        return self
 
     def identity_payload(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")

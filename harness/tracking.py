@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness import __version__
+
 log = logging.getLogger(__name__)
 
 #: tag holding the Unix time (seconds, as a string) of a run's last sign of life: written when the
@@ -120,7 +122,6 @@ def versions() -> dict[str, str]:
     import open_clip
     import torch
 
-    from harness import __version__
 
     return {"harness.version": __version__, "harness.torch_version": torch.__version__,
             "harness.open_clip_version": open_clip.__version__, "harness.git_sha": git_sha()}

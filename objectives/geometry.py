@@ -6,10 +6,9 @@ import math
 
 import torch
 
-from harness.batch import EmbeddingBatch, LossOutput
+from harness.core.batch import EmbeddingBatch, LossOutput
 
-from . import register
-from .base import HParam, LearnableScale, Objective
+from harness.core.objective import HParam, Objective
 from .infonce import symmetric_ce
 
 
@@ -39,7 +38,6 @@ def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
     return (x - y).pow(2).sum(1).pow(alpha / 2).mean()
 
 
-@register("align-uniform")
 class AlignUniform(Objective):
     """Alignment + uniformity on the hypersphere (Wang & Isola, ICML 2020, "Understanding
     Contrastive Representation Learning through Alignment and Uniformity on the Hypersphere").
@@ -93,7 +91,6 @@ class AlignUniform(Objective):
         return LossOutput(loss, {"align": align.detach(), "uniformity": unif.detach()})
 
 
-@register("cua")
 class CUA(Objective):
     """CLIP + uniformity + alignment (Fahim, Murphy & Fyshe 2024, "It's Not a Modality Gap:
     Characterizing and Addressing the Contrastive Gap").
@@ -133,7 +130,7 @@ class CUA(Objective):
     def __init__(self, **params):
         super().__init__(**params)
         p = self.params
-        self.scale = LearnableScale(1.0 / p["temperature"], learnable=p["learnable_temperature"])
+        self.scale = self.logit_scale()
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         p = self.params
@@ -155,11 +152,8 @@ class CUA(Objective):
             logs["xuniformity"] = xunif.detach()
         return LossOutput(loss, logs)
 
-    def after_step(self) -> None:
-        self.scale.clamp_()
 
 
-@register("dispersive")
 class Dispersive(Objective):
     """Dispersive loss as a regulariser term (Wang & He 2025, "Diffuse and Disperse: Image
     Generation with Representation Regularization").
@@ -213,7 +207,6 @@ class Dispersive(Objective):
         return LossOutput((di + dt) / 2, {"image": di.detach(), "text": dt.detach()})
 
 
-@register("kernel-infonce")
 class KernelInfoNCE(Objective):
     """Kernel-InfoNCE (Tan, Zhang, Yang & Yuan, ICLR 2024, "Contrastive Learning Is Spectral
     Clustering On Similarity Graph"), symmetric over image-text.

@@ -12,10 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from harness.batch import EmbeddingBatch, LossOutput
+from harness.core.batch import EmbeddingBatch, LossOutput
 
-from . import register
-from .base import HParam, LearnableScale, Objective
+from harness.core.objective import HParam, Objective
 
 
 def _temperature(default: float, learnable: bool, search=(0.01, 0.5, True)) -> dict[str, HParam]:
@@ -32,11 +31,8 @@ class _Scaled(Objective):
     def __init__(self, **params):
         super().__init__(**params)
         p = self.params
-        self.scale = LearnableScale(1.0 / p["temperature"], learnable=p["learnable_temperature"])
+        self.scale = self.logit_scale()
 
-    def after_step(self) -> None:
-        if self.params["learnable_temperature"]:  # a fixed temperature is never moved by the clamp
-            self.scale.clamp_()
 
 
 def _logits(scale: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -78,7 +74,6 @@ def debiased_nll(logits: torch.Tensor, scale: torch.Tensor, tau_plus: float,
     return torch.log(pos + ng) - (logits.diagonal() - m), clamped
 
 
-@register("focal")
 class Focal(_Scaled):
     """Focal contrastive loss of RO-ViT (Kim, Angelova, Kuo 2023, "Region-Aware Pretraining for
     Open-Vocabulary Object Detection with Vision Transformers"), the sigmoid focal form over all B^2
@@ -123,7 +118,6 @@ class Focal(_Scaled):
         return LossOutput(loss, {"temperature": 1.0 / s.detach()})
 
 
-@register("dcl")
 class DCL(_Scaled):
     """Debiased Contrastive Learning (Chuang et al. 2020, "Debiased Contrastive Learning"), the
     estimator of the official ``chingyaoc/DCL`` code applied to image-text pairs:
@@ -161,7 +155,6 @@ class DCL(_Scaled):
         return LossOutput(loss, {"temperature": 1.0 / s.detach(), "clamped": clamped})
 
 
-@register("hcl")
 class HCL(DCL):
     """Hard-negative contrastive learning (Robinson et al. 2021, "Contrastive Learning with Hard
     Negative Samples"), the official ``joshr17/HCL`` estimator on image-text pairs: DCL with every
@@ -185,7 +178,6 @@ class HCL(DCL):
     }
 
 
-@register("hn-nce")
 class HNNCE(_Scaled):
     """HN-NCE (Radenovic et al. 2023, "Filtering, Distillation, and Hard Negatives for
     Vision-Language Pre-Training"): InfoNCE whose negatives are importance-weighted by hardness and
@@ -248,7 +240,6 @@ class HNNCE(_Scaled):
         return LossOutput(loss, {"temperature": 1.0 / s.detach()})
 
 
-@register("negclip")
 class NegCLIP(_Scaled):
     """NegCLIP (Yuksekgonul et al. 2023, "When and Why Vision-Language Models Behave like
     Bags-of-Words, and What to Do About It?") with generated hard-negative captions as in Rösch et
@@ -308,7 +299,6 @@ def mochi_logits(q: torch.Tensor, k: torch.Tensor, hard: torch.Tensor, ia, ib, a
     return num1 / norm1.clamp_min(1e-24).sqrt(), num2 / norm2.clamp_min(1e-24).sqrt()
 
 
-@register("mochi")
 class MoCHi(_Scaled):
     """Hard negative mixing (Kalantidis et al. 2020, "Hard Negative Mixing for Contrastive
     Learning"), adapted to in-batch image-text InfoNCE (no queue, no momentum encoder).

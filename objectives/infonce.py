@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.batch import EmbeddingBatch, LossOutput
-from harness.tiled import tiled_infonce
+from harness.core.batch import EmbeddingBatch, LossOutput
+from objectives.tiled import tiled_infonce
 
-from . import register
-from .base import HParam, LearnableScale, Objective
+from harness.core.objective import HParam, Objective
 
 
 def symmetric_ce(logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -25,7 +24,6 @@ def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
     return symmetric_ce(scale * a @ b.T, label_smoothing)
 
 
-@register("clip")
 class CLIP(Objective):
     """Symmetric InfoNCE over image-text pairs (CPC, van den Oord et al. 2018; CLIP, Radford et al.
     2021, "Learning Transferable Visual Models From Natural Language Supervision").
@@ -38,7 +36,7 @@ class CLIP(Objective):
     exactly open_clip's ``ClipLoss``. The temperature is learnable from log(1/0.07) and clamped to
     scale <= 100 after every step, as in CLIP. ``label_smoothing`` is torch's cross-entropy option.
 
-    With ``budget.loss_chunk_size`` the loss is computed tiled (``harness.tiled``, Inf-CL style):
+    With ``budget.loss_chunk_size`` the loss is computed tiled (``objectives.tiled``, Inf-CL style):
     equal values and gradients without materialising the B x B logits.
 
     Distributed: global negatives (the logits span every rank's batch).
@@ -58,7 +56,7 @@ class CLIP(Objective):
     def __init__(self, **params):
         super().__init__(**params)
         p = self.params
-        self.scale = LearnableScale(1.0 / p["temperature"], learnable=p["learnable_temperature"])
+        self.scale = self.logit_scale()
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         s = self.scale()
@@ -69,5 +67,3 @@ class CLIP(Objective):
             loss = symmetric_infonce(batch.image, batch.text, s, ls)
         return LossOutput(loss, {"temperature": 1.0 / s.detach()})
 
-    def after_step(self) -> None:
-        self.scale.clamp_()

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from harness.batch import EmbeddingBatch, LossOutput
+from harness.core.batch import EmbeddingBatch, LossOutput
 
-from . import register
-from .base import HParam, LearnableScale, Objective
+from harness.core.objective import HParam, Objective
 from .infonce import symmetric_infonce
 
 
-@register("tic")
 class TIC(Objective):
     """Textual Intra-modal Contrastive loss (FG-CLIP 2, Xie et al. 2025, arXiv 2510.10921), the
     official ``hard_category_contrastive_loss`` + ``PNTextLoss``.
@@ -68,7 +66,6 @@ class TIC(Objective):
         return LossOutput(loss, {"hardest_similarity": vals[:, 0].mean().detach()})
 
 
-@register("intra-modal")
 class IntraModal(Objective):
     """Inter-modal plus intra-modal InfoNCE over second views (TCL, Yang et al. 2022, "Vision-
     Language Pre-Training with Triple Contrastive Learning"; the intra-modal term that Mistretta et
@@ -109,7 +106,7 @@ class IntraModal(Objective):
     def __init__(self, **params):
         super().__init__(**params)
         p = self.params
-        self.scale = LearnableScale(1.0 / p["temperature"], learnable=p["learnable_temperature"])
+        self.scale = self.logit_scale()
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         s = self.scale()
@@ -123,6 +120,4 @@ class IntraModal(Objective):
             "image_intra": image_intra.detach(), "text_intra": text_intra.detach(),
         })
 
-    def after_step(self) -> None:
-        self.scale.clamp_()
 

@@ -6,14 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.batch import EmbeddingBatch, LossOutput
-from harness.tiled import tiled_sigmoid
+from harness.core.batch import EmbeddingBatch, LossOutput
+from objectives.tiled import tiled_sigmoid
 
-from . import register
-from .base import HParam, LearnableScale, Objective
+from harness.core.objective import HParam, Objective
 
 
-@register("siglip")
 class SigLIP(Objective):
     """Pairwise sigmoid loss (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training").
 
@@ -25,7 +23,7 @@ class SigLIP(Objective):
     exactly open_clip's ``SigLipLoss``. Paper defaults: t' = log 10 (temperature 0.1) and
     b = -10, both learnable; the scale is clamped to <= 100 after each step as open_clip does.
 
-    With ``budget.loss_chunk_size`` the loss is computed in chunks (``harness.tiled``).
+    With ``budget.loss_chunk_size`` the loss is computed in chunks (``objectives.tiled``).
 
     Distributed: global negatives (each rank's images against every rank's texts).
     """
@@ -44,7 +42,7 @@ class SigLIP(Objective):
     def __init__(self, **params):
         super().__init__(**params)
         p = self.params
-        self.scale = LearnableScale(1.0 / p["temperature"], learnable=p["learnable_temperature"])
+        self.scale = self.logit_scale()
         self.bias = nn.Parameter(torch.tensor(float(p["bias"])))
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
@@ -58,5 +56,3 @@ class SigLIP(Objective):
             loss = -F.logsigmoid(z * logits).sum() / n
         return LossOutput(loss, {"temperature": 1.0 / s.detach(), "bias": self.bias.detach()})
 
-    def after_step(self) -> None:
-        self.scale.clamp_()

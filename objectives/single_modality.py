@@ -8,10 +8,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from harness.batch import EmbeddingBatch, LossOutput
+from harness.core.batch import EmbeddingBatch, LossOutput
 
-from . import register
-from .base import HParam, Objective
+from harness.core.objective import HParam, Objective
 
 
 def _two_view_logits(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -22,7 +21,6 @@ def _two_view_logits(a: torch.Tensor, b: torch.Tensor, temperature: float) -> to
     return logits.masked_fill(eye, float("-inf"))
 
 
-@register("nt-xent")
 class NTXent(Objective):
     """NT-Xent (SimCLR, Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
     Representations") over two views of each image.
@@ -72,7 +70,6 @@ class NTXent(Objective):
         return LossOutput(F.cross_entropy(logits, target), {})
 
 
-@register("supcon")
 class SupCon(Objective):
     """Supervised Contrastive Learning, L_out form (Khosla et al. 2020), as the official
     ``SupConLoss`` (HobbitLong/SupContrast, contrast_mode "all").
@@ -120,7 +117,6 @@ class SupCon(Objective):
         return LossOutput(loss, {"positives_per_anchor": pos.sum(1).float().mean()})
 
 
-@register("simcse")
 class SimCSE(Objective):
     """SimCSE (Gao et al. 2021, "SimCSE: Simple Contrastive Learning of Sentence Embeddings"),
     text tower only, as the official ``cl_forward``.

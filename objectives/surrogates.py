@@ -7,11 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from harness.batch import EmbeddingBatch, LossOutput
-from harness.data import concept_vocabulary
+from harness.core.batch import EmbeddingBatch, LossOutput
 
-from . import register
-from .base import HParam, HyperparameterError, Objective
+from harness.core.objective import HParam, HyperparameterError, Objective
 
 _PAIR_CHUNK = 1 << 24  # elements per chunk of the (positives x negatives) difference matrix
 
@@ -30,7 +28,6 @@ def pairwise_softplus_mean(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor
     return total / (pos.numel() * neg.numel())
 
 
-@register("auc")
 class AUC(Objective):
     """Mann-Whitney (MW) loss: a smooth surrogate of 1 - AUC (Sheikholeslami, Hosseini, Bechard,
     Daruru & Rajeswar 2025, "Optimizing What Matters: AUC-Driven Learning for Robust Neural
@@ -87,7 +84,6 @@ class AUC(Objective):
         return LossOutput(loss, {"cosine_margin": margin.detach()})
 
 
-@register("catlip")
 class CatLIP(Objective):
     """CatLIP: image-text pre-training recast as multi-label classification of caption concepts
     (Mehta et al. 2024, "CatLIP: CLIP-level Visual Recognition Accuracy with 2.7x Faster
@@ -119,23 +115,31 @@ class CatLIP(Objective):
     modality = "image"
     distributed = "local"
     hparams = {
-        "num_concepts": HParam(len(concept_vocabulary()), low=1, doc="classes C of the head"),
+        "num_concepts": HParam(0, low=0, doc="classes C of the head; 0 = the training data's concept "
+                               "vocabulary (the shapes world: 19), given to setup()"),
         "embed_dim": HParam(128, low=1, doc="image embedding width d (harness-micro: 32)"),
     }
 
     def __init__(self, **params):
         super().__init__(**params)
         self._explicit_dim = "embed_dim" in params
-        c, d = self.params["num_concepts"], self.params["embed_dim"]
+        self._head(self.params["num_concepts"] or 1, self.params["embed_dim"])
+
+    def _head(self, c: int, d: int) -> None:
         self.weight = nn.Parameter(nn.init.trunc_normal_(torch.empty(c, d), std=0.02))
         self.bias = nn.Parameter(torch.zeros(c))
 
-    def setup(self, *, embed_dim: int | None = None, **kw) -> None:
-        """Size the head to the model's embedding width unless ``embed_dim`` was set explicitly."""
-        if embed_dim and not self._explicit_dim and embed_dim != self.weight.shape[1]:
-            c = self.weight.shape[0]
-            self.weight = nn.Parameter(nn.init.trunc_normal_(torch.empty(c, embed_dim), std=0.02))
-            self.params["embed_dim"] = embed_dim
+    def setup(self, *, embed_dim: int | None = None, num_concepts: int | None = None, **kw) -> None:
+        """Size the head: C from the training data's concept vocabulary unless ``num_concepts`` was
+        set, d from the model's embedding width unless ``embed_dim`` was set."""
+        super().setup(embed_dim=embed_dim, num_concepts=num_concepts, **kw)
+        c = self.params["num_concepts"] or num_concepts
+        if not c:
+            raise ValueError("catlip: the training data declares no concept vocabulary; set num_concepts")
+        d = embed_dim if embed_dim and not self._explicit_dim else self.params["embed_dim"]
+        if (c, d) != tuple(self.weight.shape):
+            self._head(c, d)
+        self.params["num_concepts"], self.params["embed_dim"] = c, d
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         x, t = batch.image, batch.concepts

@@ -13,10 +13,9 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from harness.batch import EmbeddingBatch, LossOutput
+from harness.core.batch import EmbeddingBatch, LossOutput
 
-from . import register
-from .base import HParam, HyperparameterError, LearnableScale, Objective
+from harness.core.objective import HParam, HyperparameterError, Objective
 from .infonce import symmetric_ce
 
 
@@ -25,7 +24,6 @@ def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
-@register("cwcl")
 class CWCL(Objective):
     """Continuously Weighted Contrastive Loss (Srinivasa et al., NeurIPS 2023, "CWCL: Cross-Modal
     Transfer with Continuously Weighted Contrastive Loss").
@@ -64,7 +62,7 @@ class CWCL(Objective):
     def __init__(self, **params):
         super().__init__(**params)
         p = self.params
-        self.scale = LearnableScale(1.0 / p["temperature"], learnable=p["learnable_temperature"])
+        self.scale = self.logit_scale()
 
     def weights(self, u: torch.Tensor) -> torch.Tensor:
         """Row-normalised w_ij = <u_i,u_j>/2 + 0.5 of detached U embeddings."""
@@ -82,11 +80,8 @@ class CWCL(Objective):
         loss = (_soft_ce(logits, t_i2t) + _soft_ce(logits.T, t_t2i)) / 2
         return LossOutput(loss, {"temperature": 1.0 / s.detach()})
 
-    def after_step(self) -> None:
-        self.scale.clamp_()
 
 
-@register("isogclr")
 class ISogCLR(Objective):
     """iSogCLR (Qiu et al., ICML 2023, "Not All Semantics are Created Equal: Contrastive
     Self-supervised Learning with Automatic Temperature Individualization"), bimodal form.
@@ -149,6 +144,7 @@ class ISogCLR(Objective):
         self._pending: list = []
 
     def setup(self, *, num_samples: int, batch_size: int, steps: int, **kw) -> None:
+        super().setup(num_samples=num_samples, batch_size=batch_size, steps=steps, **kw)
         self.register_buffer("tau", torch.full((2, num_samples), self.params["tau_init"]))
         self.register_buffer("log_s", torch.zeros(2, num_samples))
         self.register_buffer("u", torch.zeros(2, num_samples))
@@ -207,7 +203,6 @@ def reweighted_nll(u: torch.Tensor) -> torch.Tensor:
     return softplus + torch.where(u < -20, 1 - u.exp() / 2, softplus * (-u).exp())
 
 
-@register("macl")
 class MACL(Objective):
     """Model-Aware Contrastive Learning (Huang et al., ICML 2023, "Model-Aware Contrastive
     Learning: Towards Escaping the Dilemmas").
@@ -298,7 +293,6 @@ class _Heads(LazyModuleMixin, nn.Module):
         return F.normalize(torch.einsum("hed,bd->hbe", self.weight.to(x.dtype), x), dim=-1)
 
 
-@register("amcl")
 class AMCL(Objective):
     """Adaptive Multi-head Contrastive Learning (Wang, Koniusz, Gedeon, Zheng, ECCV 2024,
     arXiv 2310.05615, "Adaptive Multi-head Contrastive Learning").
@@ -343,7 +337,7 @@ class AMCL(Objective):
         with warnings.catch_warnings():  # "lazy modules are a new feature" notice
             warnings.simplefilter("ignore", UserWarning)
             self.heads = _Heads(p["num_heads"], p["head_init"])
-        self.scales = nn.ModuleList(LearnableScale(1.0 / p["temperature"], p["learnable_temperature"])
+        self.scales = nn.ModuleList(self.logit_scale()
                                     for _ in range(p["num_heads"]))
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
@@ -358,6 +352,3 @@ class AMCL(Objective):
             logs[f"temperature_{h}"] = 1.0 / s.detach()
         return LossOutput(total, logs)
 
-    def after_step(self) -> None:
-        for sc in self.scales:
-            sc.clamp_()

@@ -1,12 +1,10 @@
-"""Evaluation tasks, registered under the entry-point group ``harness.tasks``."""
+"""Evaluation tasks, one module per family, registered under the entry-point group
+``harness.tasks`` (built-ins included, see pyproject.toml). The interface and the registry live in
+:mod:`harness.core.task`; they are re-exported here."""
 
-from __future__ import annotations
+from harness.core.registry import UnknownNameError
+from harness.core.task import (TASKS, EmbeddingCache, EvalContext, Suite, Task, TaskDeclarationError, TaskMeta,
+                               TaskResult, register)
 
-from harness.registry import Registry, UnknownNameError
-
-from .base import EmbeddingCache, EvalContext, Suite, Task, TaskResult
-
-TASKS: Registry[Task] = Registry("task", "harness.tasks", base=Task)
-register = TASKS.register
-
-__all__ = ["TASKS", "register", "Task", "Suite", "TaskResult", "EvalContext", "EmbeddingCache", "UnknownNameError"]
+__all__ = ["TASKS", "register", "Task", "Suite", "TaskMeta", "TaskDeclarationError", "TaskResult", "EvalContext",
+           "EmbeddingCache", "UnknownNameError"]

@@ -34,25 +34,23 @@ and split (not the task), so ``cifar10-zeroshot`` and ``cifar10-linear`` encode 
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.sources import (DataError, DataOptions, DatasetUnavailableError, HubSource, MissingColumnsError,
+from harness.data.sources import (DataError, DataOptions, DatasetUnavailableError, HubSource, MissingColumnsError,
                              load_table)
 
-from . import register
-from .base import DatasetTask, EvalContext, TaskResult
+from .base import DatasetTask, EvalContext
 from .classnames import (CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR100_TORCHVISION_CLASSNAMES,
                          CIFAR_TEMPLATES, WDS_CLASSNAMES, WDS_TEMPLATES, imagenet_classnames,
                          imagenet_templates, read_wds_metadata, same_classes)
 from .linear import (CB_EPOCHS, CB_SEED, CB_VAL_PROPORTION, PROBE_MAX_ITER, PROBE_TOL, WEIGHT_DECAYS,
                      LogisticRegression, cb_facts, cb_logits, cb_metrics, cb_protocol, cb_split,
                      clip_benchmark_probe, fit_facts, harness_protocol, probe_metrics, select_probe)
-from .zeroshot import classification_metrics, zeroshot_classifier
+from .zeroshot import CLASSIFICATION_METRICS, classification_metrics, zeroshot_classifier
 
 # Revisions: the Hub's main-branch commits of these repositories are known here only by short hash
 # (uoft-cs/cifar10 0b27149 and uoft-cs/cifar100 aadb3af, "Convert dataset to Parquet"); datasets
@@ -209,12 +207,12 @@ class RealZeroShot(RealClassification):
     family = "zeroshot"
     version = "1"
     main_score = "acc1"
+    metrics = CLASSIFICATION_METRICS + ("n_undecodable",)
     modality = "image-text"
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
+    def score(self, ctx: EvalContext, split: str):
+        """On ``split``: the test split, or the train split's hold-out under validation."""
         self.bind(ctx.data)
-        split = self.split_name(ctx)  # the test split, or the train split's hold-out under validation
         table = self.table(ctx, split)
         image_col, label_col = self.detect_columns(table)
         y = self.labels(table, label_col)
@@ -240,8 +238,8 @@ class RealZeroShot(RealClassification):
         prov = self.provenance(table)
         if ctx.validation:
             prov["dataset"] += f" ({split} split, held-out validation part)"
-        return self.result(metrics, predictions=predictions, item_scores=hits.tolist(), n_items=len(items),
-                           seconds=time.perf_counter() - t0, protocol=self.naming_protocol(), **prov)
+        return metrics, dict(predictions=predictions, item_scores=hits.tolist(), n_items=len(items),
+                             protocol=self.naming_protocol(), **prov)
 
 
 class CifarData:
@@ -271,7 +269,6 @@ class Cifar100Data(CifarData):
     naming = {"classnames": "clip", "templates": "clip-18"}
 
 
-@register("cifar10-zeroshot")
 class Cifar10ZeroShot(Cifar10Data, RealZeroShot):
     """CIFAR-10 zero-shot classification on the 10,000 test images (``uoft-cs/cifar10``, columns
     ``img``, ``label``), with the CLIP paper's 18 prompts. Validation mode evaluates a seeded
@@ -280,7 +277,6 @@ class Cifar10ZeroShot(Cifar10Data, RealZeroShot):
     templates = CIFAR_TEMPLATES
 
 
-@register("cifar100-zeroshot")
 class Cifar100ZeroShot(Cifar100Data, RealZeroShot):
     """CIFAR-100 zero-shot classification over the 100 fine classes (``uoft-cs/cifar100``, columns
     ``img``, ``fine_label``), with the CLIP paper's 18 prompts and class names (``protocol``:
@@ -289,7 +285,6 @@ class Cifar100ZeroShot(Cifar100Data, RealZeroShot):
     templates = CIFAR_TEMPLATES
 
 
-@register("cifar100-zeroshot-tv")
 class Cifar100ZeroShotTV(Cifar100ZeroShot):
     """``cifar100-zeroshot`` prompting with torchvision's class names, as CLIP_benchmark 1.6.2 does
     (``aquarium_fish``, ``lawn_mower``, ... for nine classes; ``protocol``: ``classnames:
@@ -299,7 +294,6 @@ class Cifar100ZeroShotTV(Cifar100ZeroShot):
     naming = {"classnames": "torchvision", "templates": "clip-18"}
 
 
-@register("imagenet-zeroshot")
 class ImageNetZeroShot(RealZeroShot):
     """ImageNet-1k zero-shot classification on the 50,000 validation images as CLIP_benchmark ships
     them (``clip-benchmark/wds_imagenet1k``, split ``test``: webdataset shards with ``webp``/``jpg``
@@ -339,7 +333,6 @@ class ImageNetZeroShot(RealZeroShot):
         self._names, self._templates = tuple(names), tuple(templates)
 
 
-@register("wds-zeroshot")
 class WdsZeroShot(RealZeroShot):
     """Zero-shot classification on any CLIP_benchmark webdataset, named by path: ``--data
     wds-zeroshot=DIR`` (or ``data.paths.wds-zeroshot``). ``DIR`` has CLIP_benchmark's layout
@@ -414,6 +407,9 @@ class RealLinearProbe(RealClassification):
     family = "linear_probe"
     version = "2"  # 2: L-BFGS preconditioned and run to its tolerance (1 stopped at 200 iterations)
     main_score = "acc1"
+    metrics = CLASSIFICATION_METRICS + ("weight_decay", "log10_weight_decay", "val_acc1", "n_fit", "n_val",
+                                        "n_undecodable", "probe_converged", "probe_iterations",
+                                        "probe_unconverged_fits")
     modality = "image"
     n_fit: ClassVar[int | None] = 10_000
     max_iter: ClassVar[int] = PROBE_MAX_ITER
@@ -432,8 +428,7 @@ class RealLinearProbe(RealClassification):
         return select_probe(x_fit, y_fit, x_val, y_val, self.weight_decays, len(self.class_names()),
                             self.max_iter, self.tol)
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
+    def score(self, ctx: EvalContext, split: str):
         self.bind(ctx.data)
         train = self.table(ctx, self.train_split)
         image_col, label_col = self.detect_columns(train)
@@ -481,18 +476,16 @@ class RealLinearProbe(RealClassification):
                                     fit=f"at most {self.n_fit} other train rows",
                                     validation=f"a seeded {self.val_fraction:.0%} of the train split "
                                     f"(at most {self.max_val})")
-        return self.result(metrics, predictions=predictions, item_scores=(pred == target).astype(float).tolist(),
-                           n_items=len(items), seconds=time.perf_counter() - t0, protocol=protocol, **prov)
+        return metrics, dict(predictions=predictions, item_scores=(pred == target).astype(float).tolist(),
+                             n_items=len(items), protocol=protocol, **prov)
 
 
-@register("cifar10-linear")
 class Cifar10Linear(Cifar10Data, RealLinearProbe):
     """CIFAR-10 linear probe: fit on (at most ``n_fit`` of) the train split minus a seeded
     validation part, weight decay chosen on that part, reported on the 10,000 test images."""
 
 
 
-@register("cifar100-linear")
 class Cifar100Linear(Cifar100Data, RealLinearProbe):
     """CIFAR-100 linear probe over the 100 fine classes; protocol as ``cifar10-linear``."""
 
@@ -518,12 +511,13 @@ class RealLinearProbeCB(RealClassification):
     family = "linear_probe"
     version = "1"
     main_score = "lp_acc1"
+    metrics = ("lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "weight_decay", "epochs", "seed", "fewshot_k",
+               "normalized", "val_acc1", "n_fit", "n_val", "n_undecodable")
     modality = "image"
     val_proportion: ClassVar[float] = CB_VAL_PROPORTION
     check_splits = ("train", "test")
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
+    def score(self, ctx: EvalContext, split: str):
         self.bind(ctx.data)
         train = self.table(ctx, self.train_split)
         image_col, label_col = self.detect_columns(train)
@@ -568,17 +562,15 @@ class RealLinearProbeCB(RealClassification):
             prov["dataset"] += f" ({self.train_split} split, CLIP_benchmark validation part)"
         protocol = cb_protocol(amp, f"random_split of the train split, proportion {self.val_proportion} "
                                f"(generator seeded with {CB_SEED})", **cb_facts(probe))
-        return self.result(metrics, predictions=predictions, item_scores=(pred == target).astype(float).tolist(),
-                           n_items=len(items), seconds=time.perf_counter() - t0, protocol=protocol, **prov)
+        return metrics, dict(predictions=predictions, item_scores=(pred == target).astype(float).tolist(),
+                             n_items=len(items), protocol=protocol, **prov)
 
 
-@register("cifar10-linear-cb")
 class Cifar10LinearCB(Cifar10Data, RealLinearProbeCB):
     """CIFAR-10 linear probe under CLIP_benchmark's protocol (``lp_*`` keys): train 90% / validation
     10% of the train split, weight decay searched, refit on both, reported on the 10,000 test images."""
 
 
-@register("cifar100-linear-cb")
 class Cifar100LinearCB(Cifar100Data, RealLinearProbeCB):
     """CIFAR-100 linear probe over the 100 fine classes under CLIP_benchmark's protocol; as
     ``cifar10-linear-cb``."""

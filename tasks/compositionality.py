@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-from harness.shapes import NEGATIVE_TYPES
+from harness.data.shapes import NEGATIVE_TYPES
 
-from . import register
-from .base import EvalContext, Task, TaskResult
+from .base import EvalContext, ShapesTask
 
 
 #: The tie rule of every compositionality task, recorded in each result's ``protocol``: see
@@ -42,8 +39,7 @@ def caption_choice(image_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torc
     return scores[:, :1] > scores[:, 1:]
 
 
-@register("shapes-compositionality")
-class ShapesCompositionality(Task):
+class ShapesCompositionality(ShapesTask):
     """Binding in the shapes world: for each two-object scene, the true caption against its
     attribute-swapped, relation-swapped and object-replaced twins (2-way choices, chance 0.5), on
     the ``test`` split (seen attribute-shape combinations) and the ``heldout`` split (unseen ones).
@@ -60,25 +56,24 @@ class ShapesCompositionality(Task):
     family = "compositionality"
     version = "1"
     main_score = "test/macro_acc"
+    metrics = tuple(f"{{split:test|heldout}}/{m}" for m in (
+        "n_ties", "{negative:" + "|".join(NEGATIVE_TYPES) + "}/acc", "all/acc", "macro_acc", "single/{negative}/acc"))
     breakdown = "{split}/{negative:" + "|".join(NEGATIVE_TYPES) + "}/acc"  # plots: accuracy by negative type
-    dataset = "shapes-world"
     citation = "Yuksekgonul et al. 2023 (ARO); Hsieh et al. 2023 (SugarCrepe)"
-    license = "generated"
     splits = ("test", "heldout")
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
+    def score(self, ctx: EvalContext, split: str):
         metrics: dict[str, float] = {}
         preds = []
         item_scores: list[float] = []
-        fingerprint = ctx.world.fingerprint
-        for split in dict.fromkeys(ctx.split(s) for s in self.splits):  # under validation: val once
+        scored = list(dict.fromkeys(ctx.split(s) for s in self.splits))  # under validation: val once
+        for split in scored:
             sp = ctx.world.split(split)
             n, k = sp.negatives.shape
-            img = ctx.cache.image(ctx.encoder, "shapes", split, sp.images)
+            img = self.image_embeddings(ctx, split, sp.images)
             # captions and negatives in one call: a negative equal to its caption gets the same embedding
             texts = np.concatenate([sp.full_captions, sp.negatives.reshape(-1)])
-            emb = ctx.cache.text(ctx.encoder, "shapes", split, "captions+negatives", texts)
+            emb = self.text_embeddings(ctx, split, "captions+negatives", texts)
             scores = caption_scores(img, torch.cat([emb[:n, None], emb[n:].view(n, k, -1)], dim=1))
             ok = (scores[:, :1] > scores[:, 1:]).numpy()
             metrics[f"{split}/n_ties"] = float((scores[:, :1] == scores[:, 1:]).sum())
@@ -98,7 +93,5 @@ class ShapesCompositionality(Task):
                       for i in range(n)]
         if ctx.validation:  # report the main score under its usual name
             metrics = {k.replace("val/", "test/", 1): v for k, v in metrics.items()}
-        return self.result(metrics, predictions=preds, item_scores=item_scores,
-                           dataset="shapes-world/" + "+".join(dict.fromkeys(ctx.split(s) for s in self.splits)),
-                           dataset_fingerprint=fingerprint, n_items=len(preds),
-                           seconds=time.perf_counter() - t0, protocol={"ties": TIES})
+        return metrics, dict(predictions=preds, item_scores=item_scores, n_items=len(preds),
+                             protocol={"ties": TIES}, **self.provenance(ctx, "+".join(scored)))

@@ -40,16 +40,14 @@ counts the dropped items), or raises under ``--strict-images``.
 
 from __future__ import annotations
 
-import time
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from harness.sources import DataError, HubSource, fingerprint, load_table
+from harness.data.sources import DataError, HubSource, fingerprint, load_table
 
-from . import register
-from .base import DatasetTask, EvalContext, Suite, TaskResult
+from .base import DatasetTask, EvalContext, Suite
 from .compositionality import TIES, caption_scores
 
 # ------------------------------------------------------------------------------ metric helpers
@@ -199,7 +197,9 @@ def bbox_box(bbox: dict[str, float]) -> tuple[float, float, float, float]:
 
 
 class _CaptionChoice(DatasetTask):
-    """One image against its true caption and k negatives; shared by SugarCrepe and ARO."""
+    """One image against its true caption and k negatives; shared by SugarCrepe and ARO. :meth:`score`
+    reads the pairs of :meth:`captions` and reports ``acc`` (the true caption strictly above every
+    negative), ``n_undecodable`` and ``n_ties``."""
 
     #: image-text tasks on real photographs train on COCO captions by default (--train-data overrides)
     default_train_data = "coco"
@@ -207,8 +207,23 @@ class _CaptionChoice(DatasetTask):
     family: ClassVar[str] = "compositionality"
     modality: ClassVar[str] = "image-text"
     version: ClassVar[str] = "1"
+    main_score = "acc"
+    metrics = ("acc", "n_undecodable", "n_ties")
     validation_split: ClassVar[str | None] = None
     image_column: ClassVar[str] = "image"
+
+    def captions(self, table) -> tuple[list[str], list[list[str]]]:
+        """The true caption and the negatives of every row."""
+        raise NotImplementedError
+
+    def score(self, ctx: EvalContext, split: str):
+        table = self.table(ctx, split)
+        true, negatives = self.captions(table)
+        rows, correct, scores, bad, ties = self._choose(ctx, table, true, negatives)
+        metrics = {"acc": float(correct.mean()), "n_undecodable": float(bad), "n_ties": float(ties)}
+        return metrics, dict(predictions=self._predictions(rows, true, negatives, scores, correct),
+                             item_scores=correct.astype(float).tolist(), n_items=len(rows),
+                             protocol={"ties": TIES}, **self.provenance(table))
 
     def _choose(self, ctx: EvalContext, table, true: list[str], negatives: list[list[str]], crop=None):
         """Scores (true caption first), strict correctness and the number of tied items (the true
@@ -245,7 +260,6 @@ class SugarCrepe(_CaptionChoice):
 
     category: ClassVar[str] = ""
     columns = ("image", "tested_labels", "true_label")
-    main_score = "acc"
     license = ("SugarCrepe annotations MIT; images COCO val2017 (COCO annotations CC BY 4.0, "
                "images under the Flickr terms of use)")
     citation = ("Hsieh et al., SugarCrepe: Fixing Hackable Benchmarks for Vision-Language "
@@ -255,66 +269,30 @@ class SugarCrepe(_CaptionChoice):
         table = load_table(self.name, self.source, options, self.columns)
         _true_label_decoder(table)
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        self.split_name(ctx)  # refuses under validation: the test split is the only one
-        table = self.table(ctx)
+    def captions(self, table):
         pos, neg = sugarcrepe_captions(table)
-        negatives = [[c] for c in neg]
-        rows, correct, scores, bad, ties = self._choose(ctx, table, pos, negatives)
-        metrics = {"acc": float(correct.mean()), "n_undecodable": float(bad), "n_ties": float(ties)}
-        return self.result(metrics, predictions=self._predictions(rows, pos, negatives, scores, correct),
-                           item_scores=correct.astype(float).tolist(), n_items=len(rows),
-                           protocol={"ties": TIES}, seconds=time.perf_counter() - t0,
-                           **self.provenance(table))
+        return pos, [[c] for c in neg]
 
 
-def _sugarcrepe(category: str):
-    def deco(cls):
-        cls.category = category
-        cls.source = HubSource(f"HuggingFaceM4/SugarCrepe_{category}", split="test")
-        cls.dataset = cls.source.repo
-        cls.__doc__ = f"SugarCrepe ``{category}``. " + (SugarCrepe.__doc__ or "")
-        return register("sugarcrepe-" + category.replace("_", "-"))(cls)
-    return deco
+def _sugarcrepe(category: str) -> type[SugarCrepe]:
+    """The class of one SugarCrepe category, named ``SugarCrepe<Category>`` in this module (its entry
+    point names the task ``sugarcrepe-<category>`` when the class is defined)."""
+    name = "SugarCrepe" + category.title().replace("_", "")
+    source = HubSource(f"HuggingFaceM4/SugarCrepe_{category}", split="test")
+    return type(SugarCrepe)(name, (SugarCrepe,), {
+        "__module__": __name__, "__qualname__": name, "__doc__": f"SugarCrepe ``{category}``. " + SugarCrepe.__doc__,
+        "category": category, "source": source, "dataset": source.repo})
 
 
-@_sugarcrepe("add_obj")
-class SugarCrepeAddObj(SugarCrepe):
-    pass
+SugarCrepeAddObj = _sugarcrepe("add_obj")
+SugarCrepeAddAtt = _sugarcrepe("add_att")
+SugarCrepeReplaceObj = _sugarcrepe("replace_obj")
+SugarCrepeReplaceAtt = _sugarcrepe("replace_att")
+SugarCrepeReplaceRel = _sugarcrepe("replace_rel")
+SugarCrepeSwapObj = _sugarcrepe("swap_obj")
+SugarCrepeSwapAtt = _sugarcrepe("swap_att")
 
 
-@_sugarcrepe("add_att")
-class SugarCrepeAddAtt(SugarCrepe):
-    pass
-
-
-@_sugarcrepe("replace_obj")
-class SugarCrepeReplaceObj(SugarCrepe):
-    pass
-
-
-@_sugarcrepe("replace_att")
-class SugarCrepeReplaceAtt(SugarCrepe):
-    pass
-
-
-@_sugarcrepe("replace_rel")
-class SugarCrepeReplaceRel(SugarCrepe):
-    pass
-
-
-@_sugarcrepe("swap_obj")
-class SugarCrepeSwapObj(SugarCrepe):
-    pass
-
-
-@_sugarcrepe("swap_att")
-class SugarCrepeSwapAtt(SugarCrepe):
-    pass
-
-
-@register("sugarcrepe")
 class SugarCrepeSuite(Suite):
     """All seven SugarCrepe categories (Hsieh et al. 2023): add / replace / swap of objects,
     attributes and relations."""
@@ -336,6 +314,7 @@ class _AROVisualGenome(_CaptionChoice):
 
     columns = ("image", "true_caption", "false_caption", "bbox")
     main_score = "macro_acc"
+    metrics = ("macro_acc", "acc", "n_groups", "n_scored", "n_undecodable", "n_ties", "acc/{group:.+}")
     license = "ARO annotations MIT (mteb task metadata); images Visual Genome / GQA (CC BY 4.0)"
     citation = _ARO_CITATION
 
@@ -348,10 +327,8 @@ class _AROVisualGenome(_CaptionChoice):
     def _min_count(self) -> int:
         return 1
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        self.split_name(ctx)
-        table = self.table(ctx)
+    def score(self, ctx: EvalContext, split: str):
+        table = self.table(ctx, split)
         true, false = [str(x) for x in table["true_caption"]], [str(x) for x in table["false_caption"]]
         boxes = [bbox_box(b) for b in table["bbox"]]
         groups, extra_metrics = self._group_labels(table, true, false)
@@ -364,12 +341,10 @@ class _AROVisualGenome(_CaptionChoice):
                    "n_ties": float(ties), **extra_metrics}
         metrics.update({f"acc/{g}": a for g, a in sorted(per_group.items())})
         preds = self._predictions(rows, true, negatives, scores, correct, group=groups)
-        return self.result(metrics, predictions=preds, item_scores=item_scores.tolist(), n_items=len(rows),
-                           protocol={"ties": TIES}, seconds=time.perf_counter() - t0,
-                           **self.provenance(table))
+        return metrics, dict(predictions=preds, item_scores=item_scores.tolist(), n_items=len(rows),
+                             protocol={"ties": TIES}, **self.provenance(table))
 
 
-@register("aro-relation")
 class ARORelation(_AROVisualGenome):
     """ARO VG-Relation (23,937 items): does the model prefer "the horse is eating the grass" over
     "the grass is eating the horse" on the crop of the relation? Main score ``macro_acc``: the mean
@@ -393,7 +368,6 @@ class ARORelation(_AROVisualGenome):
         return self.excluded_relations
 
 
-@register("aro-attribution")
 class AROAttribution(_AROVisualGenome):
     """ARO VG-Attribution: "the paved road and the white house" against
     "the white road and the paved house", on the crop of both objects. Main score ``macro_acc``:
@@ -409,6 +383,7 @@ class AROAttribution(_AROVisualGenome):
     dataset = source.repo
     min_pair_count: ClassVar[int] = 25
     attributes_column: ClassVar[str] = "attributes"
+    metrics = _AROVisualGenome.metrics + ("pairs_from_captions",)
 
     def _group_labels(self, table, true, false):
         if self.attributes_column in table.column_names:
@@ -426,7 +401,6 @@ class AROAttribution(_AROVisualGenome):
         return self.min_pair_count
 
 
-@register("aro-coco-order")
 class AROCocoOrder(_CaptionChoice):
     """ARO COCO-Order (25,010 items: every caption of the COCO Karpathy test images): the original
     caption against four perturbations of its word order (nouns and adjectives shuffled,
@@ -440,25 +414,14 @@ class AROCocoOrder(_CaptionChoice):
     image_column = "images"
     negative_columns: ClassVar[tuple[str, ...]] = ("hard_text_1", "hard_text_2", "hard_text_3", "hard_text_4")
     columns = ("images", "correct_caption") + negative_columns
-    main_score = "acc"
     license = "ARO annotations MIT (mteb task metadata); images COCO 2014 (Flickr terms of use)"
     citation = _ARO_CITATION
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        self.split_name(ctx)
-        table = self.table(ctx)
-        true = [str(x) for x in table["correct_caption"]]
-        negatives = [list(map(str, row)) for row in zip(*(table[c] for c in self.negative_columns))]
-        rows, correct, scores, bad, ties = self._choose(ctx, table, true, negatives)
-        metrics = {"acc": float(correct.mean()), "n_undecodable": float(bad), "n_ties": float(ties)}
-        return self.result(metrics, predictions=self._predictions(rows, true, negatives, scores, correct),
-                           item_scores=correct.astype(float).tolist(), n_items=len(rows),
-                           protocol={"ties": TIES}, seconds=time.perf_counter() - t0,
-                           **self.provenance(table))
+    def captions(self, table):
+        return ([str(x) for x in table["correct_caption"]],
+                [list(map(str, row)) for row in zip(*(table[c] for c in self.negative_columns))])
 
 
-@register("aro")
 class AROSuite(Suite):
     """ARO (Yuksekgonul et al., ICLR 2023): VG-Relation, VG-Attribution and COCO-Order."""
 
@@ -467,7 +430,6 @@ class AROSuite(Suite):
     members = ("aro-relation", "aro-attribution", "aro-coco-order")
 
 
-@register("winoground")
 class Winoground(DatasetTask):
     """Winoground (Thrush et al., CVPR 2022): 400 examples of two images and two captions with the
     same words in a different order. With ``s(c, i)`` the cosine similarity, per example:
@@ -494,14 +456,13 @@ class Winoground(DatasetTask):
     modality = "image-text"
     version = "1"
     main_score = "group_score"
+    metrics = ("{kind:text|image|group}_score", "n_undecodable", "n_ties", "{kind:text|image|group}_score/{tag:.+}")
     license = "gated (accept the terms on the Hugging Face Hub); images Getty Images licence, research use only"
     citation = ("Thrush et al., Winoground: Probing Vision and Language Models for Visio-Linguistic "
                 "Compositionality, CVPR 2022")
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        self.split_name(ctx)
-        table = self.table(ctx)
+    def score(self, ctx: EvalContext, split: str):
+        table = self.table(ctx, split)
         caps = [[str(x) for x in table["caption_0"]], [str(x) for x in table["caption_1"]]]
         n = len(table)
         # both images of every example in one encoder call, and both captions in one: equal inputs
@@ -533,9 +494,8 @@ class Winoground(DatasetTask):
                   "scores": sim[j].tolist(), "text": bool(ok["text"][j]), "image": bool(ok["image"][j]),
                   "group": bool(ok["group"][j]), "correct": bool(ok["group"][j])}
                  for j, r in enumerate(rows)]
-        return self.result(metrics, predictions=preds, item_scores=ok["group"].astype(float).tolist(),
-                           n_items=len(rows), seconds=time.perf_counter() - t0, protocol={"ties": TIES},
-                           **self.provenance(table))
+        return metrics, dict(predictions=preds, item_scores=ok["group"].astype(float).tolist(),
+                             n_items=len(rows), protocol={"ties": TIES}, **self.provenance(table))
 
     @staticmethod
     def _both_images(table):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 
-from . import register
-from .base import EvalContext, Task, TaskResult
+from .base import EvalContext, ShapesTask
 
 
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
@@ -61,8 +59,7 @@ def pair_cosines(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return float(pos), float(neg)
 
 
-@register("shapes-geometry")
-class ShapesGeometry(Task):
+class ShapesGeometry(ShapesTask):
     """Geometry of the joint space on the ``test`` split: images and their complete captions.
 
     ``alignment`` (E||x_i - y_i||^2 over the image-caption pairs), ``uniformity_image`` /
@@ -81,20 +78,17 @@ class ShapesGeometry(Task):
     family = "geometry"
     version = "1"
     main_score = "modality_gap"
+    metrics = ("alignment", "uniformity_image", "uniformity_text", "modality_gap", "effective_rank_image",
+               "effective_rank_text", "mean_cosine_positive", "mean_cosine_negative")
     higher_is_better = False
-    dataset = "shapes-world"
     citation = ("Wang & Isola 2020 (alignment and uniformity); Liang et al. 2022 (Mind the Gap); "
                 "Roy & Vetterli 2007 (effective rank)")
-    license = "generated"
     modality = "image-text"
-    split = "test"
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        sp = ctx.world.split(ctx.split(self.split))
-        img = F.normalize(ctx.cache.image(ctx.encoder, "shapes", ctx.split(self.split), sp.images).double(), dim=-1)
-        txt = F.normalize(ctx.cache.text(ctx.encoder, "shapes", ctx.split(self.split), "captions", sp.full_captions).double(),
-                          dim=-1)
+    def score(self, ctx: EvalContext, split: str):
+        sp = ctx.world.split(split)
+        img = F.normalize(self.image_embeddings(ctx, split, sp.images).double(), dim=-1)
+        txt = F.normalize(self.text_embeddings(ctx, split, "captions", sp.full_captions).double(), dim=-1)
         pos, neg = pair_cosines(img, txt)
         metrics = {
             "alignment": alignment(img, txt),
@@ -108,6 +102,4 @@ class ShapesGeometry(Task):
         }
         cos = (img * txt).sum(-1)
         preds = [{"item": i, "caption": str(sp.full_captions[i]), "cosine": float(cos[i])} for i in range(len(sp))]
-        return self.result(metrics, predictions=preds, dataset=f"shapes-world/{ctx.split(self.split)}",
-                           dataset_fingerprint=ctx.world.fingerprint, n_items=len(sp),
-                           seconds=time.perf_counter() - t0)
+        return metrics, dict(predictions=preds, n_items=len(sp), **self.provenance(ctx, split))

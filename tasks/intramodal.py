@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-from . import register
-from .base import EvalContext, Task, TaskResult
+from .base import EvalContext, ShapesTask
 from .retrieval import first_positive_rank
 
 
@@ -46,16 +43,22 @@ def intra_modal_metrics(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5,
     return m, ranks, ap
 
 
-class _IntraModal(Task):
+class _IntraModal(ShapesTask):
+    """Shared by ``shapes-i2i`` and ``shapes-t2t``: :meth:`score` ranks a gallery for the queries
+    that :meth:`search` returns."""
+
     family = "intra_modal_retrieval"
     version = "1"
     main_score = "map"
-    dataset = "shapes-world"
+    metrics = ("recall@{k:1|5|10}", "map", "mean_rank", "median_rank", "n_queries", "n_skipped")
     citation = "Mistretta et al. 2025 (Cross the Gap: intra-modal retrieval with CLIP-like models)"
-    license = "generated"
-    split = "test"
 
-    def _finish(self, ctx, t0, scores, positives, query_ids, texts) -> TaskResult:
+    def search(self, ctx: EvalContext, split: str, sp):
+        """(scores, positives, query ids, query texts or None) of ``split``."""
+        raise NotImplementedError
+
+    def score(self, ctx: EvalContext, split: str):
+        scores, positives, query_ids, texts = self.search(ctx, split, ctx.world.split(split))
         n_all = scores.shape[0]
         if len(query_ids):
             metrics, ranks, ap = intra_modal_metrics(scores[query_ids], positives[query_ids])
@@ -68,12 +71,10 @@ class _IntraModal(Task):
         preds = [{"item": int(q), **({"query": str(texts[q])} if texts is not None else {}),
                   "n_positives": int(positives[q].sum()), "rank": int(r), "ap": float(a)}
                  for q, r, a in zip(query_ids.tolist(), ranks.tolist(), ap.tolist())]
-        return self.result(metrics, predictions=preds, item_scores=ap.tolist(),
-                           dataset=f"shapes-world/{ctx.split(self.split)}", dataset_fingerprint=ctx.world.fingerprint,
-                           n_items=len(query_ids), seconds=time.perf_counter() - t0)
+        return metrics, dict(predictions=preds, item_scores=ap.tolist(), n_items=len(query_ids),
+                             **self.provenance(ctx, split))
 
 
-@register("shapes-i2i")
 class ShapesI2I(_IntraModal):
     """Image-to-image retrieval on the ``test`` split: every image queries all other test images
     (itself excluded); the positives are the images with the same label (the same complete
@@ -86,21 +87,17 @@ class ShapesI2I(_IntraModal):
 
     modality = "image"
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        sp = ctx.world.split(ctx.split(self.split))
-        img = ctx.cache.image(ctx.encoder, "shapes", ctx.split(self.split), sp.images).float()
+    def search(self, ctx: EvalContext, split: str, sp):
+        img = self.image_embeddings(ctx, split, sp.images).float()
         labels = torch.from_numpy(sp.labels)
         n = len(labels)
         scores = img @ img.T
         eye = torch.eye(n, dtype=torch.bool)
         scores[eye] = float("-inf")  # the query itself ranks last and is no positive
         positives = (labels[:, None] == labels[None, :]) & ~eye
-        query_ids = torch.nonzero(positives.any(dim=1)).flatten()
-        return self._finish(ctx, t0, scores, positives, query_ids, None)
+        return scores, positives, torch.nonzero(positives.any(dim=1)).flatten(), None
 
 
-@register("shapes-t2t")
 class ShapesT2T(_IntraModal):
     """Text-to-text retrieval on the ``test`` split: each complete caption queries the gallery of
     the split's alternative captions (the same facts in the other mention order, or "the" for "a");
@@ -110,12 +107,9 @@ class ShapesT2T(_IntraModal):
 
     modality = "text"
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        sp = ctx.world.split(ctx.split(self.split))
-        q = ctx.cache.text(ctx.encoder, "shapes", ctx.split(self.split), "captions", sp.full_captions).float()
-        g = ctx.cache.text(ctx.encoder, "shapes", ctx.split(self.split), "alt_captions", sp.alt_captions).float()
+    def search(self, ctx: EvalContext, split: str, sp):
+        q = self.text_embeddings(ctx, split, "captions", sp.full_captions).float()
+        g = self.text_embeddings(ctx, split, "alt_captions", sp.alt_captions).float()
         labels = torch.from_numpy(sp.labels)
         positives = labels[:, None] == labels[None, :]
-        query_ids = torch.arange(len(labels))
-        return self._finish(ctx, t0, q @ g.T, positives, query_ids, np.asarray(sp.full_captions))
+        return q @ g.T, positives, torch.arange(len(labels)), np.asarray(sp.full_captions)

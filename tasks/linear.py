@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -23,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
 
-from harness.shapes import COLOUR_NAMES, SHAPES
+from harness.data.shapes import COLOUR_NAMES, SHAPES
 
-from . import register
-from .base import EvalContext, Task, TaskResult
+from .base import EvalContext, ShapesTask
 from .zeroshot import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -420,8 +418,7 @@ def cb_facts(probe: CBProbe) -> dict:
             "refit": "train + validation" if probe.refit else "none (validation mode: val stays unseen)"}
 
 
-@register("shapes-linear")
-class ShapesLinear(Task):
+class ShapesLinear(ShapesTask):
     """Linear probe on frozen, L2-normalised image features of the shapes world (protocol ``harness``).
 
     Three targets, all read off the scene facts: ``shape`` (5 classes) and ``colour`` (8 classes)
@@ -444,10 +441,11 @@ class ShapesLinear(Task):
     family = "linear_probe"
     version = "2"  # 2: L-BFGS preconditioned and run to its tolerance (1 stopped at 200 iterations)
     main_score = "acc1"
-    dataset = "shapes-world"
+    metrics = ("acc1", "mean_per_class_recall",
+               "{target:shape|colour|layout}/{metric:acc1|acc5|mean_per_class_recall|weight_decay|"
+               "log10_weight_decay|val_acc1|probe_converged|probe_iterations}")
     citation = ("CLIP_benchmark linear probe (LAION-AI/CLIP_benchmark); Radford et al. 2021 (CLIP) "
                 "logistic-regression probe")
-    license = "generated"
     modality = "image"
     n_fit = 5000
     #: L-BFGS iteration cap per fit (sklearn's default is 100, OpenAI's CLIP probe used 1000); the
@@ -477,8 +475,7 @@ class ShapesLinear(Task):
         device = getattr(ctx.encoder, "device", torch.device("cpu"))
         return F.normalize(x.float(), dim=-1).to(device), targets
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
+    def score(self, ctx: EvalContext, split: str):
         x_fit, y_fit = self.features(ctx, "train")
         x_val, y_val = self.features(ctx, "val")
         selection: dict[str, float] = {}
@@ -498,7 +495,7 @@ class ShapesLinear(Task):
             protocol["targets"][target] = fit_facts(best, unconverged)
 
         # the test split, used for reporting only
-        x_test, y_test = self.features(ctx, ctx.split("test"))
+        x_test, y_test = self.features(ctx, split)
         metrics: dict[str, float] = {}
         preds: dict[str, np.ndarray] = {}
         for target in self.targets:
@@ -511,20 +508,18 @@ class ShapesLinear(Task):
         metrics["mean_per_class_recall"] = float(np.mean([metrics[f"{t}/mean_per_class_recall"]
                                                           for t in self.targets]))
         metrics.update(selection)
-        return self._result(ctx, metrics, preds, y_test, len(x_test), t0, protocol)
+        return metrics, self._extras(ctx, preds, y_test, len(x_test), protocol)
 
-    def _result(self, ctx: EvalContext, metrics, preds, y_test, n: int, t0: float,
-                protocol: dict) -> TaskResult:
+    def _extras(self, ctx: EvalContext, preds, y_test, n: int, protocol: dict) -> dict:
         names = self.names
         items = [{"item": i, **{f"{t}": names[t][int(y_test[t][0][i])] for t in self.targets},
                   **{f"pred_{t}": names[t][int(preds[t][i])] for t in self.targets}} for i in range(n)]
         hits = np.mean([preds[t] == y_test[t][0] for t in self.targets], axis=0)
-        return self.result(metrics, predictions=items, item_scores=hits.tolist(),
-                           dataset="shapes-world/test", dataset_fingerprint=ctx.world.fingerprint,
-                           n_items=n, seconds=time.perf_counter() - t0, protocol=protocol)
+        # named test even under validation (where it is val), as it always was
+        return dict(predictions=items, item_scores=hits.tolist(), n_items=n, protocol=protocol,
+                    **self.provenance(ctx, "test"))
 
 
-@register("shapes-linear-cb")
 class ShapesLinearCB(ShapesLinear):
     """``shapes-linear``'s targets under CLIP_benchmark's linear-probe protocol
     (:func:`clip_benchmark_probe`).
@@ -545,13 +540,14 @@ class ShapesLinearCB(ShapesLinear):
 
     version = "1"
     main_score = "lp_acc1"
+    metrics = ("lp_acc1", "lp_mean_per_class_recall", "epochs", "seed", "fewshot_k", "normalized",
+               "{target:shape|colour|layout}/{metric:lp_acc1|lp_acc5|lp_mean_per_class_recall|weight_decay|val_acc1}")
     citation = "CLIP_benchmark linear probe, metrics/linear_probe.py (LAION-AI/CLIP_benchmark)"
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
+    def score(self, ctx: EvalContext, split: str):
         x_fit, y_fit = self.features(ctx, "train")
         x_val, y_val = self.features(ctx, "val")
-        test_split = ctx.split("test")
+        test_split = split
         x_test, y_test = self.features(ctx, test_split)
         device = x_fit.device
         amp = device.type == "cuda"
@@ -575,4 +571,4 @@ class ShapesLinearCB(ShapesLinear):
         metrics.update(epochs=CB_EPOCHS, seed=CB_SEED, fewshot_k=-1, normalized=1.0)
         protocol = cb_protocol(amp, "the world's val split", fit=f"the first {len(x_fit)} train scenes",
                                targets=per_target)
-        return self._result(ctx, metrics, preds, y_test, len(x_test), t0, protocol)
+        return metrics, self._extras(ctx, preds, y_test, len(x_test), protocol)

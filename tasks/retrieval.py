@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from . import register
-from .base import EvalContext, Task, TaskResult
+from .base import EvalContext, ShapesTask
+
+#: the keys :func:`metrics_from_ranks` reports for ks = (1, 5, 10)
+RETRIEVAL_METRICS = ("image_retrieval_recall@{k:1|5|10}", "text_retrieval_recall@{k:1|5|10}",
+                     "image_retrieval_mean_rank", "image_retrieval_median_rank", "text_retrieval_mean_rank",
+                     "text_retrieval_median_rank", "mean_recall@{k:1|5|10}", "rsum")
 
 
 def first_positive_rank(scores: torch.Tensor, positives: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -161,8 +163,7 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, positives
     return metrics_from_ranks(t2i, i2t, ks), t2i, i2t
 
 
-@register("shapes-retrieval")
-class ShapesRetrieval(Task):
+class ShapesRetrieval(ShapesTask):
     """Image-text retrieval on the shapes world's ``test`` split (scenes never seen in training).
 
     Each image has its complete caption; an image and a caption are a positive pair when the
@@ -174,26 +175,19 @@ class ShapesRetrieval(Task):
     family = "retrieval"
     version = "1"
     main_score = "mean_recall@1"
-    dataset = "shapes-world"
+    metrics = RETRIEVAL_METRICS
     citation = "CLIP_benchmark zero-shot retrieval (LAION-AI/CLIP_benchmark)"
-    license = "generated"
-    split = "test"
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        split = ctx.split(self.split)
+    def score(self, ctx: EvalContext, split: str):
         sp = ctx.world.split(split)
-        img = ctx.cache.image(ctx.encoder, "shapes", split, sp.images)
-        txt = ctx.cache.text(ctx.encoder, "shapes", split, "captions", sp.full_captions)
+        img = self.image_embeddings(ctx, split, sp.images)
+        txt = self.text_embeddings(ctx, split, "captions", sp.full_captions)
         labels = torch.from_numpy(sp.labels)
-        positives = labels[:, None] == labels[None, :]
-        metrics, t2i, i2t = retrieval_metrics(img, txt, positives)
+        metrics, t2i, i2t = retrieval_metrics(img, txt, labels[:, None] == labels[None, :])
         preds = [
             {"item": i, "caption": str(sp.full_captions[i]), "t2i_rank": int(t2i[i]), "i2t_rank": int(i2t[i])}
             for i in range(len(sp))
         ]
         # each scene is one image and one caption: its R@1 hits in both directions, averaged
         items = (((t2i <= 1).float() + (i2t <= 1).float()) / 2).tolist()
-        return self.result(metrics, predictions=preds, item_scores=items, dataset=f"shapes-world/{split}",
-                           dataset_fingerprint=ctx.world.fingerprint, n_items=len(sp),
-                           seconds=time.perf_counter() - t0)
+        return metrics, dict(predictions=preds, item_scores=items, n_items=len(sp), **self.provenance(ctx, split))

@@ -10,7 +10,7 @@ both directions) and ``rsum``. R@1, R@5 and R@10 are reported; the main score is
 memory (:func:`tasks.retrieval.retrieval_ranks`: row chunks, ranks counted rather than sorted; ties
 go to the lower index as with a stable sort), so the 5,000 x 25,000 COCO matrix is never built.
 
-Data layouts read (the same code path for Hub and local data, :func:`harness.sources.load_table`):
+Data layouts read (the same code path for Hub and local data, :func:`harness.data.sources.load_table`):
 
 * the ``nlphuji`` sets on the Hub, through their parquet conversion (``refs/convert/parquet``;
   their loading scripts are refused by ``datasets>=4``): ``TEST/test/*.parquet`` with ``image``
@@ -43,16 +43,14 @@ hit and its captions' mean hit.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, ClassVar
 
 import torch
 
-from harness.sources import DataError, DataOptions, HubSource, MissingColumnsError, load_table
+from harness.data.sources import DataError, DataOptions, HubSource, MissingColumnsError, load_table
 
-from . import register
-from .base import DatasetTask, EvalContext, TaskResult
-from .retrieval import retrieval_metrics
+from .base import DatasetTask, EvalContext
+from .retrieval import RETRIEVAL_METRICS, retrieval_metrics
 
 #: image columns: the nlphuji ``Image`` feature, then CLIP_benchmark webdataset fields
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "webp", "png")
@@ -118,6 +116,7 @@ class _CaptionRetrieval(DatasetTask):
     family: ClassVar[str] = "retrieval"
     version: ClassVar[str] = "1"
     main_score: ClassVar[str] = "mean_recall@5"
+    metrics = RETRIEVAL_METRICS + ("n_images", "n_captions", "n_undecodable", "n_without_captions")
     modality: ClassVar[str] = "image-text"
     citation: ClassVar[str] = ("Radford et al. 2021 (CLIP), zero-shot retrieval; metrics as "
                                "LAION-AI/CLIP_benchmark zeroshot_retrieval; Karpathy & Fei-Fei 2015 splits")
@@ -129,10 +128,9 @@ class _CaptionRetrieval(DatasetTask):
         table = load_table(self.name, self.source, options)
         caption_layout(table, self.where(table))
 
-    def _rows(self, ctx: EvalContext, table) -> list[int] | None:
-        """Rows to evaluate: the ``test`` rows (``val`` under validation) of a table with a ``split``
-        column; all rows otherwise (validation then refuses)."""
-        want = self.split_name(ctx)  # refuses under validation when the task has no validation split
+    def _rows(self, ctx: EvalContext, table, want: str) -> list[int] | None:
+        """Rows to evaluate: the ``want`` rows (``test``, or ``val`` under validation) of a table with
+        a ``split`` column; all rows otherwise (validation then refuses)."""
         if "split" not in table.column_names:
             if ctx.validation:
                 raise ValueError(
@@ -148,11 +146,10 @@ class _CaptionRetrieval(DatasetTask):
                        f"(values: {', '.join(sorted(set(values))[:8])})")
         return rows
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
+    def score(self, ctx: EvalContext, split: str):
         table = load_table(self.name, self.source, ctx.data, split=self.source.split)
         image_col, caption_col = caption_layout(table, self.where(table))
-        rows = self._rows(ctx, table)
+        rows = self._rows(ctx, table, split)
         all_captions = _column(table, caption_col)
         rows = list(range(len(table))) if rows is None else rows
         captions = {r: parse_captions(all_captions[r], caption_col) for r in rows}
@@ -183,11 +180,9 @@ class _CaptionRetrieval(DatasetTask):
         preds += [{"kind": "caption", "item": j, "image": int(text_to_image[j]), "caption": kept_texts[j],
                    "t2i_rank": int(t2i[j])} for j in range(len(kept_texts))]
         items = retrieval_item_scores(t2i, i2t, text_to_image, k=5)
-        return self.result(metrics, predictions=preds, item_scores=items, n_items=len(img),
-                           seconds=time.perf_counter() - t0, **self.provenance(table))
+        return metrics, dict(predictions=preds, item_scores=items, n_items=len(img), **self.provenance(table))
 
 
-@register("coco-retrieval")
 class CocoRetrieval(_CaptionRetrieval):
     """MS-COCO 2014 Karpathy 5k test: 5,000 images, 25,000 captions (Lin et al. 2014; Karpathy &
     Fei-Fei 2015), as ``nlphuji/mscoco_2014_5k_test_image_text_retrieval`` (parquet conversion) or
@@ -201,7 +196,6 @@ class CocoRetrieval(_CaptionRetrieval):
     license = "CC BY 4.0 annotations; images under Flickr terms (COCO)"
 
 
-@register("flickr30k-retrieval")
 class Flickr30kRetrieval(_CaptionRetrieval):
     """Flickr30k Karpathy 1k test: 1,000 images, 5,000 captions (Young et al. 2014; Karpathy &
     Fei-Fei 2015), as ``nlphuji/flickr_1k_test_image_text_retrieval`` (parquet conversion), the full

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from itertools import permutations
 
@@ -11,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import pearsonr, spearmanr
 
-from harness.shapes import COLOUR_NAMES, RELATIONS, SHAPES, SIZES
+from harness.data.shapes import COLOUR_NAMES, RELATIONS, SHAPES, SIZES
 
-from . import register
-from .base import EvalContext, Task, TaskResult
+from .base import EvalContext, ShapesTask
 
 
 def sts_metrics(emb1, emb2, gold) -> dict[str, float]:
@@ -149,8 +147,7 @@ def pair_text(sp, i: int, kind: int, right: int) -> str:
 KINDS = ("paraphrase", "negative", "random")
 
 
-@register("shapes-sts")
-class ShapesSTS(Task):
+class ShapesSTS(ShapesTask):
     """Graded caption similarity on the ``test`` split, evaluated like SimCSE / MTEB STS.
 
     Pairs (:func:`sts_pairs`, 3 per scene): each complete caption with its alternative phrasing,
@@ -164,21 +161,18 @@ class ShapesSTS(Task):
     family = "sts"
     version = "1"
     main_score = "spearman"
-    dataset = "shapes-world"
+    metrics = ("spearman", "pearson", "{kind:" + "|".join(KINDS) + "}/{stat:mean_cosine|mean_gold}")
     citation = ("Gao et al. 2021 (SimCSE) STS protocol; Muennighoff et al. 2023 (MTEB) STS evaluator; "
                 "Cer et al. 2017 (STS-B 0-5 scale)")
-    license = "generated"
     modality = "text"
-    split = "test"
     seed = 0
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        sp = ctx.world.split(ctx.split(self.split))
+    def score(self, ctx: EvalContext, split: str):
+        sp = ctx.world.split(split)
         n, k = sp.negatives.shape
-        full = ctx.cache.text(ctx.encoder, "shapes", ctx.split(self.split), "captions", sp.full_captions)
-        alt = ctx.cache.text(ctx.encoder, "shapes", ctx.split(self.split), "alt_captions", sp.alt_captions)
-        neg = ctx.cache.text(ctx.encoder, "shapes", ctx.split(self.split), "negatives", sp.negatives.reshape(-1)).view(n, k, -1)
+        full = self.text_embeddings(ctx, split, "captions", sp.full_captions)
+        alt = self.text_embeddings(ctx, split, "alt_captions", sp.alt_captions)
+        neg = self.text_embeddings(ctx, split, "negatives", sp.negatives.reshape(-1)).view(n, k, -1)
         pairs = sts_pairs(sp, self.seed)
         left, kind, right, gold = pairs["left"], pairs["kind"], pairs["right"], pairs["gold"]
         e1 = full[torch.from_numpy(left)]
@@ -200,6 +194,4 @@ class ShapesSTS(Task):
         preds = [{"pair": p, "kind": kind_name(p), "text1": str(sp.full_captions[left[p]]),
                   "text2": pair_text(sp, left[p], kind[p], right[p]), "gold": float(gold[p]),
                   "cosine": float(cos[p])} for p in range(len(gold))]
-        return self.result(metrics, predictions=preds, dataset=f"shapes-world/{ctx.split(self.split)}",
-                           dataset_fingerprint=ctx.world.fingerprint, n_items=len(gold),
-                           seconds=time.perf_counter() - t0)
+        return metrics, dict(predictions=preds, n_items=len(gold), **self.provenance(ctx, split))

@@ -42,17 +42,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.sources import DataError, DataOptions, HubSource
+from harness.data.sources import DataError, DataOptions, HubSource
 
-from . import register
-from .base import DatasetTask, EvalContext, Suite, Task, TaskResult
+from .base import DatasetTask, EvalContext, Suite, Task
 from .sts import sts_metrics
 
 SIMCSE_CITATION = ("Gao et al. 2021, SimCSE: Simple Contrastive Learning of Sentence Embeddings (STS "
@@ -96,15 +94,15 @@ class RealSTS(DatasetTask):
     family = "sts"
     version = "1"
     main_score = "spearman"
+    metrics = ("spearman", "pearson")
     modality = "text"
     columns = ("sentence1", "sentence2", "score")
     validation_split = None
     default_train_data = "wiki1m"
     citation = SIMCSE_CITATION
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        split = self.split_name(ctx)  # raises under validation when there is no validation split
-        table = self.table(ctx)
+
+    def score(self, ctx: EvalContext, split: str):
+        table = self.table(ctx, split)
         s1, s2, gold = sts_pairs_from_table(table, f"{self.name} ({self.source_for(ctx.data).repo}, split {split})")
         if len(gold) < 2:
             raise InvalidPairError(f"dataset {self.name}, split {split}: {len(gold)} pair(s); a "
@@ -120,11 +118,9 @@ class RealSTS(DatasetTask):
                  for i, (a, b, y, c) in enumerate(zip(s1, s2, gold, cos))]
         prov = self.provenance(table)
         prov["dataset"] = f"{prov['dataset']} [{split}]"
-        return self.result(metrics, predictions=preds, n_items=len(gold),
-                           seconds=time.perf_counter() - t0, **prov)
+        return metrics, dict(predictions=preds, n_items=len(gold), **prov)
 
 
-@register("stsb")
 class STSB(RealSTS):
     """STS Benchmark (Cer et al. 2017), test split, 1,379 pairs; ``validation`` (1,500) for
     checkpoint selection, as SimCSE (``--metric_for_best_model stsb_spearman``)."""
@@ -139,7 +135,6 @@ class STSB(RealSTS):
     citation = "Cer et al. 2017, SemEval-2017 Task 1 (STS Benchmark); " + SIMCSE_CITATION
 
 
-@register("sickr")
 class SICKR(RealSTS):
     """SICK-Relatedness (Marelli et al. 2014), gold relatedness in [1, 5]; test only."""
 
@@ -150,18 +145,14 @@ class SICKR(RealSTS):
 
 
 def _semeval(year: int, revision: str, reference: str) -> type[RealSTS]:
-    name = f"sts{year}"
-
-    class _SemEvalSTS(RealSTS):
-        __doc__ = (f"SemEval 20{year} STS ({reference}), test split: every sub-dataset pooled into "
-                   "one correlation (the 'all' setting of SimCSE / SentEval); test only.")
-        source = HubSource(f"mteb/{name}-sts", split="test", revision=revision)
-        dataset = f"mteb/{name}-sts"
-        license = SEMEVAL_LICENSE
-        citation = f"{reference}; " + SIMCSE_CITATION
-
-    _SemEvalSTS.__name__ = _SemEvalSTS.__qualname__ = f"STS{year}"
-    return register(name)(_SemEvalSTS)
+    """The class of SemEval 20``year``'s STS set, named ``STS<year>`` in this module (its entry point
+    names the task ``sts<year>`` when the class is defined)."""
+    source = HubSource(f"mteb/sts{year}-sts", split="test", revision=revision)
+    return type(RealSTS)(f"STS{year}", (RealSTS,), {
+        "__module__": __name__, "__qualname__": f"STS{year}", "source": source, "dataset": source.repo,
+        "__doc__": (f"SemEval 20{year} STS ({reference}), test split: every sub-dataset pooled into one "
+                    "correlation (the 'all' setting of SimCSE / SentEval); test only."),
+        "license": SEMEVAL_LICENSE, "citation": f"{reference}; " + SIMCSE_CITATION})
 
 
 # revisions: MTEB's task metadata (mteb/tasks/STS/eng/STS1xSTS.py)
@@ -176,7 +167,6 @@ STS_TASKS: dict[str, type[RealSTS]] = {"sts12": STS12, "sts13": STS13, "sts14": 
                                        "sts16": STS16, "stsb": STSB, "sickr": SICKR}
 
 
-@register("sts")
 class STSSuite(Suite):
     """SimCSE's STS evaluation (Table 5): STS12-16, STS-B and SICK-R. For SimCSE's "Avg." column
     run ``sts-avg`` too (it reuses these tasks' embeddings)."""
@@ -186,7 +176,6 @@ class STSSuite(Suite):
     members = tuple(STS_TASKS)
 
 
-@register("sts-avg")
 class STSAverage(Task):
     """SimCSE's "Avg.": the unweighted mean of the Spearman x100 of the seven STS sets.
 
@@ -200,6 +189,7 @@ class STSAverage(Task):
     family = "sts"
     version = "1"
     main_score = "avg"
+    metrics = ("{task:" + "|".join(STS_TASKS) + "}/{metric:spearman|pearson}", "avg", "avg_pearson")
     aggregate = True
     modality = "text"
     dataset = ", ".join(STS_TASKS)
@@ -216,8 +206,7 @@ class STSAverage(Task):
         for name in self.members:
             STS_TASKS[name]().check_data(options)
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
+    def score(self, ctx: EvalContext, split: str):
         if ctx.validation:
             refuse = [n for n in self.members if STS_TASKS[n].validation_split is None]
             raise ValueError(f"task {self.name!r} averages test splits; {', '.join(refuse)} have no "
@@ -235,6 +224,5 @@ class STSAverage(Task):
             n += r.n_items
         metrics["avg"] = float(np.mean([metrics[f"{m}/spearman"] for m in self.members]))
         metrics["avg_pearson"] = float(np.mean([metrics[f"{m}/pearson"] for m in self.members]))
-        return self.result(metrics, predictions=preds, n_items=n, dataset=self.dataset,
-                           dataset_fingerprint=hashlib.sha256("|".join(fps).encode()).hexdigest()[:16],
-                           seconds=time.perf_counter() - t0)
+        return metrics, dict(predictions=preds, n_items=n, dataset=self.dataset,
+                             dataset_fingerprint=hashlib.sha256("|".join(fps).encode()).hexdigest()[:16])

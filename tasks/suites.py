@@ -1,10 +1,8 @@
 """Task suites: names that stand for several tasks."""
 
-from . import register
 from .base import Suite
 
 
-@register("shapes")
 class ShapesSuite(Suite):
     """Every shapes-world task: retrieval, zero-shot, linear probe, STS, compositionality,
     image-to-image and text-to-text retrieval, and geometry diagnostics."""

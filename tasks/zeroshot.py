@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -10,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
 
-from harness.shapes import COLOUR_NAMES, SHAPES
+from harness.data.shapes import COLOUR_NAMES, SHAPES
 
-from . import register
-from .base import EvalContext, Task, TaskResult
+from .base import EvalContext, ShapesTask
+
+#: the keys :func:`classification_metrics` reports (acc5 with at least 5 classes)
+CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 
 
 def zeroshot_classifier(encode_text, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
@@ -40,8 +41,7 @@ SHAPE_TEMPLATES = ("a {c}", "a photo of a {c}", "a picture of a {c}", "an image 
 COLOUR_TEMPLATES = ("a {c} object", "a {c} shape", "a {c} thing", "a photo of a {c} object")
 
 
-@register("shapes-zeroshot")
-class ShapesZeroShot(Task):
+class ShapesZeroShot(ShapesTask):
     """Zero-shot classification of single-object scenes (``zeroshot`` split) by shape (5 classes)
     and by colour (8 classes), each from a prompt-template ensemble. Metrics per attribute are
     CLIP_benchmark's (``shape/acc1``, ``colour/mean_per_class_recall``, ...); the main score
@@ -51,26 +51,21 @@ class ShapesZeroShot(Task):
     family = "zeroshot"
     version = "1"
     main_score = "acc1"
-    dataset = "shapes-world"
+    metrics = ("{attribute:shape|colour}/{metric:acc1|acc5|mean_per_class_recall}", "acc1", "mean_per_class_recall")
     citation = "CLIP_benchmark zero-shot classification (LAION-AI/CLIP_benchmark)"
-    license = "generated"
-    split = "zeroshot"
+    splits = ("zeroshot",)
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        t0 = time.perf_counter()
-        split = ctx.split(self.split)
+    def score(self, ctx: EvalContext, split: str):
         sp = ctx.world.split(split)
         single = sp.n_objects == 1  # the val split mixes in two-object scenes: classify single ones
-        img = ctx.cache.image(ctx.encoder, "shapes", split, sp.images)[torch.from_numpy(single)]
+        img = self.image_embeddings(ctx, split, sp.images)[torch.from_numpy(single)]
         metrics: dict[str, float] = {}
         preds: dict[str, np.ndarray] = {}
         for attr, classes, templates, target in (
             ("shape", SHAPES, SHAPE_TEMPLATES, sp.shape[single, 0]),
             ("colour", COLOUR_NAMES, COLOUR_TEMPLATES, sp.colour[single, 0]),
         ):
-            w = zeroshot_classifier(
-                lambda t: ctx.cache.text(ctx.encoder, "shapes", "prompts", attr, t), classes, templates
-            )
+            w = zeroshot_classifier(lambda t: self.text_embeddings(ctx, "prompts", attr, t), classes, templates)
             logits = 100.0 * img @ w
             m = classification_metrics(logits, torch.from_numpy(target))
             metrics.update({f"{attr}/{k}": v for k, v in m.items()})
@@ -85,6 +80,5 @@ class ShapesZeroShot(Task):
             for r, i in enumerate(idx)
         ]
         hits = ((preds["shape"] == sp.shape[idx, 0]).astype(float) + (preds["colour"] == sp.colour[idx, 0])) / 2
-        return self.result(metrics, predictions=items, item_scores=hits.tolist(), dataset=f"shapes-world/{split}",
-                           dataset_fingerprint=ctx.world.fingerprint, n_items=len(idx),
-                           seconds=time.perf_counter() - t0)
+        return metrics, dict(predictions=items, item_scores=hits.tolist(), n_items=len(idx),
+                             **self.provenance(ctx, split))

@@ -24,7 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # slowest first, so that two workers finish together
-BENCHES = ["gpu_check", "tiled_loss", "eval_speed", "train_overhead", "data_throughput", "render_speed"]
+BENCHES = ["gpu_check", "tiled_loss", "eval_speed", "train_overhead", "cli_startup", "data_throughput",
+           "render_speed"]
 TIMEOUT = 180
 
 
@@ -55,6 +56,11 @@ def bench_runs(request, tmp_path_factory):
 
 
 EXPECTED = {  # lines (substrings) every tiny report must print
+    "cli_startup": ["cli_startup: TINY", "| median s |  min s | goal | exit", "\nharness --help ",
+                    "\nargument error (run --budget nope) ", "(cold cache)", "(warm cache)",
+                    "`harness list objectives`: warm output identical to cold: True",
+                    "`harness list tasks`: warm output identical to cold: True",
+                    "warm `harness list objectives`: ['torch imported: False']"],
     "data_throughput": ["data_throughput: TINY", "setup (world + tokenising + model):", "objective    fields",
                         "\nclip ", "\nintra-modal ", "\nnegclip ", "lowest ratio loader/step ="],
     "eval_speed": ["# TINY", "# memory method:", "impl     |  peak MiB |  time s", "\nfull ", "\nchunked ",

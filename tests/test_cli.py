@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from harness.cli import main
+from harness.cli.main import main
 from objectives import OBJECTIVES, Objective
 
 from conftest import runs, smoke_args
@@ -89,7 +89,7 @@ class Exploding(Objective):
     def loss(self, batch):
         self.calls += 1
         out = (self.w * (batch.image * batch.text).sum(-1)).mean()
-        from harness.batch import LossOutput
+        from harness.core.batch import LossOutput
         return LossOutput(out * (float("nan") if self.calls > 2 else 1.0))
 
 
@@ -109,7 +109,7 @@ class HardNegOnly(Objective):
         self.seen = []
 
     def loss(self, batch):
-        from harness.batch import LossOutput
+        from harness.core.batch import LossOutput
         b = batch.size
         assert batch.hard_negative_text.shape[:2] == (b, 3) and batch.image_view.shape == batch.image.shape
         assert batch.labels.shape == (b,) and batch.index.shape == (b,)
@@ -127,7 +127,7 @@ def extra_objectives():
 
 
 def test_objective_needs_checked_before_training(workdir, capsys, extra_objectives):
-    from harness import batch
+    from harness.core import batch
     batch.FIELDS["audio"] = "an audio track"
     try:
         assert main(smoke_args(workdir, "--objective", "needs-magic")) == 2
@@ -196,7 +196,7 @@ class ImageOnly(Objective):
     requires = frozenset({"image", "image_view"})
 
     def loss(self, batch):
-        from harness.batch import LossOutput
+        from harness.core.batch import LossOutput
         return LossOutput(((batch.image - batch.image_view) ** 2).sum(-1).mean())
 
 
@@ -214,7 +214,7 @@ def test_single_tower_objective_on_an_image_text_task_is_refused(workdir, capsys
 def test_eval_a_local_open_clip_checkpoint_without_training(workdir, tmp_path):
     import open_clip
 
-    from harness.models import register_presets
+    from harness.engine.models import register_presets
 
     register_presets()
     torch.manual_seed(0)

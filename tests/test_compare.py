@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.cli import main
+from harness.cli.main import main
 from objectives import OBJECTIVES, Objective
 
 from conftest import runs

@@ -1,9 +1,9 @@
-"""harness.distributed: 2 CPU processes (gloo) reproduce the single-process loss and gradients.
+"""harness.engine.distributed: 2 CPU processes (gloo) reproduce the single-process loss and gradients.
 
 Workers start from torchrun's environment variables (``init_from_env``, gloo). Each rank runs a
 tiny shared "tower" (a linear layer + L2 normalisation) on its half of a fixed
 raw batch, gathers with :func:`gather_batch`, computes the global CLIP / SigLIP loss with the real
-objectives and backprops. Convention checked (see harness.distributed's docstring): the loss equals
+objectives and backprops. Convention checked (see harness.engine.distributed's docstring): the loss equals
 the single-process loss; the gradient of the local embeddings is W x the single-process gradient;
 after averaging over ranks (what DDP does; ``average_gradients``) the tower's parameter gradient
 equals the single-process one; the objective's parameter gradients equal it without averaging.
@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from harness import distributed as hd
-from harness.batch import EmbeddingBatch
+from harness.engine import distributed as hd
+from harness.core.batch import EmbeddingBatch
 
 W, B, D_IN, D = 2, 6, 5, 8  # world size, local batch, raw features, embedding dim
 IMPLS = ("functional", "nn")

@@ -1,5 +1,5 @@
 """Every objective under torch.distributed (2 CPU processes, gloo): with features gathered by
-``harness.distributed.gather_batch``, the loss and the gradients equal those of one process on
+``harness.engine.distributed.gather_batch``, the loss and the gradients equal those of one process on
 the concatenated batch (the convention of harness/distributed.py: the model's gradients after
 averaging over ranks, the objective's own parameters without averaging)."""
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import distributed as hd
-from harness.batch import EmbeddingBatch
+from harness.engine import distributed as hd
+from harness.core.batch import EmbeddingBatch
 from objectives import OBJECTIVES
 
 from test_distributed import free_port, spawn_workers
@@ -44,7 +44,7 @@ def run(name: str, rows: slice, gather: bool):
         emb = hd.gather_batch(emb)
     torch.manual_seed(1)  # objectives with random initial parameters start alike everywhere
     obj = OBJECTIVES.get(name)()
-    obj.setup(num_samples=100, batch_size=W * B, steps=10, embed_dim=D)
+    obj.setup(num_samples=100, batch_size=W * B, steps=10, embed_dim=D, num_concepts=C)
     obj = obj.double()
     torch.manual_seed(2)
     out = obj(emb)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.cli import main
+from harness.cli.main import main
 from harness.config import resolve_config
-from harness.runner import prepare
+from harness.run.runner import prepare, resolve_train_data
 from harness.tracking import HEARTBEAT_TAG, MlflowRun, is_stale
 
 from conftest import runs, smoke_args
@@ -52,8 +52,9 @@ def write_stsb(root: Path, seed: int) -> Path:
     ({"objective": "simcse", "tasks": ["stsb"], "selection": {"task": "stsb"}}, [], "dd5f3ad2f4ad81d5"),
 ])
 def test_configuration_identities_are_pinned(flags, sets, identity):
-    """Identities of configurations recorded before this work: keys added since leave them alone."""
-    assert resolve_config(None, None, flags, sets).identity == identity
+    """Identities of configurations recorded before this work: keys added since leave them alone.
+    Every command resolves ``train_data: auto`` as soon as it reads the config."""
+    assert resolve_train_data(resolve_config(None, None, flags, sets)).identity == identity
 
 
 def test_identity_covers_the_evaluated_dataset_and_split(tmp_path):
@@ -75,7 +76,7 @@ def test_identity_covers_the_evaluated_dataset_and_split(tmp_path):
 
 
 def test_a_tuning_trial_never_shares_the_tuned_test_runs_identity():
-    from harness.tune import trial_config
+    from harness.run.tune import trial_config
 
     base = resolve_config("smoke", None, {"objective": "clip"}, [])
     trial = trial_config(base, "clip", "shapes-retrieval", {"temperature": 0.05})
@@ -171,7 +172,7 @@ def test_sigterm_ends_the_run_killed_with_its_reason_and_exit_143(workdir):
 
 
 def test_a_failure_before_the_run_exists_does_not_claim_a_record(workdir, capsys, monkeypatch):
-    import harness.runner as runner
+    import harness.run.runner as runner
 
     def broken(*a, **k):
         raise OSError("the store cannot be opened")
@@ -183,7 +184,7 @@ def test_a_failure_before_the_run_exists_does_not_claim_a_record(workdir, capsys
 
 
 def test_a_failed_run_names_its_record(workdir, capsys, monkeypatch):
-    import harness.runner as runner
+    import harness.run.runner as runner
 
     def broken(*a, **k):
         raise RuntimeError("boom in training")
@@ -203,7 +204,7 @@ def test_a_negative_seed_is_refused_before_anything_is_written(workdir, capsys):
 
 @pytest.mark.parametrize("flag", ["-q", "--quiet", "-v", "--verbose"])
 def test_output_flags_are_accepted_after_the_subcommand(flag):
-    from harness.cli import build_parser
+    from harness.cli.main import build_parser
 
     a = build_parser().parse_args(["run", "--objective", "clip", flag])
     assert (a.quiet if flag in ("-q", "--quiet") else a.verbose) is True
@@ -243,7 +244,7 @@ def test_compare_finds_runs_whose_process_was_killed(tmp_path, template_db):
 
     import mlflow
 
-    from harness.compare import interrupted_runs
+    from harness.run.compare import interrupted_runs
 
     shutil.copy(template_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -260,7 +261,7 @@ def test_compare_finds_runs_whose_process_was_killed(tmp_path, template_db):
 
 def test_every_missing_dataset_is_listed_in_one_message():
     """Two evaluation sets and the training set, all missing: one error names the three."""
-    from harness.sources import DatasetUnavailableError
+    from harness.data.sources import DatasetUnavailableError
 
     cfg = resolve_config(None, None, {"objective": "clip", "tasks": ["winoground", "coco-retrieval"]}, [])
     t0 = time.perf_counter()
@@ -276,7 +277,7 @@ def test_every_missing_dataset_is_listed_in_one_message():
 def test_a_bug_is_not_reported_as_bad_input(workdir, capsys, monkeypatch):
     """An internal error while preparing (here a KeyError) exits 1 with a hint to rerun with
     --verbose; before, any ValueError/RuntimeError there was shown as bad input (exit 2)."""
-    import harness.runner as runner
+    import harness.run.runner as runner
 
     def bug(cfg):
         raise RuntimeError("an internal bug")

@@ -1,4 +1,4 @@
-"""harness.gradcache: sub-batched GradCache gradients equal the full-batch gradients."""
+"""harness.engine.gradcache: sub-batched GradCache gradients equal the full-batch gradients."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from open_clip.transformer import PatchDropout
 
-from harness.batch import EmbeddingBatch, LossOutput
-from harness.data import Batch
-from harness.gradcache import RandContext, concat_embeddings, gradcache_step, split_batch
-from harness.models import Encoder, ModelConfig, build_model
-from harness.shapes import vocabulary
-from harness.trainer import embed
+from harness.core.batch import EmbeddingBatch, LossOutput
+from harness.data.batches import Batch
+from harness.engine.gradcache import RandContext, concat_embeddings, gradcache_step, split_batch
+from harness.engine.models import Encoder, ModelConfig, build_model
+from harness.data.shapes import vocabulary
+from harness.engine.trainer import embed
 
 B, CHUNK = 16, 4
 

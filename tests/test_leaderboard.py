@@ -18,7 +18,7 @@ from scipy import stats
 import torch.nn.functional as F
 
 from harness import leaderboard as lb
-from harness.console import Reporter
+from harness.run.console import Reporter
 from harness.tracking import HEARTBEAT_TAG, metric_key
 from tasks.base import Task, breakdown_of, task_meta
 

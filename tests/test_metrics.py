@@ -83,8 +83,8 @@ def test_item_scores_average_to_the_main_score(tmp_path):
     """Paired bootstrap over items needs per-item values whose mean is the main score."""
     import numpy as np
 
-    from harness.models import Encoder, ModelConfig, build_model
-    from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
+    from harness.engine.models import Encoder, ModelConfig, build_model
+    from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
     from tasks import EvalContext, TASKS
 
     torch.manual_seed(0)
@@ -99,8 +99,8 @@ def test_item_scores_average_to_the_main_score(tmp_path):
 
 def test_validation_mode_never_reads_a_test_split(tmp_path, monkeypatch):
     """Tuning evaluates with validation=True: every shapes task must then read train/val only."""
-    from harness.models import Encoder, ModelConfig, build_model
-    from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
+    from harness.engine.models import Encoder, ModelConfig, build_model
+    from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
     from tasks import TASKS, EvalContext
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.batch import EmbeddingBatch
+from harness.core.batch import EmbeddingBatch
 from objectives import OBJECTIVES
 
 NAMES = sorted(OBJECTIVES.names())
@@ -88,7 +88,7 @@ def hard_batch(n: int, dtype: torch.dtype, num_concepts: int = 19, seed: int = 0
 def build(name: str, params: dict, n: int):
     torch.manual_seed(0)
     obj = OBJECTIVES.get(name)(**params)
-    obj.setup(num_samples=64, batch_size=n, steps=10, embed_dim=D)
+    obj.setup(num_samples=64, batch_size=n, steps=10, embed_dim=D, num_concepts=19)
     return obj
 
 
@@ -108,7 +108,7 @@ def test_finite_loss_and_gradients_at_the_lowest_temperature(name, precision, n)
     for params in configurations(name):
         obj = build(name, params, n)
         batch = hard_batch(n, torch.float32 if precision == "float32" else torch.bfloat16,
-                           num_concepts=obj.params.get("num_concepts", 19))
+                           num_concepts=obj.params.get("num_concepts") or 19)
         if n < getattr(obj, "min_batch_size", 1):
             with pytest.raises(ValueError, match=r"at least \d"):
                 obj(batch)
@@ -125,7 +125,7 @@ def test_batch_size_one_is_finite_or_refused_with_a_reason(name):
     obj = build(name, {}, 1)
     need = getattr(obj, "min_batch_size", 1)
     assert need in (1, 2)
-    batch = hard_batch(1, torch.float32, num_concepts=obj.params.get("num_concepts", 19))
+    batch = hard_batch(1, torch.float32, num_concepts=obj.params.get("num_concepts") or 19)
     if need == 2:
         with pytest.raises(ValueError) as e:
             obj(batch)

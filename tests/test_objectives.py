@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from harness.batch import EmbeddingBatch
+from harness.core.batch import EmbeddingBatch
 from objectives import (OBJECTIVES, HyperparameterError, ObjectiveExpressionError, WeightedSum,
                         build_objective, parse_expression)
 

@@ -5,12 +5,12 @@ import optuna
 import pytest
 import torch
 
-from harness.batch import FIELDS
+from harness.core.batch import FIELDS
 from harness.config import Budget
-from harness.data import ShapesTrainData
-from harness.models import Encoder, ModelConfig, build_model
-from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
-from harness.trainer import train
+from harness.data.batches import ShapesTrainData
+from harness.engine.models import Encoder, ModelConfig, build_model
+from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.engine.trainer import train
 from objectives import OBJECTIVES
 
 NAMES = OBJECTIVES.names()

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.batch import EmbeddingBatch
+from harness.core.batch import EmbeddingBatch
 from harness.config import Budget
-from harness.data import ShapesTrainData, concept_vocabulary
-from harness.models import Encoder, ModelConfig, build_model
-from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
-from harness.trainer import train
+from harness.data.batches import ShapesTrainData, concept_vocabulary
+from harness.engine.models import Encoder, ModelConfig, build_model
+from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.engine.trainer import train
 from objectives import OBJECTIVES, HyperparameterError, WeightedSum, build_objective
 
 torch.manual_seed(0)
@@ -326,12 +326,13 @@ def test_catlip_head_shape_errors_and_defaults():
     assert obj.modality == "image" and obj.requires == frozenset({"image", "concepts"})
     assert obj.distributed == "local"
     c = len(concept_vocabulary())
+    obj.setup(num_samples=8, batch_size=4, steps=1, num_concepts=c)  # the training data's vocabulary
     assert obj.weight.shape == (c, 128) and obj.bias.shape == (c,)
     assert {n for n, _ in obj.named_parameters()} == {"weight", "bias"}  # exist before the optimiser
     with pytest.raises(HyperparameterError,
                        match=r"embed_dim=128 but the batch has 32.*objective_params.embed_dim=32"):
         obj(EmbeddingBatch(image=unit(4, 32, dtype=torch.float32), concepts=torch.zeros(4, c)))
-    small = OBJECTIVES.get("catlip")(embed_dim=32)
+    small = OBJECTIVES.get("catlip")(embed_dim=32, num_concepts=c)
     with pytest.raises(HyperparameterError, match=f"num_concepts={c} but the batch has 5"):
         small(EmbeddingBatch(image=unit(4, 32, dtype=torch.float32), concepts=torch.zeros(4, 5)))
     with pytest.raises(ValueError, match="needs batch fields"):

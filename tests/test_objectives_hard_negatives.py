@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.batch import EmbeddingBatch
+from harness.core.batch import EmbeddingBatch
 from objectives import OBJECTIVES, HyperparameterError
 from objectives.hard_negatives import mochi_logits
 
@@ -421,8 +421,8 @@ def test_metadata():
 
 @pytest.fixture(scope="module")
 def shapes_setup(tmp_path_factory):
-    from harness.models import ModelConfig, build_model
-    from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
+    from harness.engine.models import ModelConfig, build_model
+    from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
 
     world = ShapesWorld(ShapesSpec(n_train=512, n_val=32, n_test=32, n_heldout=32, n_zeroshot=32),
                         tmp_path_factory.mktemp("hn-world"))
@@ -436,9 +436,9 @@ def test_training_loss_is_finite_and_falls(shapes_setup, name):
     import copy
 
     from harness.config import Budget
-    from harness.data import ShapesTrainData
-    from harness.models import Encoder
-    from harness.trainer import train
+    from harness.data.batches import ShapesTrainData
+    from harness.engine.models import Encoder
+    from harness.engine.trainer import train
 
     world, state, (model, tok, size, mean, std) = shapes_setup
     model = copy.deepcopy(model)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import NTXentLoss, SupConLoss
 
-from harness.batch import EmbeddingBatch
+from harness.core.batch import EmbeddingBatch
 from objectives import OBJECTIVES, HyperparameterError, WeightedSum, build_objective
 
 torch.manual_seed(0)
@@ -364,7 +364,7 @@ def test_search_space_yields_valid_configurations(name):
 # ----------------------------------------------------------------------- training with the trainer
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from harness.shapes import ShapesSpec, ShapesWorld
+    from harness.data.shapes import ShapesSpec, ShapesWorld
 
     spec = ShapesSpec(n_train=512, n_val=32, n_test=32, n_heldout=32, n_zeroshot=32)
     return ShapesWorld(spec, tmp_path_factory.mktemp("w"))
@@ -376,10 +376,10 @@ def world(tmp_path_factory):
 ])
 def test_training_loss_is_finite_and_falls(world, expr, params):
     from harness.config import Budget
-    from harness.data import ShapesTrainData
-    from harness.models import Encoder, ModelConfig, build_model
-    from harness.shapes import vocabulary
-    from harness.trainer import train
+    from harness.data.batches import ShapesTrainData
+    from harness.engine.models import Encoder, ModelConfig, build_model
+    from harness.data.shapes import vocabulary
+    from harness.engine.trainer import train
 
     torch.manual_seed(0)
     model, tok, size, mean, std = build_model(ModelConfig(name="harness-micro"), words=vocabulary())

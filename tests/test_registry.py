@@ -4,8 +4,8 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-import harness.registry as registry_mod
-from harness.registry import Registry, UnknownNameError
+import harness.core.registry as registry_mod
+from harness.core.registry import Registry, UnknownNameError
 from objectives import OBJECTIVES, Objective
 from tasks import TASKS
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import ShapesTrainData, jitter
-from harness.models import WordTokenizer
-from harness.shapes import (COLOURS, RELATIONS, SHAPES, ShapesSpec, ShapesWorld, build_split,
+from harness.data.batches import ShapesTrainData, jitter
+from harness.engine.models import WordTokenizer
+from harness.data.shapes import (COLOURS, RELATIONS, SHAPES, ShapesSpec, ShapesWorld, build_split,
                             flip_caption, heldout_pairs, render, vocabulary)
 
 SMALL = dict(n_train=600, n_val=64, n_test=200, n_heldout=200, n_zeroshot=100)

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness import sources
-from harness.sources import (DataError, DataOptions, DatasetUnavailableError, EmptyDatasetError, HubSource,
+from harness.data import sources
+from harness.data.sources import (DataError, DataOptions, DatasetUnavailableError, EmptyDatasetError, HubSource,
                              UnreadableDataError, load_table)
 from tasks.retrieval_real import CocoRetrieval
 from tasks.sts_real import STS12, STSB
@@ -137,7 +137,7 @@ def test_real_tasks_check_data_refuse_empty_upstream_layouts(tmp_path):
 
 
 def test_cli_refuses_an_empty_parquet_with_exit_2_and_writes_nothing(workdir, tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
     from tests.conftest import runs
 
     empty = empty_parquet(tmp_path / "empty.parquet")

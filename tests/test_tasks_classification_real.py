@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import tasks.base
-from harness.models import Encoder, ModelConfig, build_model
-from harness.sources import DataError, DataOptions, MissingColumnsError, UndecodableImageError
+from harness.engine.models import Encoder, ModelConfig, build_model
+from harness.data.sources import DataError, DataOptions, MissingColumnsError, UndecodableImageError
 from tasks import TASKS, EvalContext
-from harness.sources import DatasetUnavailableError
+from harness.data.sources import DatasetUnavailableError
 from tasks.classification_real import (Cifar10Linear, Cifar10LinearCB, Cifar10ZeroShot, Cifar100Linear,
                                        Cifar100LinearCB, Cifar100ZeroShot, Cifar100ZeroShotTV,
                                        ImageNetZeroShot, WdsZeroShot)
@@ -140,7 +140,7 @@ def write_wds(root: Path, samples, split: str = "test", ext: str = "jpg", label_
 class FakeEncoder:
     """Chosen embeddings: an image's vector is looked up by the code in its top-left pixel; a
     prompt's vector by the class it names (``text_vector(class index)``). Undecodable images give
-    NaN rows, as :class:`harness.models.Encoder` does."""
+    NaN rows, as :class:`harness.engine.models.Encoder` does."""
 
     def __init__(self, image_vectors: dict[int, list[float]], classnames, templates, text_vector):
         self.image_vectors = {k: torch.tensor(v, dtype=torch.float32) for k, v in image_vectors.items()}

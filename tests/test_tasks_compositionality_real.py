@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.models import Encoder, ModelConfig, build_model
-from harness.sources import (DataError, DataOptions, DatasetUnavailableError, ImageColumn,
+from harness.engine.models import Encoder, ModelConfig, build_model
+from harness.data.sources import (DataError, DataOptions, DatasetUnavailableError, ImageColumn,
                              MissingColumnsError, UndecodableImageError)
 from tasks import TASKS, EvalContext
 from tasks.compositionality import TIES
@@ -129,7 +129,7 @@ def test_sugarcrepe_registered_names_suite_and_sources():
         cls = TASKS.get(f"sugarcrepe-{n}")
         assert cls.source.repo == f"HuggingFaceM4/SugarCrepe_{n.replace('-', '_')}" and cls.source.split == "test"
         assert cls.family == "compositionality" and cls.validation_split is None and cls.modality == "image-text"
-    from harness.runner import expand_tasks
+    from harness.run.runner import expand_tasks
 
     assert [t.name for t in expand_tasks(["sugarcrepe"])] == list(suite.members)
     assert [t.name for t in expand_tasks(["aro"])] == ["aro-relation", "aro-attribution", "aro-coco-order"]

@@ -3,7 +3,7 @@
 Fixtures are written in the exact upstream layouts (nlphuji parquet conversion
 ``TEST/test/0000.parquet`` with an ``Image`` feature and a ``caption`` list; the full
 ``nlphuji/flickr30k`` with a ``split`` column; CLIP_benchmark webdataset ``test/0.tar``) and loaded
-through :func:`harness.sources.load_table`, as real data is.
+through :func:`harness.data.sources.load_table`, as real data is.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from harness.sources import DataOptions, MissingColumnsError, UndecodableImageError
+from harness.data.sources import DataOptions, MissingColumnsError, UndecodableImageError
 from tasks.base import EvalContext
 from tasks.retrieval import first_positive_rank, retrieval_metrics, retrieval_ranks
 from tasks.retrieval_real import CocoRetrieval, Flickr30kRetrieval, parse_captions, retrieval_item_scores
@@ -53,7 +53,7 @@ class ColourEncoder:
 
 
 def micro_encoder():
-    from harness.models import Encoder, ModelConfig, build_model
+    from harness.engine.models import Encoder, ModelConfig, build_model
 
     torch.manual_seed(0)
     model, tok, size, mean, std = build_model(ModelConfig(name="harness-micro", tokenizer="open_clip"))
@@ -263,7 +263,7 @@ def test_coco_nlphuji_layout_hand_computed(tmp_path):
 
 
 def test_coco_end_to_end_micro_encoder_and_cache(tmp_path):
-    from harness.sources import ImageColumn, load_table
+    from harness.data.sources import ImageColumn, load_table
 
     enc = micro_encoder()
     ctx = ctx_for(enc, "coco-retrieval", write_coco(tmp_path / "coco"))

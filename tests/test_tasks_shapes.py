@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.models import Encoder, ModelConfig, build_model
-from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.engine.models import Encoder, ModelConfig, build_model
+from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
 from tasks import TASKS, EmbeddingCache, EvalContext
 from tasks.geometry import alignment, effective_rank, modality_gap, pair_cosines, uniformity
 from tasks.intramodal import average_precision, intra_modal_metrics
@@ -344,7 +344,7 @@ def test_linear_probe_uses_its_own_cache_key_for_the_fit_subset(ctx):
 
 
 def test_suite_lists_every_task_once():
-    from harness.runner import expand_tasks
+    from harness.run.runner import expand_tasks
 
     names = [t.name for t in expand_tasks(["shapes", "shapes-sts"])]
     assert set(EXPECTED) <= set(names) and len(names) == len(set(names))
@@ -354,7 +354,7 @@ def test_suite_lists_every_task_once():
 
 
 def test_shapes_suite_through_the_cli(workdir, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     assert main(smoke_args(workdir, "--objective", "clip", "--task", "shapes", "--no-checkpoint")) == 0
     (run,) = runs(workdir)

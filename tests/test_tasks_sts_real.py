@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from harness.sources import DataOptions, DatasetUnavailableError, MissingColumnsError
+from harness.data.sources import DataOptions, DatasetUnavailableError, MissingColumnsError
 from tasks import TASKS, EmbeddingCache, EvalContext
 from tasks.sts import sts_metrics
 from tasks.sts_real import STS_TASKS, STSB, SICKR, STS12, STS13, STSAverage, STSSuite, InvalidPairError
@@ -135,7 +135,7 @@ def test_stsb_finds_the_mteb_layout_under_harness_data_dir(tmp_path, monkeypatch
 
 
 def test_stsb_end_to_end_with_the_micro_encoder(tmp_path):
-    from harness.models import Encoder, ModelConfig, build_model
+    from harness.engine.models import Encoder, ModelConfig, build_model
 
     model, tok, size, mean, std = build_model(ModelConfig(name="harness-micro", tokenizer="open_clip"))
     enc = Encoder(model, tok, size, mean, std)
@@ -249,7 +249,7 @@ def test_sts_avg_is_the_mean_of_the_seven_and_reuses_the_cache(tmp_path):
 
 
 def test_sts_suite_and_registry():
-    from harness.runner import expand_tasks
+    from harness.run.runner import expand_tasks
 
     assert STSSuite.members == ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr")
     assert [t.name for t in expand_tasks(["sts", "sts-avg"], "text")] == [*STSSuite.members, "sts-avg"]

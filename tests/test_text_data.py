@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import harness.text_data as td
-from harness.data import MissingFieldError, ShapesTrainData
-from harness.models import WordTokenizer
-from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
-from harness.sources import DataOptions, HubSource, MissingColumnsError
-from harness.text_data import (NLITrainData, SentenceTrainData, load_nli_triplets, load_sentence_corpus)
+import harness.data.text as td
+from harness.data.batches import MissingFieldError, ShapesTrainData
+from harness.engine.models import WordTokenizer
+from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.data.sources import DataOptions, HubSource, MissingColumnsError
+from harness.data.text import (NLITrainData, SentenceTrainData, load_nli_triplets, load_sentence_corpus)
 
 WORDS = [f"w{i}" for i in range(40)]
 
@@ -67,7 +67,7 @@ def test_sentence_table_without_a_sentence_column(tmp_path):
 
 
 def test_empty_corpora_are_refused_as_empty_not_missing(tmp_path):
-    from harness.sources import DatasetUnavailableError, EmptyDatasetError
+    from harness.data.sources import DatasetUnavailableError, EmptyDatasetError
 
     blank = tmp_path / "wiki1m_for_simcse.txt"
     blank.write_text("\n  \n\n", encoding="utf-8")
@@ -176,7 +176,7 @@ def test_same_samples_whatever_fields_are_requested(tok):
     assert torch.equal(full.hard_negative_text[:, 0], tok([n[i] for i in idx]))
 
 
-import harness.data as harness_data  # noqa: E402  (shard() reads world_info there)
+import harness.data.batches as harness_data  # noqa: E402  (shard() reads world_info there)
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -255,8 +255,8 @@ def test_shapes_captions_dropout_and_paraphrase_views(world):
 
 def test_a_batch_trains_through_the_trainer_embedding_and_simcse(world):
     """The open_clip tokenizer of the micro model, the trainer's ``embed`` and the ``simcse`` loss."""
-    from harness.models import Encoder, ModelConfig, build_model
-    from harness.trainer import embed
+    from harness.engine.models import Encoder, ModelConfig, build_model
+    from harness.engine.trainer import embed
     from objectives import OBJECTIVES
 
     model, tok, size, mean, std = build_model(ModelConfig(name="harness-micro", tokenizer="open_clip"))

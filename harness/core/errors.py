@@ -16,3 +16,28 @@ class UserError(ValueError):
     """Bad input: the command exits 2 with this message."""
 
     exit_code = 2
+
+
+class DataError(UserError):
+    """A dataset that cannot be used as given."""
+
+
+class MissingColumnsError(DataError):
+    """The table lacks columns the task reads."""
+
+
+class DatasetUnavailableError(DataError):
+    """The dataset is neither local nor reachable on the Hub (offline, gated, unknown)."""
+
+
+class EmptyDatasetError(DataError):
+    """The data is there but holds no rows (an empty file, a directory without data files)."""
+
+
+class UnreadableDataError(DataError):
+    """A local file that cannot be read in the format its name says (e.g. a ``.parquet`` that is not
+    parquet)."""
+
+
+class UndecodableImageError(DataError):
+    """An image that PIL cannot decode (under ``strict``, or when too few training images decode)."""

@@ -12,7 +12,7 @@ Installed with ``pip install -e examples/harness-plugin-example``, it appears in
 import torch
 import torch.nn.functional as F
 
-from harness.batch import EmbeddingBatch, LossOutput
+from harness.core.batch import EmbeddingBatch, LossOutput
 from objectives import HParam, LearnableScale, Objective
 
 

@@ -32,10 +32,21 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch.utils.checkpoint import get_device_states, set_device_states
 
-from .batch import FIELDS, EmbeddingBatch, LossOutput
+from harness.core.batch import BATCH_FIELDS, EmbeddingBatch, LossOutput
 
-#: EmbeddingBatch fields whose gradients are cached and pushed back through the towers
-GRAD_FIELDS = ("image", "text", "image_view", "text_view", "hard_negative_text")
+
+def grad_fields(emb: EmbeddingBatch) -> list[str]:
+    """The fields of ``emb`` a tower encoded (declared with a tower, floating point), in declaration
+    order: their gradients are cached and pushed back through the towers."""
+    return [n for n, t in emb.tensors().items() if BATCH_FIELDS[n].tower is not None and torch.is_floating_point(t)]
+
+
+def _tensor_fields(batch: Any) -> list[tuple[str, Any]]:
+    """(name, value) of a batch's fields: a ``FieldAccess`` batch's present fields, else a
+    dataclass's fields."""
+    if hasattr(batch, "tensors"):
+        return list(batch.tensors().items())
+    return [(f.name, getattr(batch, f.name)) for f in dataclasses.fields(batch)]
 
 
 class RandContext:
@@ -75,8 +86,7 @@ def _cuda_devices(device: torch.device | str | None, batch: Any) -> list[int]:
         device = torch.device(device)
         if device.type == "cuda":
             devices.add(device.index if device.index is not None else torch.cuda.current_device())
-    fields = dataclasses.fields(batch) if dataclasses.is_dataclass(batch) else ()
-    tensors = [getattr(batch, f.name) for f in fields]
+    tensors = [t for _, t in _tensor_fields(batch)] if dataclasses.is_dataclass(batch) else []
     for t in tensors:
         if torch.is_tensor(t) and t.is_cuda:
             devices.add(t.get_device())
@@ -85,24 +95,24 @@ def _cuda_devices(device: torch.device | str | None, batch: Any) -> list[int]:
 
 def batch_size(batch: Any) -> int:
     """Rows of a dataclass batch: the length of its first tensor field."""
-    for f in dataclasses.fields(batch):
-        t = getattr(batch, f.name)
+    for _, t in _tensor_fields(batch):
         if torch.is_tensor(t) and t.ndim > 0:
             return int(t.shape[0])
     raise ValueError("batch has no tensor field")
 
 
 def split_batch(batch: Any, chunk: int) -> list[Any]:
-    """Split a dataclass batch (e.g. ``harness.data.Batch``) into sub-batches of ``chunk`` rows:
+    """Split a dataclass batch (e.g. ``harness.data.batches.Batch``) into sub-batches of ``chunk`` rows:
     every tensor field is sliced along dim 0 (views, no copy); ``None`` and non-tensor fields are
     kept as they are."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     n = batch_size(batch)
-    for f in dataclasses.fields(batch):
-        t = getattr(batch, f.name)
+    for name, t in _tensor_fields(batch):
         if torch.is_tensor(t) and t.ndim > 0 and t.shape[0] != n:
-            raise ValueError(f"batch field {f.name!r} has {t.shape[0]} rows, expected {n}")
+            raise ValueError(f"batch field {name!r} has {t.shape[0]} rows, expected {n}")
+    if hasattr(batch, "map"):
+        return [batch.map(lambda t, a=a: t[a:a + chunk] if t.ndim > 0 else t) for a in range(0, n, chunk)]
     out = []
     for a in range(0, n, chunk):
         parts = {f.name: getattr(batch, f.name)[a:a + chunk] for f in dataclasses.fields(batch)
@@ -116,12 +126,10 @@ def concat_embeddings(parts: list[EmbeddingBatch]) -> EmbeddingBatch:
     attributes (rank, world_size, extras) come from the first part."""
     first = parts[0]
     updates = {}
-    for name in FIELDS:
-        ts = [getattr(p, name) for p in parts]
-        present = [t is not None for t in ts]
-        if not any(present):
-            continue
-        if not all(present):
+    names = [n for n in BATCH_FIELDS if any(p[n] is not None for p in parts)]
+    for name in names:
+        ts = [p[name] for p in parts]
+        if not all(t is not None for t in ts):
             raise ValueError(f"field {name!r} is present in some sub-batches only")
         updates[name] = ts[0] if len(ts) == 1 else torch.cat(ts, dim=0)
     return dataclasses.replace(first, **updates, extras=dict(first.extras))
@@ -135,7 +143,7 @@ def gradcache_step(encode: Callable[[Any], EmbeddingBatch], loss_fn: Callable[[E
 
     ``encode(sub_batch) -> EmbeddingBatch`` runs the towers on one sub-batch (in the trainer:
     ``lambda b: embed(towers, encoder, b, device)``); ``loss_fn(EmbeddingBatch) -> LossOutput`` is
-    the objective on the whole batch; ``batch`` is a dataclass batch (``harness.data.Batch``) split
+    the objective on the whole batch; ``batch`` is a dataclass batch (``harness.data.batches.Batch``) split
     with :func:`split_batch`. ``device``: where ``encode`` runs, so its CUDA RNG is snapshotted too.
     ``autocast()`` is entered around every forward (towers and loss), never around a backward,
     e.g. ``lambda: torch.autocast("cuda", dtype=torch.bfloat16)``. ``restore_rng=False`` skips the
@@ -165,19 +173,16 @@ def gradcache_step(encode: Callable[[Any], EmbeddingBatch], loss_fn: Callable[[E
     # (2) the full-batch loss on detached leaves -> embedding gradients (+ objective's own grads)
     leaves = []
     for emb in cached:
-        for name in GRAD_FIELDS:
-            t = getattr(emb, name)
-            if t is not None and torch.is_floating_point(t):
-                t = t.detach().requires_grad_()
-                setattr(emb, name, t)
-                leaves.append(t)
+        for name in grad_fields(emb):
+            t = emb[name].detach().requires_grad_()
+            emb[name] = t
+            leaves.append(t)
     full = concat_embeddings(cached)
     with autocast():
         out = loss_fn(full)
     loss = out.loss
     loss.backward()  # fills the leaves' .grad and the objective's parameter .grad
-    grads = [[(name, getattr(emb, name).grad) for name in GRAD_FIELDS
-              if getattr(emb, name) is not None and getattr(emb, name).grad is not None] for emb in cached]
+    grads = [[(name, emb[name].grad) for name in grad_fields(emb) if emb[name].grad is not None] for emb in cached]
     del full, cached, leaves
     # (3) re-embed each sub-batch with autograd under its RNG state; push the cached gradients
     for sub, state, sub_grads in zip(subs, states, grads):
@@ -188,7 +193,7 @@ def gradcache_step(encode: Callable[[Any], EmbeddingBatch], loss_fn: Callable[[E
                 emb = encode(sub)
             tensors, grad_tensors = [], []
             for name, g in sub_grads:
-                t = getattr(emb, name)
+                t = emb[name]
                 if t is not None and t.requires_grad:
                     tensors.append(t)
                     grad_tensors.append(g.to(t.dtype))

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .batch import EmbeddingBatch
-from .config import Budget
-from .data import Batch, Prefetcher
-from .distributed import average_gradients, broadcast_parameters, gather_batch, world_info
-from .gradcache import gradcache_step
+from harness.core.batch import BATCH_FIELDS, EmbeddingBatch
+from harness.config import Budget
+from harness.data.batches import Batch, Prefetcher
+from harness.engine.distributed import average_gradients, broadcast_parameters, gather_batch, world_info
+from harness.engine.gradcache import gradcache_step
 
-from objectives.base import Objective
-from .core.errors import UserError
+from harness.core.objective import Objective
+from harness.core.errors import UserError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,36 +85,34 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
 def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
     """Run the towers on the inputs present in ``batch``; every output is L2-normalised.
 
-    ``model`` is anything with open_clip's ``encode_image``/``encode_text``. Images (and second
-    views) go through the image tower in one call, all texts through the text tower in one call.
+    ``model`` is anything with open_clip's ``encode_image``/``encode_text``. Each field goes where
+    its declaration says (``harness.core.batch.BATCH_FIELDS``): all image fields through the image
+    tower in one call, all text fields through the text tower in one call, in the order of the
+    declarations (image, image_view; text, text_view, hard_negative_text; then any declared later);
+    a field of shape (B, k, ...) comes back (B, k, d). Other fields are moved to ``device`` as they are.
     """
-    out = EmbeddingBatch(labels=batch.labels, index=batch.index, concepts=batch.concepts)
-    images = [t for t in (batch.images, batch.image_view) if t is not None]
-    if images:
-        x = encoder.preprocess(_cat(images).to(device, non_blocking=True))
+    out = EmbeddingBatch()
+    towers: dict[str, list[tuple[str, torch.Tensor]]] = {"image": [], "text": []}
+    for name, t in batch.tensors().items():
+        tower = BATCH_FIELDS[name].tower
+        if tower is None:
+            out[name] = t.to(device)
+        else:
+            towers[tower].append((name, t))
+    if towers["image"]:
+        images = [(n, t, t.reshape(-1, *t.shape[-3:])) for n, t in towers["image"]]
+        x = encoder.preprocess(_cat([flat for _, _, flat in images]).to(device, non_blocking=True))
         feats = model.encode_image(x, normalize=True)
-        parts = feats.split([len(t) for t in images])
-        names = [n for n, t in (("image", batch.images), ("image_view", batch.image_view)) if t is not None]
-        for n, f in zip(names, parts):
-            setattr(out, n, f)
-    texts = [(n, t) for n, t in (("text", batch.tokens), ("text_view", batch.text_view)) if t is not None]
-    if batch.hard_negative_text is not None:
-        b, k, L = batch.hard_negative_text.shape
-        texts.append(("hard_negative_text", batch.hard_negative_text.reshape(b * k, L)))
-    if texts:
-        width = max(t.shape[1] for _, t in texts)  # a trimming tokenizer may give views other widths
-        tok = _cat([t if t.shape[1] == width else torch.nn.functional.pad(t, (0, width - t.shape[1]))
-                    for _, t in texts]).to(device, non_blocking=True)
+        for (n, t, flat), f in zip(images, feats.split([len(flat) for _, _, flat in images])):
+            out[n] = f.view(*t.shape[:-3], -1)
+    if towers["text"]:
+        texts = [(n, t, t.reshape(-1, t.shape[-1])) for n, t in towers["text"]]
+        width = max(flat.shape[1] for _, _, flat in texts)  # a trimming tokenizer may give views other widths
+        tok = _cat([flat if flat.shape[1] == width else torch.nn.functional.pad(flat, (0, width - flat.shape[1]))
+                    for _, _, flat in texts]).to(device, non_blocking=True)
         feats = model.encode_text(tok, normalize=True)
-        for (n, t), f in zip(texts, feats.split([len(t) for _, t in texts])):
-            setattr(out, n, f)
-        if out.hard_negative_text is not None:
-            b, k = batch.hard_negative_text.shape[:2]
-            out.hard_negative_text = out.hard_negative_text.view(b, k, -1)
-    for n in ("labels", "index", "concepts"):
-        t = getattr(out, n)
-        if t is not None:
-            setattr(out, n, t.to(device))
+        for (n, t, flat), f in zip(texts, feats.split([len(flat) for _, _, flat in texts])):
+            out[n] = f.view(*t.shape[:-1], -1)
     return out
 
 
@@ -160,7 +158,8 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
     """
     seed_everything(seed)
     objective.setup(num_samples=len(data), batch_size=budget.batch_size, steps=budget.steps,
-                    embed_dim=getattr(getattr(model, "visual", None), "output_dim", None))
+                    embed_dim=getattr(getattr(model, "visual", None), "output_dim", None),
+                    loss_chunk_size=budget.loss_chunk_size, num_concepts=getattr(data, "num_concepts", None))
     model.to(device).train()
     objective.to(device).train()
     fields = set(objective.requires)
@@ -180,8 +179,6 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
         broadcast_parameters(model)
         broadcast_parameters(objective)
     loss_fn = (lambda e: objective(gather_batch(e))) if world > 1 else objective
-    chunk = budget.loss_chunk_size
-    objective.apply(lambda m: setattr(m, "loss_chunk_size", chunk) if isinstance(m, Objective) else None)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
 
     if budget.loader_workers:

@@ -1,9 +1,12 @@
 """Training data by name: the shapes world, real image-text sets, and sentence corpora.
 
-``--train-data NAME`` picks one of :data:`TRAIN_DATA`; when it is not given, the run trains on the
-data its first task implies (``coco-retrieval`` -> ``coco``, ``stsb`` -> ``nli``, shapes tasks ->
-``shapes``). Real sets are read like evaluation sets (harness/sources.py): a local copy given with
-``--data NAME=PATH`` (or ``$HARNESS_DATA_DIR/<dataset id>``), else the Hugging Face Hub.
+Each training set is a :class:`~harness.core.train_set.TrainSet` registered under the entry-point
+group ``harness.train_data`` (pyproject.toml names the built-ins below, exactly as a plugin names
+its own); :data:`TRAIN_DATA` is the registry as a read-only mapping, name -> class.
+``--train-data NAME`` picks one; when it is not given, the run trains on the data its first task
+implies (``coco-retrieval`` -> ``coco``, ``stsb`` -> ``nli``, shapes tasks -> ``shapes``). Real sets
+are read like evaluation sets (harness/data/sources.py): a local copy given with ``--data NAME=PATH``
+(or ``$HARNESS_DATA_DIR/<dataset id>``), else the Hugging Face Hub.
 
 Every training set yields batches in an order and with augmentation draws that depend only on the
 run seed and the step (never on the objective), as the shapes world does: objectives compared on
@@ -24,70 +27,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from . import text_data
-from .data import Batch, ShapesTrainData, check_fields, jitter, shard
-from .sources import (DataError, DataOptions, HubSource, ImageColumn, MissingColumnsError,
-                      UndecodableImageError, fingerprint, load_table, origin)
+from harness.config import HF_TEXT_PREFIX, MINILM
+from harness.core.train_set import TRAIN_SETS, TrainContext, TrainSet, check_fields
+from harness.data import text as text_data
+from harness.data.batches import SHAPES_FIELDS, Batch, ShapesTrainData, jitter, shard
+from harness.data.sources import (DataError, DataOptions, HubSource, ImageColumn, MissingColumnsError,
+                                  UndecodableImageError, fingerprint, load_table, origin, pil_transform)
+
+__all__ = ["TRAIN_DATA", "TRAIN_SETS", "TrainSet", "TrainContext", "check", "build", "spec", "check_fields"]
 
 
 class TooFewSamplesError(DataError):
     """A training set with fewer usable samples than one batch."""
 
-
-@dataclass(frozen=True)
-class TrainDataSpec:
-    """A named training set: what kind of data it is and where it lives."""
-
-    name: str
-    kind: str  # "shapes", "image-text", "sentences", "nli"
-    source: HubSource | None = None
-    #: keep rows whose ``split`` column has this value (nlphuji/flickr30k holds every split in one table)
-    split_value: str | None = None
-    license: str = ""
-    doc: str = ""
-
-    @property
-    def modality(self) -> str:
-        return "image-text" if self.kind in ("shapes", "image-text") else "text"
-
-
-TRAIN_DATA: dict[str, TrainDataSpec] = {s.name: s for s in (
-    TrainDataSpec("shapes", "shapes", license="generated",
-                  doc="the embedded shapes world (train split), rendered offline"),
-    TrainDataSpec("shapes-sentences", "sentences", license="generated",
-                  doc="the shapes world's training captions as a sentence corpus (text track, offline); "
-                      "the two views are two dropout passes of the same caption (set model.text_dropout)"),
-    TrainDataSpec("shapes-nli", "nli", license="generated",
-                  doc="shapes-world triplets (text track, offline): caption, its other phrasing (entailment), "
-                      "its attribute-swap hard negative (contradiction)"),
-    TrainDataSpec("coco", "image-text",
-                  HubSource("undefined443/coco-karpathy-wds", split="train"),
-                  license="CC BY 4.0 (annotations); images under Flickr terms",
-                  doc="COCO 2014 Karpathy train split (113,287 images x 5 captions), webdataset: jpg + "
-                      "json{captions}; disjoint from the 5k test images of coco-retrieval"),
-    TrainDataSpec("flickr30k", "image-text",
-                  HubSource("nlphuji/flickr30k", split="test", revision="refs/convert/parquet",
-                            data_files="TEST/test/*.parquet"),
-                  split_value="train", license="Flickr terms of use; research only",
-                  doc="Flickr30k Karpathy train split (29,000 images x 5 captions): the rows of "
-                      "nlphuji/flickr30k with split == 'train'"),
-    TrainDataSpec("nli", "nli", text_data.NLI_FOR_SIMCSE,
-                  license="CC BY-SA 4.0 (SNLI), MNLI: mixed (see GLUE)",
-                  doc="supervised SimCSE triplets (anchor, entailment, contradiction), 274,951 rows"),
-    TrainDataSpec("all-nli", "nli", text_data.ALL_NLI, license="CC BY-SA 4.0 (SNLI), MNLI: mixed (see GLUE)",
-                  doc="AllNLI triplets (SNLI + MultiNLI), 557,850 rows"),
-    TrainDataSpec("wiki1m", "sentences", text_data.WIKI1M,
-                  license="CC BY-SA 3.0 (Wikipedia)",
-                  doc="unsupervised SimCSE: 1M Wikipedia sentences, one per line"),
-)}
 
 #: caption columns, in order of preference, and image columns of image-text tables
 CAPTION_COLUMNS = ("caption", "captions", "sentences", "txt", "json", "text")
@@ -99,66 +59,6 @@ def resolve_name(train_data: str | None, tasks: Sequence) -> str:
     if train_data:
         return train_data
     return getattr(tasks[0], "default_train_data", "shapes") if tasks else "shapes"
-
-
-def spec(name: str) -> TrainDataSpec:
-    if name not in TRAIN_DATA:
-        raise ValueError(f"unknown training data {name!r}; valid: {', '.join(TRAIN_DATA)}")
-    return TRAIN_DATA[name]
-
-
-def provides(kind: str) -> frozenset[str]:
-    """The batch fields a kind of training data supplies (its class's ``provides``)."""
-    return {"shapes": ShapesTrainData, "image-text": ImageTextTrainData, "sentences": text_data.SentenceTrainData,
-            "nli": text_data.NLITrainData}[kind].provides
-
-
-def check(name: str, objective, objective_name: str, options: DataOptions, max_samples: int | None = None,
-          model=None, batch_size: int | None = None, cache_dir: Path | None = None) -> None:
-    """Before training: the data exists, has its columns, supplies what the objective needs, and
-    feeds the towers the objective trains. ``model`` (a ModelConfig): a sentence corpus's two views
-    are two dropout passes, so an open_clip text tower needs ``text_dropout``.
-
-    A real set must also hold at least ``batch_size`` (the global batch) usable samples, and its
-    images must decode (:class:`TooFewSamplesError`, :class:`UndecodableImageError`): each image
-    is decoded once, the result cached in ``cache_dir`` (the run's cache; None: in this process
-    only) and reused by :func:`build`."""
-    s = spec(name)
-    if s.kind == "sentences" and model is not None and "text_view" in objective.requires:
-        from .models import HF_TEXT_PREFIX, MINILM
-
-        if not model.text_dropout and not (model.name == MINILM or model.name.startswith(HF_TEXT_PREFIX)):
-            raise ValueError(f"training data {name!r} gives two views of one sentence that differ only by "
-                             f"dropout, and model {model.name!r} has none: set model.text_dropout (SimCSE: 0.1, "
-                             "--set model.text_dropout=0.1) or use a Hugging Face text tower")
-    if s.modality == "text" and objective.modality != "text":
-        raise ValueError(f"training data {name!r} is text only, but objective {objective_name!r} trains the "
-                         f"{objective.modality} tower(s); pick a text objective (e.g. simcse) or image-text data")
-    check_fields(objective.requires, provides(s.kind), objective_name, name)
-    if s.source is None:
-        return
-    if s.kind == "image-text":
-        table = load_table(name, s.source, options)
-        rows, _, image_col = _training_rows(table, name, s.split_value, max_samples)
-        _enough(name, len(rows), batch_size, max_samples)
-        column = ImageColumn(table, image_col, name=name, rows=rows.tolist())
-        ok, first = decodable(name, table, column, cache_dir)
-        bad = int((~ok).sum())
-        where = f"training data {name!r} ({origin(table) or s.source.describe()})"
-        if bad and options.strict_images:
-            raise UndecodableImageError(f"{where}: {bad} of {len(ok)} images cannot be decoded (first: "
-                                        f"{first}); drop --strict-images to skip and count such images")
-        if not ok.any():
-            raise UndecodableImageError(f"{where}: none of its {len(ok)} images could be decoded (first: "
-                                        f"{first}); check that --data {name}=PATH points at a copy whose "
-                                        "images are complete (a truncated download, or Git LFS pointers "
-                                        "instead of files, looks like this)")
-        if batch_size is not None and int(ok.sum()) < batch_size:
-            raise TooFewSamplesError(f"{where}: {bad} of {len(ok)} images could not be decoded (first: "
-                                     f"{first}), leaving {int(ok.sum())} samples, fewer than one batch of "
-                                     f"{batch_size}: lower --batch-size or provide more (decodable) data")
-    else:
-        _enough(name, len(_texts(s, options, max_samples)[0]), batch_size, max_samples)
 
 
 def _enough(name: str, n: int, batch_size: int | None, max_samples: int | None) -> None:
@@ -223,7 +123,7 @@ def decodable(name: str, table, column: ImageColumn, cache_dir: Path | None = No
 _TEXTS: dict[tuple, list[list[str]]] = {}
 
 
-def _texts(s: TrainDataSpec, options: DataOptions, max_samples: int | None) -> list[list[str]]:
+def _texts(s: type[TrainSet], options: DataOptions, max_samples: int | None) -> list[list[str]]:
     """The columns of a text training set ([sentences] or [anchor, positive, negative]), read once
     per process: the check before training and the run itself share them."""
     key = (s.name, tuple(sorted(options.paths.items())), os.environ.get("HARNESS_DATA_DIR"), max_samples)
@@ -307,8 +207,6 @@ class ImageTextTrainData:
     def __init__(self, name: str, table, tokenizer, seed: int, image_size: int, preprocess_cfg: dict | None,
                  cache_dir: Path, split_value: str | None = None, max_samples: int | None = None,
                  strict: bool = False, workers: int = 4):
-        from .sources import pil_transform
-
         self.name, self.seed = name, seed
         rows, captions, image_col = _training_rows(table, name, split_value, max_samples)
         column = ImageColumn(table, image_col, name=name, strict=strict, rows=rows.tolist())
@@ -391,39 +289,222 @@ class ImageTextTrainData:
         return shard(out, batch_size)
 
 
+# ----------------------------------------------------------------------------- the training sets
+
+
+class ShapesSet(TrainSet):
+    """The shapes world's train split: images, captions, second views, hard negatives, labels."""
+
+    kind, provides, license, shapes_vocabulary = "shapes", SHAPES_FIELDS, "generated", True
+    doc = "the embedded shapes world (train split), rendered offline"
+
+    def build(self, ctx: TrainContext):
+        return ShapesTrainData(ctx.world, ctx.tokenizer, seed=ctx.seed)
+
+    def fingerprint(self, data, ctx: TrainContext) -> str:  # generated: the world says what was trained on
+        return ctx.world.fingerprint
+
+
+class ImageTextSet(TrainSet):
+    """A real image-text set (:class:`ImageTextTrainData`); ``split_value`` keeps the rows whose
+    ``split`` column has this value (nlphuji/flickr30k holds every split in one table)."""
+
+    kind, provides = "image-text", ImageTextTrainData.provides
+    split_value: str | None = None
+
+    def check_data(self, ctx: TrainContext) -> None:
+        name, options, batch_size = self.name, ctx.options, ctx.batch_size
+        table = load_table(name, self.source, options)
+        rows, _, image_col = _training_rows(table, name, self.split_value, ctx.max_samples)
+        _enough(name, len(rows), batch_size, ctx.max_samples)
+        column = ImageColumn(table, image_col, name=name, rows=rows.tolist())
+        ok, first = decodable(name, table, column, ctx.cache_dir)
+        bad = int((~ok).sum())
+        where = f"training data {name!r} ({origin(table) or self.source.describe()})"
+        if bad and options.strict_images:
+            raise UndecodableImageError(f"{where}: {bad} of {len(ok)} images cannot be decoded (first: "
+                                        f"{first}); drop --strict-images to skip and count such images")
+        if not ok.any():
+            raise UndecodableImageError(f"{where}: none of its {len(ok)} images could be decoded (first: "
+                                        f"{first}); check that --data {name}=PATH points at a copy whose "
+                                        "images are complete (a truncated download, or Git LFS pointers "
+                                        "instead of files, looks like this)")
+        if batch_size is not None and int(ok.sum()) < batch_size:
+            raise TooFewSamplesError(f"{where}: {bad} of {len(ok)} images could not be decoded (first: "
+                                     f"{first}), leaving {int(ok.sum())} samples, fewer than one batch of "
+                                     f"{batch_size}: lower --batch-size or provide more (decodable) data")
+
+    def build(self, ctx: TrainContext):
+        table = load_table(self.name, self.source, ctx.options)
+        data = ImageTextTrainData(self.name, table, ctx.tokenizer, ctx.seed, ctx.image_size, ctx.preprocess_cfg,
+                                  ctx.cache_dir, split_value=self.split_value, max_samples=ctx.max_samples,
+                                  strict=ctx.options.strict_images)
+        data.fingerprint = fingerprint(table)
+        return data
+
+
+class _TextSet(TrainSet):
+    """A text set: generated from the shapes world's captions (``source`` None) or read from
+    ``source`` (:func:`_texts`); fingerprinted by its texts."""
+
+    modality = "text"
+
+    def check_data(self, ctx: TrainContext) -> None:
+        if self.source is not None:
+            _enough(self.name, len(_texts(type(self), ctx.options, ctx.max_samples)[0]), ctx.batch_size,
+                    ctx.max_samples)
+
+    def build(self, ctx: TrainContext):
+        if self.source is None:
+            return self.from_shapes(ctx)
+        texts = _texts(type(self), ctx.options, ctx.max_samples)
+        data = self.from_texts(texts, ctx)
+        digest = hashlib.sha256()
+        for column in texts:
+            digest.update("\n".join(column).encode())
+        data.fingerprint = digest.hexdigest()[:16]
+        return data
+
+    def fingerprint(self, data, ctx: TrainContext) -> str:
+        return ctx.world.fingerprint if self.source is None else data.fingerprint
+
+
+class SentenceSet(_TextSet):
+    """One sentence per sample; its two views are two dropout passes (:class:`text_data.SentenceTrainData`)."""
+
+    kind, provides = "sentences", text_data.SentenceTrainData.provides
+
+    def check_objective(self, objective, objective_name: str, ctx: TrainContext) -> None:
+        """The two views of one sentence differ only by dropout: an open_clip text tower needs
+        ``model.text_dropout``."""
+        model = ctx.model
+        if model is not None and "text_view" in objective.requires:
+            if not model.text_dropout and not (model.name == MINILM or model.name.startswith(HF_TEXT_PREFIX)):
+                raise ValueError(f"training data {self.name!r} gives two views of one sentence that differ only "
+                                 f"by dropout, and model {model.name!r} has none: set model.text_dropout (SimCSE: "
+                                 "0.1, --set model.text_dropout=0.1) or use a Hugging Face text tower")
+        super().check_objective(objective, objective_name, ctx)
+
+    def from_shapes(self, ctx: TrainContext):
+        return text_data.SentenceTrainData.from_shapes(ctx.world, ctx.tokenizer, seed=ctx.seed, views="dropout")
+
+    def from_texts(self, texts, ctx: TrainContext):
+        return text_data.SentenceTrainData(texts[0], ctx.tokenizer, seed=ctx.seed)
+
+
+class NLISet(_TextSet):
+    """(anchor, entailment, contradiction) triplets (:class:`text_data.NLITrainData`)."""
+
+    kind, provides = "nli", text_data.NLITrainData.provides
+
+    def from_shapes(self, ctx: TrainContext):
+        return text_data.NLITrainData.from_shapes(ctx.world, ctx.tokenizer, seed=ctx.seed)
+
+    def from_texts(self, texts, ctx: TrainContext):
+        return text_data.NLITrainData(*texts, ctx.tokenizer, seed=ctx.seed)
+
+
+# the built-ins, named by their entry points (pyproject.toml, group harness.train_data)
+class ShapesSentences(SentenceSet):
+    license, shapes_vocabulary = "generated", True
+    doc = ("the shapes world's training captions as a sentence corpus (text track, offline); the two views "
+           "are two dropout passes of the same caption (set model.text_dropout)")
+
+
+class ShapesNLI(NLISet):
+    license, shapes_vocabulary = "generated", True
+    doc = ("shapes-world triplets (text track, offline): caption, its other phrasing (entailment), its "
+           "attribute-swap hard negative (contradiction)")
+
+
+class Coco(ImageTextSet):
+    source = HubSource("undefined443/coco-karpathy-wds", split="train")
+    license = "CC BY 4.0 (annotations); images under Flickr terms"
+    doc = ("COCO 2014 Karpathy train split (113,287 images x 5 captions), webdataset: jpg + json{captions}; "
+           "disjoint from the 5k test images of coco-retrieval")
+
+
+class Flickr30k(ImageTextSet):
+    source = HubSource("nlphuji/flickr30k", split="test", revision="refs/convert/parquet",
+                       data_files="TEST/test/*.parquet")
+    split_value, license = "train", "Flickr terms of use; research only"
+    doc = "Flickr30k Karpathy train split (29,000 images x 5 captions): the rows of nlphuji/flickr30k with split == 'train'"
+
+
+class NLIForSimCSE(NLISet):
+    source, license = text_data.NLI_FOR_SIMCSE, "CC BY-SA 4.0 (SNLI), MNLI: mixed (see GLUE)"
+    doc = "supervised SimCSE triplets (anchor, entailment, contradiction), 274,951 rows"
+
+
+class AllNLI(NLISet):
+    source, license = text_data.ALL_NLI, "CC BY-SA 4.0 (SNLI), MNLI: mixed (see GLUE)"
+    doc = "AllNLI triplets (SNLI + MultiNLI), 557,850 rows"
+
+
+class Wiki1M(SentenceSet):
+    source, license = text_data.WIKI1M, "CC BY-SA 3.0 (Wikipedia)"
+    doc = "unsupervised SimCSE: 1M Wikipedia sentences, one per line"
+
+
+class _TrainDataView(Mapping):
+    """:data:`TRAIN_SETS` as a read-only mapping, name -> training set class (what ``TRAIN_DATA``
+    was: its values carry ``name``, ``kind``, ``modality``, ``source``, ``license``, ``doc``)."""
+
+    def __getitem__(self, name: str) -> type[TrainSet]:
+        return TRAIN_SETS.get(name)
+
+    def __contains__(self, name) -> bool:
+        return name in TRAIN_SETS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TRAIN_SETS.names())
+
+    def __len__(self) -> int:
+        return len(TRAIN_SETS.names())
+
+
+TRAIN_DATA: Mapping[str, type[TrainSet]] = _TrainDataView()
+
+
+def spec(name: str) -> type[TrainSet]:
+    """The training set class named ``name`` (loads it, so the batch fields it declares are known);
+    :class:`~harness.core.registry.UnknownNameError` (exit 2, with suggestions) if there is none."""
+    return TRAIN_SETS.get(name)
+
+
+def provides(kind: str) -> frozenset[str]:
+    """The batch fields a built-in kind of training data supplies."""
+    return {"shapes": ShapesSet, "image-text": ImageTextSet, "sentences": SentenceSet, "nli": NLISet}[kind].provides
+
+
+def check(name: str, objective, objective_name: str, options: DataOptions, max_samples: int | None = None,
+          model=None, batch_size: int | None = None, cache_dir: Path | None = None) -> None:
+    """Before training: :meth:`TrainSet.check` of ``name``: the data exists, has its columns,
+    supplies what the objective needs, and feeds the towers the objective trains. ``model`` (a
+    ModelConfig): a sentence corpus's two views are two dropout passes, so an open_clip text tower
+    needs ``text_dropout``.
+
+    A real set must also hold at least ``batch_size`` (the global batch) usable samples, and its
+    images must decode (:class:`TooFewSamplesError`, :class:`UndecodableImageError`): each image
+    is decoded once, the result cached in ``cache_dir`` (the run's cache; None: in this process
+    only) and reused by :func:`build`."""
+    ctx = TrainContext(options=options, max_samples=max_samples, batch_size=batch_size, cache_dir=cache_dir,
+                       model=model)
+    spec(name)().check(objective, ctx, objective_name)
+
+
 def uses_shapes_vocabulary(train_data: str, tasks: Sequence) -> bool:
     """The word-level shapes vocabulary fits only runs that see nothing but shapes-world text."""
-    return train_data in ("shapes", "shapes-sentences", "shapes-nli") and all(
-        getattr(t, "dataset", "") == "shapes-world" for t in tasks)
+    return spec(train_data).shapes_vocabulary and all(getattr(t, "dataset", "") == "shapes-world" for t in tasks)
 
 
 def build(name: str, *, world, tokenizer, seed: int, options: DataOptions, image_size: int,
           preprocess_cfg: dict | None, cache_dir: Path, max_samples: int | None = None):
-    """The training data object (``len``, ``batch(step, batch_size, fields)``) of ``name``."""
-    s = spec(name)
-    if s.source is None:  # generated from the shapes world: its fingerprint says what was trained on
-        if s.kind == "shapes":
-            data = ShapesTrainData(world, tokenizer, seed=seed)
-        elif s.kind == "sentences":
-            data = text_data.SentenceTrainData.from_shapes(world, tokenizer, seed=seed, views="dropout")
-        else:
-            data = text_data.NLITrainData.from_shapes(world, tokenizer, seed=seed)
-        data.fingerprint = world.fingerprint
-        return data
-    if s.kind == "image-text":
-        table = load_table(name, s.source, options)
-        data = ImageTextTrainData(name, table, tokenizer, seed, image_size, preprocess_cfg, cache_dir,
-                                  split_value=s.split_value, max_samples=max_samples,
-                                  strict=options.strict_images)
-        data.fingerprint = fingerprint(table)
-        return data
-    texts = _texts(s, options, max_samples)
-    if s.kind == "sentences":
-        data = text_data.SentenceTrainData(texts[0], tokenizer, seed=seed)
-    else:
-        data = text_data.NLITrainData(*texts, tokenizer, seed=seed)
-    digest = hashlib.sha256()
-    for column in texts:
-        digest.update("\n".join(column).encode())
-    data.fingerprint = digest.hexdigest()[:16]
+    """The training data object (``len``, ``batch(step, batch_size, fields)``, ``fingerprint``) of
+    ``name``: :meth:`TrainSet.build`, fingerprinted by :meth:`TrainSet.fingerprint`."""
+    ctx = TrainContext(options=options, max_samples=max_samples, cache_dir=cache_dir, world=world,
+                       tokenizer=tokenizer, seed=seed, image_size=image_size, preprocess_cfg=preprocess_cfg)
+    ts = spec(name)()
+    data = ts.build(ctx)
+    data.fingerprint = ts.fingerprint(data, ctx)
     return data

@@ -1,12 +1,12 @@
 """Text-only training data for SimCSE (Gao et al. 2021): unsupervised sentences and NLI triplets.
 
-Same interface as :class:`harness.data.ShapesTrainData`: ``name``, ``provides``, ``len()``,
-``check_static`` (raises :class:`harness.data.MissingFieldError` before training),
+Same interface as :class:`harness.data.batches.ShapesTrainData`: ``name``, ``provides``, ``len()``,
+``check_static`` (raises :class:`harness.data.batches.MissingFieldError` before training),
 ``indices(step, batch_size)`` (epochs of seeded permutations, ragged tail dropped: the very same
 function as the shapes data, so the order depends only on the run seed and the step) and
 ``batch(step, batch_size, fields) -> Batch`` (under torch.distributed ``batch_size`` is the global
 batch; every rank draws it identically and keeps its own rows). Texts are tokenised once, at
-construction (``tokenizer(list[str]) -> LongTensor (N, L)``, as :class:`harness.models.WordTokenizer`
+construction (``tokenizer(list[str]) -> LongTensor (N, L)``, as :class:`harness.engine.models.WordTokenizer`
 and open_clip's tokenizers), and held in memory.
 
 * :class:`SentenceTrainData` (unsupervised SimCSE): ``text`` and ``text_view`` are the *same*
@@ -23,7 +23,7 @@ or a table with a ``text`` / ``sentence`` column) and :func:`load_nli_triplets`
 (``sentence-transformers/nli-for-simcse`` or ``sentence-transformers/all-nli``, config ``triplet``:
 ``anchor``, ``positive``, ``negative``; SimCSE's own ``nli_for_simcse.csv`` columns ``sent0``,
 ``sent1``, ``hard_neg`` are accepted too). Both read local copies or the Hub through
-:func:`harness.sources.load_table` (``.txt`` files are read directly) and take ``max_samples``:
+:func:`harness.data.sources.load_table` (``.txt`` files are read directly) and take ``max_samples``:
 keep the first N rows (file order, after dropping blank lines), for short runs.
 """
 
@@ -35,8 +35,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import Batch, MissingFieldError, ShapesTrainData, shard
-from .sources import (BUILDERS, DataOptions, DatasetUnavailableError, EmptyDatasetError, HubSource,
+from harness.data.batches import Batch, MissingFieldError, ShapesTrainData, shard
+from harness.data.sources import (BUILDERS, DataOptions, DatasetUnavailableError, EmptyDatasetError, HubSource,
                       MissingColumnsError, _suffix, check_columns, load_table)
 
 #: SimCSE's unsupervised corpus (``data/download_wiki.sh``): 10^6 Wikipedia sentences, one per line
@@ -55,7 +55,8 @@ NLI_ALIASES = {"sent0": "anchor", "sent1": "positive", "hard_neg": "negative"}
 class TextTrainData:
     """Pre-tokenised texts in a seeded order (base of the SimCSE data classes).
 
-    Subclasses fill :attr:`tensors` (field name -> tensor whose first dimension is the sample)."""
+    Subclasses fill :attr:`tensors` (field name -> token ids whose first dimension is the sample;
+    any text field, including one a plugin declares) and list them in ``provides``."""
 
     name = "text"
     provides: frozenset[str] = frozenset()
@@ -95,12 +96,9 @@ class TextTrainData:
     def _global_batch(self, step: int, batch_size: int, fields) -> Batch:
         idx = torch.from_numpy(self.indices(step, batch_size))
         out = Batch(index=idx if "index" in fields else None)
-        if "text" in fields:
-            out.tokens = self.tensors["text"][idx].long()
-        if "text_view" in fields:
-            out.text_view = self.tensors["text_view"][idx].long()
-        if "hard_negative_text" in fields:
-            out.hard_negative_text = self.tensors["hard_negative_text"][idx].long()
+        for name, tokens in self.tensors.items():  # any text field, built in or declared by a plugin
+            if name in fields:
+                out[name] = tokens[idx].long()
         return out
 
 

@@ -40,81 +40,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from .core.errors import UserError
+from harness.core.data import DataOptions, HubSource
+from harness.core.errors import (DataError, DatasetUnavailableError, EmptyDatasetError, MissingColumnsError,
+                                 UndecodableImageError, UnreadableDataError, UserError)
 
 #: file suffix -> ``datasets`` packaged builder
 BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json",
             ".json.gz": "json", ".jsonl.gz": "json", ".tar": "webdataset", ".arrow": "arrow"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-class DataError(UserError):
-    """A dataset that cannot be used as given."""
-
-
-class MissingColumnsError(DataError):
-    """The table lacks columns the task reads."""
-
-
-class DatasetUnavailableError(DataError):
-    """The dataset is neither local nor reachable on the Hub (offline, gated, unknown)."""
-
-
-class EmptyDatasetError(DataError):
-    """The data is there but holds no rows (an empty file, a directory without data files)."""
-
-
-class UnreadableDataError(DataError):
-    """A local file that cannot be read in the format its name says (e.g. a ``.parquet`` that is not
-    parquet)."""
-
-
-class UndecodableImageError(DataError):
-    """An image that PIL cannot decode (under ``strict``, or when too few training images decode)."""
-
-
-@dataclass(frozen=True)
-class HubSource:
-    """Where a task's table lives on the Hugging Face Hub.
-
-    ``revision`` pins a commit or branch (``refs/convert/parquet`` is the Hub's parquet conversion,
-    used for sets whose loading scripts current ``datasets`` refuses); ``data_files`` selects files
-    inside the repository (a glob), else the repository's own layout decides.
-    """
-
-    repo: str
-    split: str = "test"
-    config: str | None = None
-    revision: str | None = None
-    data_files: str | None = None
-    gated: bool = False
-
-    def describe(self) -> str:
-        s = self.repo + (f" (config {self.config})" if self.config else "") + f", split {self.split}"
-        return s + (f", revision {self.revision}" if self.revision else "")
-
-
-@dataclass
-class DataOptions:
-    """What the user said about data: local paths by task name or dataset id, and strictness."""
-
-    paths: dict[str, str] = field(default_factory=dict)
-    strict_images: bool = False
-
-    def local_path(self, *names: str) -> Path | None:
-        for n in names:
-            if n and n in self.paths:
-                p = Path(self.paths[n]).expanduser()
-                if not p.exists():
-                    raise DatasetUnavailableError(f"local data for {n!r} does not exist: {p}; fix the path "
-                                                  f"given with --data {n}=PATH (or data.paths.{n})")
-                return p
-        root = os.environ.get("HARNESS_DATA_DIR")
-        if root:
-            for n in names:
-                if n and (Path(root) / n).exists():
-                    return Path(root) / n
-        return None
 
 
 # ----------------------------------------------------------------------------------- loading

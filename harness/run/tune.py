@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
-from .console import Reporter
-from .runner import execute, prepare
-from .tracking import MlflowRun, tracking_uri, versions
-from .core.errors import UserError
+from harness.config import RunConfig
+from harness.core.objective import OBJECTIVES
+from harness.core.task import TASKS
+from harness.run.console import Reporter
+from harness.run.runner import execute, prepare, resolve_train_data
+from harness.tracking import MlflowRun, tracking_uri, versions
+from harness.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +140,6 @@ def _optimize(base: RunConfig, objective: str, task: str, n_trials: int, storage
     import optuna
     from optuna.study import MaxTrialsCallback
 
-    from objectives import OBJECTIVES
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     reporter = Reporter(quiet=quiet)
     storage = open_storage(storage_spec)
@@ -190,10 +190,8 @@ def tune(base: RunConfig, objectives: list[str], task: str, n_trials: int, repor
     """Tune each objective with the same number of trials; returns one summary per study."""
     import optuna
 
-    from objectives import OBJECTIVES
-    from tasks import TASKS
-
     reporter = reporter or Reporter(quiet=True)
+    resolve_train_data(base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if n_trials < 1:
         raise TuneError(f"--trials must be at least 1, got {n_trials}")

@@ -15,11 +15,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig
-from .console import Reporter
-from .runner import Plan, execute, prepare
-from .tracking import HEARTBEAT_TAG, MlflowRun, is_stale, open_store, tracking_uri, versions
-from .core.errors import UserError
+from harness.config import RunConfig
+from harness.run.console import Reporter
+from harness.leaderboard import LeaderboardError, print_wide, render_table, render_text_table, summarize_comparison
+from harness.run.runner import Plan, execute, prepare, resolve_train_data
+from harness.run.tune import best_params
+from harness.tracking import HEARTBEAT_TAG, MlflowRun, is_stale, open_store, tracking_uri, versions
+from harness.core.errors import UserError
 
 
 class CompareError(UserError):
@@ -119,8 +121,7 @@ def interrupted_runs(uri: str, experiment: str) -> dict[str, tuple[str, float]]:
 
 def tuned_parameters(base: RunConfig, objectives: list[str], task: str, storage: str | None) -> dict[str, dict]:
     """Each objective's best parameters from its ``harness tune`` study on ``task``."""
-    from .tune import best_params
-
+    resolve_train_data(base)
     return {obj: best_params(obj, task, base, storage) for obj in objectives}
 
 
@@ -129,6 +130,7 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
     """Run the sweep. With ``tuned`` (from :func:`tuned_parameters`) it is the "tuned" track: each
     objective trains with its tuned parameters, and its runs keep the base budget id."""
     reporter = reporter or Reporter(quiet=True)
+    resolve_train_data(base)
     track = "tuned" if tuned is not None else "default"
     pairs = plan_pairs(base, objectives, seeds, tuned)
     out_dir = Path(base.tracking.output_dir)
@@ -205,8 +207,6 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
 
 def _leaderboard(outcome: CompareOutcome, uri: str, out_dir: Path, reporter: Reporter) -> dict | None:
     """Rank the comparison from MLflow, write leaderboard.{md,html,json,csv}, attach them to the parent."""
-    from .leaderboard import LeaderboardError, print_wide, render_table, render_text_table, summarize_comparison
-
     target = out_dir / "leaderboards" / (outcome.parent_run_id or "compare")
     try:
         board = summarize_comparison(outcome.experiment, outcome.parent_run_id, uri, out_dir=target)

@@ -18,10 +18,10 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from .config import BUDGET_PRESETS, ConfigError, resolve_config
-from .console import Reporter
-from .core.errors import UserError
-from .tracking import Terminated
+from harness.config import BUDGET_PRESETS, ConfigError, resolve_config
+from harness.run.console import Reporter
+from harness.core.errors import UserError
+from harness.tracking import Terminated
 
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
@@ -112,12 +112,12 @@ def _data_paths(items: list[str]) -> dict[str, str]:
 
 
 def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
-    from .runner import execute, prepare
+    from harness.run.runner import execute, prepare
 
     cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
     plan = prepare(cfg)  # every check, before MLflow is touched
     outcome = execute(cfg, rep, plan)
-    from .distributed import is_main
+    from harness.engine.distributed import is_main
 
     if not is_main():  # torchrun: rank 0 prints and records
         return 0
@@ -130,12 +130,12 @@ def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_eval(a: argparse.Namespace, rep: Reporter) -> int:
-    from .runner import evaluate_only, prepare_eval
+    from harness.run.runner import evaluate_only, prepare_eval
 
     cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
     prepare_eval(cfg)
     outcome = evaluate_only(cfg, rep)
-    from .models import HF_TEXT_PREFIX, MINILM
+    from harness.engine.models import HF_TEXT_PREFIX, MINILM
 
     bundled = cfg.model.name == MINILM or cfg.model.name.startswith(HF_TEXT_PREFIX)
     weights = cfg.model.pretrained or ("Hugging Face weights" if bundled else "random init")
@@ -145,7 +145,7 @@ def cmd_eval(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
-    from .compare import CompareError, compare, tuned_parameters
+    from harness.run.compare import CompareError, compare, tuned_parameters
 
     objectives = [o.strip() for o in (a.objectives or "").split(",") if o.strip()]
     if not objectives:
@@ -155,7 +155,7 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
     cfg = resolve_config(a.budget, a.config, flags, a.set)
     tuned = None
     if a.tuned:
-        from .runner import expand_tasks
+        from harness.run.runner import expand_tasks
 
         tune_task = a.tuned_on or expand_tasks(cfg.tasks)[0].name
         tuned = tuned_parameters(cfg, objectives, tune_task, a.storage)
@@ -167,7 +167,7 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
-    from .tune import TuneError, tune
+    from harness.run.tune import TuneError, tune
 
     objectives = [o.strip() for o in (a.objectives or a.objective or "").split(",") if o.strip()]
     tasks = [t.strip() for item in (a.tasks or []) for t in item.split(",") if t.strip()]
@@ -189,8 +189,14 @@ def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
+    """``harness list``: objectives and tasks come from the catalogue (harness/cli/catalogue.py), cached so
+    that listing does not import them (nor torch) while nothing they depend on changed."""
+    fmt = "json" if a.json else a.format
+    a.json = fmt == "json"
+    if fmt == "md" and a.what == "train-data":
+        raise UserError("--format md is for `harness list objectives` and `harness list tasks`")
     if a.what == "train-data":
-        from .train_data import TRAIN_DATA
+        from harness.data.train_sets import TRAIN_DATA
 
         rows = [{"name": s.name, "kind": s.kind, "dataset": s.source.describe() if s.source else "(generated)",
                  "license": s.license, "doc": s.doc} for s in TRAIN_DATA.values()]
@@ -204,14 +210,17 @@ def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
             table.add_row(*[escape(str(r[c])) for c in ("name", "kind", "dataset", "license", "doc")])
         rep.print(table)
         return 0
-    if a.what == "objectives":
-        from objectives import OBJECTIVES as reg
-    else:
-        from tasks import TASKS as reg
-    rows = [cls.describe() for _, cls in reg.items()]
-    if a.json:
-        print(json.dumps({"entries": rows, "failed": [vars(f) | {"traceback": None} for f in reg.failures.values()]},
-                         indent=1))
+    from harness.cli import catalogue
+
+    cat = catalogue.load(a.what, refresh=a.refresh)
+    rows = cat.rows
+    if fmt == "json":
+        print(json.dumps({"entries": rows, "failed": cat.failed}, indent=1))
+        return 0
+    if fmt == "md":
+        print(catalogue.markdown(a.what, rows), end="")
+        for f in cat.failed:
+            rep.error(f"plugin {f['name']!r} ({f['source']}) failed to load and was skipped: {f['error']}")
         return 0
     table = Table(title=f"{len(rows)} {a.what}", title_justify="left")
     if a.what == "objectives":
@@ -223,13 +232,13 @@ def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
     for r in rows:
         table.add_row(*[escape(", ".join(r[c]) if isinstance(r[c], list) else str(r[c])) for c in cols])
     rep.print(table)
-    for f in reg.failures.values():
-        rep.error(f"plugin {f.name!r} ({f.source}) failed to load and was skipped: {f.error}")
+    for f in cat.failed:
+        rep.error(f"plugin {f['name']!r} ({f['source']}) failed to load and was skipped: {f['error']}")
     return 0
 
 
 def cmd_validate(a: argparse.Namespace, rep: Reporter) -> int:
-    from .runner import prepare
+    from harness.run.runner import prepare
 
     cfg = resolve_config(a.budget, a.config, None, a.set)
     prepare(cfg)
@@ -313,13 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-seed", type=int, default=0)
     p.set_defaults(fn=cmd_tune)
     p = sub.add_parser("leaderboard", parents=[common], help="rank objectives from MLflow: terminal, Markdown, HTML, JSON, CSV")
-    from . import leaderboard
+    from harness import leaderboard
 
     leaderboard.add_arguments(p)
     p.set_defaults(fn=leaderboard.main)
     p = sub.add_parser("list", parents=[common], help="list registered objectives, tasks or training sets")
     p.add_argument("what", choices=["objectives", "tasks", "train-data"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("--format", choices=["table", "json", "md"], default="table",
+                   help="a terminal table (default), JSON, or the docs' Markdown table (objectives, tasks)")
+    p.add_argument("--refresh", action="store_true", help="rebuild the cached list of objectives or tasks "
+                   "(it is rebuilt by itself when an installed plugin or a module of theirs changes)")
     p.set_defaults(fn=cmd_list)
     p = sub.add_parser("validate", parents=[common], help="check a config file without running it")
     p.add_argument("config")
@@ -335,9 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from .distributed import cleanup, init_from_env, is_main
+    if "RANK" in os.environ or "torch.distributed" in sys.modules:
+        from harness.engine.distributed import cleanup, init_from_env, is_main
 
-    rank, world = init_from_env()  # under torchrun: one process group; a no-op otherwise
+        rank, world = init_from_env()  # under torchrun: one process group; a no-op otherwise
+    else:  # no process group can exist: torch is not imported for it (`harness list` stays fast)
+        rank, world, cleanup, is_main = 0, 1, (lambda: None), (lambda: True)
     if world > 1 and a.command in ("compare", "tune"):
         print(f"error: `harness {a.command}` runs in one process; launch each training run with "
               "`torchrun ... -m harness run` instead", file=sys.stderr)
@@ -361,7 +377,7 @@ def _handle_sigterm():
     ends KILLED with the reason, and the command exits 143. Returns the handler it replaced."""
     try:
         return signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread (harness.cli.main called from a thread): leave it
+    except ValueError:  # not the main thread (harness.cli.main.main called from a thread): leave it
         return None
 
 

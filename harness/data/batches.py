@@ -11,41 +11,33 @@ pixel noise) without a flip, so it depicts the same scene as the anchor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from .batch import FIELDS
-from .distributed import world_info
-from .shapes import COLOUR_NAMES, SHAPES, SIZES, ShapesSplit, ShapesWorld, flip_caption
-from .core.errors import UserError
+from harness.core.batch import FieldAccess, open_fields
+from harness.core.errors import UserError
+from harness.core.train_set import MissingFieldError, check_fields
+from harness.data.shapes import COLOUR_NAMES, SHAPES, SIZES, ShapesSplit, ShapesWorld, flip_caption
 
 #: fields the shapes world supplies to objectives
 SHAPES_FIELDS = frozenset({"image", "text", "image_view", "text_view", "hard_negative_text", "labels",
                            "index", "concepts"})
+__all__ = ["Batch", "MissingFieldError", "check_fields", "ShapesTrainData", "shard", "Prefetcher", "jitter"]
 
 
-class MissingFieldError(UserError):
-    """An objective needs a batch field that the training data cannot supply."""
-
-
-def check_fields(requires, provides, objective: str, train_data: str) -> None:
-    """Raise :class:`MissingFieldError`, naming each missing field and what supplies it, if
-    ``objective`` needs fields that ``train_data`` (which supplies ``provides``) has not got."""
-    missing = set(requires) - set(provides)
-    if missing:
-        need = "; ".join(f"{m} ({FIELDS.get(m, '?')})" for m in sorted(missing))
-        raise MissingFieldError(
-            f"objective {objective!r} needs {need}, which training data {train_data!r} does not "
-            f"supply (it supplies {', '.join(sorted(provides))}); pick an objective that needs less "
-            "or training data that supplies it (harness list train-data)"
-        )
-
-
+@open_fields
 @dataclass
-class Batch:
-    """Model inputs of one step (only the fields an objective asked for are filled)."""
+class Batch(FieldAccess):
+    """Model inputs of one step (only the fields an objective asked for are filled).
+
+    Field ``image`` is held as ``images``, ``text`` as ``tokens``; a field declared after the
+    built-ins (:func:`harness.core.batch.register_field`) in ``more``: ``batch["caption_b"]``,
+    ``batch.caption_b`` and :meth:`tensors` (by field name) read them all."""
+
+    _ALIAS = {"image": "images", "text": "tokens"}
 
     images: torch.Tensor | None = None  # uint8 (B, H, W, 3)
     tokens: torch.Tensor | None = None  # (B, L)
@@ -55,6 +47,8 @@ class Batch:
     labels: torch.Tensor | None = None
     index: torch.Tensor | None = None
     concepts: torch.Tensor | None = None  # (B, C) float multi-hot
+    #: fields declared after the built-ins, by name
+    more: dict = field(default_factory=dict)
 
 
 class ShapesTrainData:
@@ -71,6 +65,8 @@ class ShapesTrainData:
         self.images = torch.from_numpy(sp.images)
         self.labels = torch.from_numpy(sp.labels)
         self.concept_names = concept_vocabulary()
+        #: classes of the multi-hot ``concepts`` field (CatLIP's head is sized from it in setup())
+        self.num_concepts = len(self.concept_names)
         key = (world.fingerprint, split, tuple(getattr(tokenizer, "itos", ())) or id(tokenizer))
         if key not in _TEXT_CACHE:  # tokenised once per world and vocabulary in a process
             _TEXT_CACHE.clear()
@@ -130,6 +126,11 @@ class ShapesTrainData:
         return out
 
 
+def world_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group; ``(0, 1)`` when not initialised."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
 def shard(full: Batch, batch_size: int) -> Batch:
     """This rank's rows of a global batch (rows ``rank*B/W .. (rank+1)*B/W``); the batch itself in
     one process. Every training set draws the global batch identically on every rank, then shards."""
@@ -139,7 +140,7 @@ def shard(full: Batch, batch_size: int) -> Batch:
     if batch_size % world:
         raise UserError(f"global batch {batch_size} is not divisible by the world size {world}")
     b = batch_size // world
-    return Batch(**{k: (v[rank * b:(rank + 1) * b] if v is not None else None) for k, v in vars(full).items()})
+    return full.map(lambda t: t[rank * b:(rank + 1) * b])
 
 
 _TEXT_CACHE: dict[tuple, tuple[torch.Tensor, ...]] = {}
@@ -182,7 +183,7 @@ class Prefetcher:
         with self._lock:  # ShapesTrainData keeps a per-epoch permutation: one producer at a time
             b = self.data.batch(step, self.batch_size, self.fields)
         if self.pin:
-            b = Batch(**{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in vars(b).items()})
+            b = b.map(torch.Tensor.pin_memory)
         return b
 
     def batch(self, step: int, batch_size: int, fields) -> Batch:

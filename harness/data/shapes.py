@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from .core.errors import UserError
+from harness.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

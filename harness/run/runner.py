@@ -16,16 +16,20 @@ from typing import Any, Callable
 
 import torch
 
-from .config import RunConfig, flatten
-from .console import Reporter
-from . import train_data
-from .models import Encoder, ModelConfig, build_model, checkpoint_words, harness_checkpoint
-from .shapes import ShapesWorld, default_cache_dir, vocabulary
-from .sources import DataError, DatasetUnavailableError
-from .distributed import is_main, world_info
-from .tracking import MlflowRun, NullRun, tracking_uri, versions
-from .trainer import TrainResult, resolve_device, seed_everything, train
-from .core.errors import UserError
+from harness.config import RunConfig, flatten
+from harness.core.objective import build_objective
+from harness.core.registry import UnknownNameError
+from harness.core.task import TASKS, EvalContext, Suite, task_meta
+from harness.run.console import Reporter
+from harness.data import train_sets as train_data
+from harness.engine.models import Encoder, ModelConfig, build_model, checkpoint_words, harness_checkpoint
+from harness.data.shapes import ShapesWorld, default_cache_dir, vocabulary
+from harness.data.sources import DataError, DatasetUnavailableError
+from harness.engine.distributed import is_main, world_info
+from harness.leaderboard import TASK_META_TAG
+from harness.tracking import MlflowRun, NullRun, tracking_uri, versions
+from harness.engine.trainer import TrainResult, resolve_device, seed_everything, train
+from harness.core.errors import UserError
 
 
 @dataclass
@@ -53,9 +57,6 @@ def expand_tasks(names: list[str], modality: str = "image-text", objective: str 
     A suite keeps the members that evaluate towers the objective trains (a text-only objective
     gets the suite's text tasks); a task named explicitly must match, or it is an error.
     """
-    from tasks import TASKS
-    from tasks.base import Suite
-
     out: dict[str, object] = {}
     trained = TOWERS[modality]
     for name in names:
@@ -92,9 +93,6 @@ def check_modalities(name: str, modality: str, tasks: list) -> None:
 
 def check_selection(cfg: RunConfig, objective) -> None:
     """The selection task must evaluate trained towers and have a validation split."""
-    from tasks import TASKS
-    from tasks.base import Suite
-
     cls = TASKS.get(cfg.selection.task)
     if issubclass(cls, Suite):
         raise UserError(f"checkpoint selection needs one task, not the suite {cfg.selection.task!r}")
@@ -174,16 +172,32 @@ def check_checkpoint(cfg: RunConfig, tasks: list, train_data_name: str, adopt: b
 
 def prepare_eval(cfg: RunConfig) -> list:
     """``harness eval``'s checks, before MLflow is touched: the tasks, the checkpoint, the data."""
+    resolve_train_data(cfg)
     tasks = expand_tasks(cfg.tasks)
     check_checkpoint(cfg, tasks, "shapes", adopt=True)
     check_task_data(tasks, cfg)
     return tasks
 
 
+def resolve_train_data(cfg: RunConfig) -> RunConfig:
+    """``train_data: auto`` becomes what the first task declares it implies (shapes tasks: shapes,
+    coco-retrieval: coco, stsb: wiki1m), so the identity and the budget id name the data. Every
+    command resolves it as soon as the config is read."""
+    if cfg.train_data == "auto":
+        try:
+            cfg.train_data = TASKS.get(cfg.tasks[0]).default_train_data
+        except UnknownNameError:  # reported, with suggestions, when the run is prepared
+            cfg.train_data = "shapes"
+    if cfg.train_data not in train_data.TRAIN_DATA:
+        raise UserError(f"unknown training data {cfg.train_data!r}; valid: auto, {', '.join(train_data.TRAIN_DATA)} "
+                        "(see `harness list train-data`)")
+    train_data.spec(cfg.train_data)  # loaded now: the batch fields it declares are known to objectives
+    return cfg
+
+
 def prepare(cfg: RunConfig) -> Plan:
     """Resolve and validate everything; raises before any expensive work or MLflow write."""
-    from objectives import build_objective
-
+    resolve_train_data(cfg)
     objective = build_objective(cfg.objective, cfg.objective_params)
     if cfg.budget.batch_size < objective.min_batch_size:
         raise UserError(f"objective {cfg.objective!r} needs a batch of at least {objective.min_batch_size}, "
@@ -275,8 +289,6 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
 
             reporter.info(f"training [bold]{cfg.objective}[/] on {cfg.train_data}: {cfg.budget.steps} steps x "
                           f"{cfg.budget.batch_size} on {plan.device.type} (identity {cfg.identity})")
-            from tasks import EvalContext
-
             selector = Selector(cfg, model, plan.objective, encoder, world, recorder, reporter) \
                 if cfg.selection is not None else None
             validate = None
@@ -321,8 +333,6 @@ class Selector:
     the state of the best evaluation (ties: the earlier step) and restores it before testing."""
 
     def __init__(self, cfg: RunConfig, model, objective, encoder, world, recorder, reporter: Reporter):
-        from tasks import TASKS
-
         self.task = TASKS.get(cfg.selection.task)()
         self.every = cfg.selection.every
         self.model, self.objective, self.encoder, self.world = model, objective, encoder, world
@@ -332,8 +342,6 @@ class Selector:
         self.best_state: dict | None = None
 
     def __call__(self, step: int) -> None:
-        from tasks import EvalContext
-
         res = self.task.evaluate(EvalContext(encoder=self.encoder, world=self.world, validation=True,
                                              data=self.options))
         score = res.main_score if self.task.higher_is_better else -res.main_score
@@ -371,6 +379,9 @@ def evaluate_and_record(cfg: RunConfig, tasks: list, ctx, recorder, reporter: Re
         outcome.results.append(res)
         recorder.log_metrics({f"{task.name}/{k}": v for k, v in res.metrics.items()})
         recorder.log_metrics({f"{task.name}/main_score": res.main_score})
+    # what the leaderboard needs about each task (family, direction, diagnostic, breakdown), recorded
+    # with the run so a board never asks the installed registry
+    recorder.set_tags({TASK_META_TAG: json.dumps(task_meta(outcome.results), separators=(",", ":"))})
     doc = results_document(cfg, outcome, ctx.world, tags)
     path = Path(cfg.tracking.output_dir) / "results" / f"{cfg.identity}-{recorder.run_id[:8]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -382,8 +393,6 @@ def evaluate_and_record(cfg: RunConfig, tasks: list, ctx, recorder, reporter: Re
 def evaluate_only(cfg: RunConfig, reporter: Reporter | None = None) -> RunOutcome:
     """``harness eval``: evaluate an open_clip model (a pretrained tag or a local checkpoint) on
     the configured tasks, with no training, as one MLflow run (``harness.role=eval``)."""
-    from tasks import EvalContext
-
     reporter = reporter or Reporter(quiet=True)
     tasks = prepare_eval(cfg)
     device = resolve_device(cfg.budget.device)

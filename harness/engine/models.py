@@ -19,12 +19,13 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig  # noqa: F401 - defined with the rest of the run configuration
-from .core.errors import UserError
+from harness.config import HF_TEXT_PREFIX, MINILM, ModelConfig  # noqa: F401 - ModelConfig re-exported
+from harness.data.sources import pil_transform
+from harness.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PRESET_DIR = Path(__file__).parent / "model_configs"
+PRESET_DIR = Path(__file__).parent.parent / "model_configs"
 PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.json")))
 _registered = False
 
@@ -36,8 +37,6 @@ def register_presets() -> None:
         _registered = True
 
 
-HF_TEXT_PREFIX = "hf-text:"
-MINILM = "all-MiniLM-L6-v2"
 
 _CHECKPOINTS: dict[tuple[str, float], dict | None] = {}
 
@@ -289,7 +288,7 @@ class Encoder:
 
     @torch.no_grad()
     def encode_image(self, images) -> torch.Tensor:
-        """uint8 (N, H, W, 3) images, or an :class:`harness.sources.ImageColumn` of real images
+        """uint8 (N, H, W, 3) images, or an :class:`harness.data.sources.ImageColumn` of real images
         (decoded batch by batch with open_clip's evaluation resize/crop; undecodable ones get NaN rows).
 
         Each distinct image (by the bytes of the uint8 array the model sees) is encoded once and its
@@ -330,8 +329,6 @@ class Encoder:
 
     def _encode_column(self, column) -> torch.Tensor:
         import hashlib
-
-        from .sources import pil_transform
 
         if getattr(self, "_pil", None) is None:
             self._pil = pil_transform(getattr(self.model.visual, "preprocess_cfg", None), self.image_size)

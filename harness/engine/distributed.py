@@ -36,7 +36,7 @@ from dataclasses import fields, replace
 import torch
 import torch.distributed as dist
 
-from .batch import FIELDS, EmbeddingBatch
+from harness.core.batch import FIELDS, EmbeddingBatch
 
 try:  # functional collectives (PyTorch >= 2.3); names are in flux, feature-detect below
     from torch.distributed import _functional_collectives as _fcol

@@ -1,0 +1,1 @@
+from harness.cli.main import build_parser, main  # noqa: F401
