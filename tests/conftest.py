@@ -3,6 +3,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # real-dataset tests read local fixtures only: the Hub is never contacted
@@ -66,3 +68,23 @@ def runs(out: Path, **filters):
         return []
     client = mlflow.MlflowClient()
     return client.search_runs(exps, run_view_type=3)
+
+
+# ----------------------------------------------------------------------- helpers for objective tests
+
+
+def unit(*shape, dtype=torch.float64, seed: int | None = None) -> torch.Tensor:
+    """Random unit vectors along the last axis (float64 by default: references compare to 1e-10)."""
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    return F.normalize(torch.randn(*shape, dtype=dtype, generator=g), dim=-1)
+
+
+def make(name: str, num_samples: int = 20, **params):
+    """A registered objective in float64; objectives with per-sample state get ``setup`` first."""
+    from harness.core.objective import OBJECTIVES
+
+    obj = OBJECTIVES.get(name)(**params)
+    if name == "isogclr":
+        obj.setup(num_samples=num_samples, batch_size=8, steps=10)
+    return obj.double()
+

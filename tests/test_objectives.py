@@ -9,11 +9,9 @@ from harness.core.batch import EmbeddingBatch
 from objectives import (OBJECTIVES, HyperparameterError, ObjectiveExpressionError, WeightedSum,
                         build_objective, parse_expression)
 
+from conftest import make, unit
+
 torch.manual_seed(0)
-
-
-def unit(*shape, dtype=torch.float64):
-    return F.normalize(torch.randn(*shape, dtype=dtype), dim=-1)
 
 
 def clip_reference(x, y, s):
@@ -36,11 +34,6 @@ def siglip_reference(x, y, s, b):
             z = 1.0 if i == j else -1.0
             total += -math.log(1.0 / (1.0 + math.exp(-z * (s * float(x[i] @ y[j]) + b))))
     return total / n
-
-
-def make(name, **params):
-    obj = OBJECTIVES.get(name)(**params)
-    return obj.double()
 
 
 def test_clip_matches_nested_loop_reference():

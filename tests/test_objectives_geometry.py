@@ -18,17 +18,11 @@ from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
 from harness.engine.trainer import train
 from objectives import OBJECTIVES, HyperparameterError, WeightedSum, build_objective
 
+from conftest import make, unit
+
 torch.manual_seed(0)
 NAMES = ["align-uniform", "cua", "dispersive", "kernel-infonce", "auc", "catlip"]
 IMAGE_TEXT = ["align-uniform", "cua", "dispersive", "kernel-infonce", "auc"]
-
-
-def unit(*shape, dtype=torch.float64):
-    return F.normalize(torch.randn(*shape, dtype=dtype), dim=-1)
-
-
-def make(name, **params):
-    return OBJECTIVES.get(name)(**params).double()
 
 
 def sqd(a, b):

@@ -11,16 +11,9 @@ from harness.core.batch import EmbeddingBatch
 from objectives import OBJECTIVES, HyperparameterError
 from objectives.hard_negatives import mochi_logits
 
+from conftest import make, unit
+
 NAMES = ["focal", "dcl", "hcl", "hn-nce", "negclip", "mochi"]
-
-
-def unit(*shape, dtype=torch.float64, seed=None):
-    g = torch.Generator().manual_seed(seed) if seed is not None else None
-    return F.normalize(torch.randn(*shape, dtype=dtype, generator=g), dim=-1)
-
-
-def make(name, **params):
-    return OBJECTIVES.get(name)(**params).double()
 
 
 def dot(a, b):

@@ -11,16 +11,10 @@ from pytorch_metric_learning.losses import NTXentLoss, SupConLoss
 from harness.core.batch import EmbeddingBatch
 from objectives import OBJECTIVES, HyperparameterError, WeightedSum, build_objective
 
+from conftest import make, unit
+
 torch.manual_seed(0)
 NAMES = ["tic", "intra-modal", "nt-xent", "supcon", "simcse"]
-
-
-def unit(*shape, dtype=torch.float64):
-    return F.normalize(torch.randn(*shape, dtype=dtype), dim=-1)
-
-
-def make(name, **params):
-    return OBJECTIVES.get(name)(**params).double()
 
 
 def full_batch(n=7, d=5, k=3, dtype=torch.float64, n_labels=3):

@@ -11,19 +11,10 @@ import torch.nn.functional as F
 from harness.core.batch import EmbeddingBatch
 from objectives import OBJECTIVES, HyperparameterError, build_objective
 
+from conftest import make, unit
+
 torch.manual_seed(0)
 NAMES = ["cwcl", "isogclr", "macl", "amcl"]
-
-
-def unit(*shape, dtype=torch.float64):
-    return F.normalize(torch.randn(*shape, dtype=dtype), dim=-1)
-
-
-def make(name, num_samples=20, **params):
-    obj = OBJECTIVES.get(name)(**params)
-    if name == "isogclr":
-        obj.setup(num_samples=num_samples, batch_size=8, steps=10)
-    return obj.double()
 
 
 def pair(n=7, d=5):
