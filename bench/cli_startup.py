@@ -35,8 +35,10 @@ CASES = [
     ("harness list tasks (cold cache)", ["list", "tasks"], 0, "cold", None),
     ("harness list tasks (warm cache)", ["list", "tasks"], 0, "warm", 2.0),
 ]
-TORCH_CHECK = ("import sys\nfrom harness.cli.main import main\nmain(['-q', 'list', 'objectives', '--json'])\n"
-               "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)")
+TORCH_CHECK = (
+    "import sys\nfrom harness.cli.main import main\nmain(['-q', 'list', 'objectives', '--json'])\n"
+    "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)"
+)
 
 
 def timed(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -47,17 +49,23 @@ def timed(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.Compl
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=None,
-                   help="fresh processes per command (default 5; tiny 1)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="fresh processes per command (default 5; tiny 1)"
+    )
     p.add_argument("--tiny", action="store_true", help="each command once: checks that the benchmark runs")
     a = p.parse_args(argv)
     repeats = a.repeats or (1 if a.tiny else 5)
     cache = Path(tempfile.mkdtemp(prefix="harness-catalogue-"))
-    env = {**os.environ, "HARNESS_CATALOGUE_DIR": str(cache),
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "HARNESS_CATALOGUE_DIR": str(cache),
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     load = os.getloadavg()
-    print(f"cli_startup: {'TINY, ' if a.tiny else ''}{repeats} fresh process(es) per command; "
-          f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"cli_startup: {'TINY, ' if a.tiny else ''}{repeats} fresh process(es) per command; "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     print(f"{'command':<40} | median s |  min s | goal | exit")
     outputs: dict[tuple[str, ...], dict[str, str]] = {}
     bad = []
@@ -78,8 +86,10 @@ def main(argv=None) -> int:
             ok = codes == {code}
             if not ok:
                 bad.append(f"{label}: exit {sorted(codes)}, expected {code}")
-            print(f"{label:<40} | {statistics.median(times):8.2f} | {min(times):6.2f} | "
-                  f"{f'< {goal:g}' if goal else '   -':>4} | {','.join(map(str, sorted(codes)))}")
+            print(
+                f"{label:<40} | {statistics.median(times):8.2f} | {min(times):6.2f} | "
+                f"{f'< {goal:g}' if goal else '   -':>4} | {','.join(map(str, sorted(codes)))}"
+            )
         for args, out in outputs.items():
             same = out.get("cold") == out.get("warm") and bool(out.get("cold"))
             print(f"`harness {' '.join(args)}`: warm output identical to cold: {same}")

@@ -10,6 +10,8 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # real-dataset tests read local fixtures only: the Hub is never contacted
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# `harness list` caches its catalogue: never in the user's ~/.cache during tests
+os.environ.setdefault("HARNESS_CATALOGUE_DIR", "off")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,7 @@ import pytest
 
 from harness.cli import catalogue
 from harness.cli.main import main
-from harness.core.objective import OBJECTIVES, Objective
+from harness.core.objective import OBJECTIVES
 from harness.core.registry import Registry, source_stamps
 from harness.core.task import TASKS
 
@@ -30,8 +30,14 @@ def fresh_registry(kind: str) -> Registry:
 
 
 def run_py(code: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -63,13 +69,22 @@ def test_parser_help_and_argument_errors_do_not_import_torch():
 
 def test_warm_listing_does_not_import_torch_and_equals_the_cold_one(tmp_path):
     env = {"HARNESS_CATALOGUE_DIR": str(tmp_path)}
-    cold = subprocess.run([sys.executable, "-m", "harness", "list", "objectives", "--json"], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    cold = subprocess.run(
+        [sys.executable, "-m", "harness", "list", "objectives", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     assert cold.returncode == 0, cold.stderr[-3000:]
     assert list(tmp_path.glob("catalogue-objectives-*.json"))
-    warm = run_py("import sys\nfrom harness.cli.main import main\n"
-                  "rc = main(['list', 'objectives', '--json'])\n"
-                  "assert rc == 0 and 'torch' not in sys.modules, (rc, 'torch' in sys.modules)", env)
+    warm = run_py(
+        "import sys\nfrom harness.cli.main import main\n"
+        "rc = main(['list', 'objectives', '--json'])\n"
+        "assert rc == 0 and 'torch' not in sys.modules, (rc, 'torch' in sys.modules)",
+        env,
+    )
     assert warm.returncode == 0, warm.stderr[-3000:]
     assert warm.stdout == cold.stdout
     assert {"clip", "siglip"} <= {r["name"] for r in json.loads(warm.stdout)["entries"]}
@@ -158,7 +173,8 @@ def test_a_changed_plugin_module_invalidates_the_cache(cache_dir, tmp_path, monk
     k = catalogue.key("objectives")
     (site / "fake_plugin-0.1.dist-info").rename(site / "fake_plugin-0.2.dist-info")
     (site / "fake_plugin-0.2.dist-info" / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: fake-plugin\nVersion: 0.2\n")
+        "Metadata-Version: 2.1\nName: fake-plugin\nVersion: 0.2\n"
+    )
     assert catalogue.key("objectives") != k
 
 
@@ -172,8 +188,14 @@ def test_a_failing_plugin_is_reported_every_time_and_never_cached(cache_dir, tmp
     for _ in range(2):
         assert main(["list", "objectives", "--json"]) == 0
         data = json.loads(capsys.readouterr().out)
-        assert data["failed"] == [{"name": "fake-loss", "source": f"{module}:Fake (fake-plugin 0.1)",
-                                   "error": "ImportError: broken on purpose", "traceback": None}]
+        assert data["failed"] == [
+            {
+                "name": "fake-loss",
+                "source": f"{module}:Fake (fake-plugin 0.1)",
+                "error": "ImportError: broken on purpose",
+                "traceback": None,
+            }
+        ]
         assert "clip" in {r["name"] for r in data["entries"]}
         assert not list(cache_dir.glob("catalogue-objectives-*.json"))
     assert main(["list", "objectives"]) == 0
@@ -213,8 +235,10 @@ def test_docs_tables_are_the_generated_ones(kind):
     cat = catalogue.build(kind, fresh_registry(kind))
     assert not cat.failed, f"{kind} failed to load: {[f['name'] + ': ' + f['error'] for f in cat.failed[:3]]}"
     expected = catalogue.markdown(kind, cat.rows)
-    assert block == expected, (f"{catalogue.DOCS[kind]}'s table differs from `harness list {kind} --format "
-                               f"md`; regenerate the docs' tables with `{REGEN}`")
+    assert block == expected, (
+        f"{catalogue.DOCS[kind]}'s table differs from `harness list {kind} --format "
+        f"md`; regenerate the docs' tables with `{REGEN}`"
+    )
 
 
 def test_update_docs_rewrites_only_the_block(tmp_path):

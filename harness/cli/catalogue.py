@@ -65,6 +65,7 @@ def registry(kind: str) -> Registry:
 
 def _plain(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows as JSON gives them back, so a listing built now and one read from the cache are equal."""
+
     def default(o: Any) -> Any:
         return sorted(o) if isinstance(o, (set, frozenset)) else str(o)
 
@@ -85,8 +86,9 @@ def cache_path(kind: str) -> Path | None:
     if where == "off":
         return None
     if not where:
-        where = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                             "contrastive-harness")
+        where = os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "contrastive-harness"
+        )
     env = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
     return Path(where) / f"catalogue-{kind}-{env}.json"
 
@@ -94,7 +96,7 @@ def cache_path(kind: str) -> Path | None:
 def key(kind: str) -> str:
     """What the cached rows of ``kind`` are valid for (nothing is imported to compute it)."""
     group, module, _, also = KINDS[kind]
-    fp = entry_point_fingerprint(group, also=(module, __name__, *also))
+    fp = entry_point_fingerprint(group, also=(module, "harness.cli.catalogue", *also))
     return f"{FORMAT}:{__version__}:{fp}"
 
 
@@ -105,8 +107,9 @@ def load(kind: str, refresh: bool = False, use_cache: bool | None = None) -> Cat
     importing it), and plugin autoloading is not disabled.
     """
     if use_cache is None:
-        use_cache = (KINDS[kind][1] not in sys.modules
-                     and os.environ.get("HARNESS_DISABLE_PLUGIN_AUTOLOAD") != "1")
+        use_cache = (
+            KINDS[kind][1] not in sys.modules and os.environ.get("HARNESS_DISABLE_PLUGIN_AUTOLOAD") != "1"
+        )
     path = cache_path(kind) if use_cache else None
     if path is None:
         return Catalogue(**{**vars(build(kind)), "origin": "live"})
@@ -159,16 +162,19 @@ def _main_score(r: dict[str, Any]) -> str:
 #: kind -> [(column title, row -> cell)]: the columns of the docs' tables
 COLUMNS = {
     "objectives": [
-        ("name", lambda r: _code(r["name"])), ("family", lambda r: r["family"]),
-        ("trains", lambda r: r["modality"]), ("needs", lambda r: ", ".join(r["requires"])),
+        ("name", lambda r: _code(r["name"])),
+        ("family", lambda r: r["family"]),
+        ("trains", lambda r: r["modality"]),
+        ("needs", lambda r: ", ".join(r["requires"])),
         ("distributed", lambda r: r["distributed"]),
-        ("defaults",
-         lambda r: ", ".join(f"{k}={_value(v)}" for k, v in r.get("defaults", {}).items())),
+        ("defaults", lambda r: ", ".join(f"{k}={_value(v)}" for k, v in r.get("defaults", {}).items())),
         ("paper", lambda r: r.get("citation") or ""),
     ],
     "tasks": [
-        ("name", lambda r: _code(r["name"])), ("family", lambda r: r["family"]),
-        ("evaluates", lambda r: r["modality"]), ("main score", _main_score),
+        ("name", lambda r: _code(r["name"])),
+        ("family", lambda r: r["family"]),
+        ("evaluates", lambda r: r["modality"]),
+        ("main score", _main_score),
         ("dataset", lambda r: r.get("dataset") or ""),
         ("default training data", lambda r: r.get("default_train_data") or ""),
     ],
@@ -193,7 +199,7 @@ def docs_block(text: str, kind: str) -> str | None:
     end = text.find(END, start)
     if start < 0 or end < 0:
         return None
-    return text[start + len(begin_marker(kind)):end].strip("\n") + "\n"
+    return text[start + len(begin_marker(kind)) : end].strip("\n") + "\n"
 
 
 def update_docs(root: Path, kind: str, table: str) -> bool:
@@ -204,7 +210,7 @@ def update_docs(root: Path, kind: str, table: str) -> bool:
     if old is None:
         raise ValueError(f"{path} has no {begin_marker(kind)!r} ... {END!r} block")
     start = text.find(begin_marker(kind)) + len(begin_marker(kind))
-    new = text[:start] + "\n" + table + text[text.find(END, start):]
+    new = text[:start] + "\n" + table + text[text.find(END, start) :]
     if new != text:
         path.write_text(new)
     return new != text

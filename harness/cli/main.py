@@ -19,10 +19,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.config import BUDGET_PRESETS, ConfigError, resolve_config
-from harness.run.console import Reporter
 from harness.core.errors import UserError
+from harness.run.console import Reporter
 from harness.tracking import Terminated
-
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 
@@ -149,7 +148,9 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
 
     objectives = [o.strip() for o in (a.objectives or "").split(",") if o.strip()]
     if not objectives:
-        raise CompareError("no objectives given: pass --objectives NAME[,NAME...] (see `harness list objectives`)")
+        raise CompareError(
+            "no objectives given: pass --objectives NAME[,NAME...] (see `harness list objectives`)"
+        )
     flags = _flags(a)
     flags["objective"] = objectives[0]
     cfg = resolve_config(a.budget, a.config, flags, a.set)
@@ -177,13 +178,15 @@ def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
     flags["objective"] = objectives[0] if objectives else None
     cfg = resolve_config(a.budget, a.config, flags, a.set)
     summaries = tune(cfg, objectives, tasks[0], a.trials, rep, storage=a.storage, study=a.study,
-                     workers=a.workers, tune_lr=a.tune_lr, validate_every=a.validate_every, seed=a.sampler_seed)
+                     workers=a.workers, tune_lr=a.tune_lr, validate_every=a.validate_every,
+                     seed=a.sampler_seed)
     table = Table(title="tuning (validation split)", title_justify="left")
     for c in ("objective", "study", "trials", "states", "best value", "best parameters"):
         table.add_column(c, overflow="fold")
     for s in summaries:
-        table.add_row(escape(s.objective), escape(s.study_name), str(s.n_trials), escape(json.dumps(s.states)),
-                      "-" if s.best_value is None else f"{s.best_value:.4f}", escape(json.dumps(s.best_params)))
+        best = "-" if s.best_value is None else f"{s.best_value:.4f}"
+        table.add_row(escape(s.objective), escape(s.study_name), str(s.n_trials),
+                      escape(json.dumps(s.states)), best, escape(json.dumps(s.best_params)))
     rep.print(table)
     return 0
 
@@ -196,19 +199,22 @@ def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
     if fmt == "md" and a.what == "train-data":
         raise UserError("--format md is for `harness list objectives` and `harness list tasks`")
     if a.what == "train-data":
-        from harness.data.train_sets import TRAIN_DATA
+        from harness.data.train_sets import TRAIN_SETS
 
-        rows = [{"name": s.name, "kind": s.kind, "dataset": s.source.describe() if s.source else "(generated)",
-                 "license": s.license, "doc": s.doc} for s in TRAIN_DATA.values()]
+        rows = [cls.describe() for _, cls in TRAIN_SETS.items()]
         if a.json:
-            print(json.dumps({"entries": rows}, indent=1))
+            print(json.dumps({"entries": rows, "failed": [vars(f) | {"traceback": None}
+                                                          for f in TRAIN_SETS.failures.values()]}, indent=1))
             return 0
         table = Table(title=f"{len(rows)} training sets", title_justify="left")
-        for c in ("name", "kind", "dataset", "license", "doc"):
+        cols = ("name", "kind", "dataset", "provides", "license", "doc")
+        for c in cols:
             table.add_column(c, overflow="fold")
         for r in rows:
-            table.add_row(*[escape(str(r[c])) for c in ("name", "kind", "dataset", "license", "doc")])
+            table.add_row(*[escape(", ".join(r[c]) if isinstance(r[c], list) else str(r[c])) for c in cols])
         rep.print(table)
+        for f in TRAIN_SETS.failures.values():
+            rep.error(f"plugin {f.name!r} ({f.source}) failed to load and was skipped: {f.error}")
         return 0
     from harness.cli import catalogue
 
@@ -248,7 +254,8 @@ def cmd_validate(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 #: what to say after an interruption, per command
-RESUME = {"compare": "; rerun the same command to resume", "tune": "; rerun the same command to resume the study"}
+RESUME = {"compare": "; rerun the same command to resume",
+          "tune": "; rerun the same command to resume the study"}
 
 
 def dispatch(a: argparse.Namespace, rep: Reporter) -> int:
@@ -285,7 +292,8 @@ def _output_args(p: argparse.ArgumentParser, default: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="Benchmark contrastive objectives under identical budgets.")
+    parser = argparse.ArgumentParser(prog="harness",
+                                     description="Benchmark contrastive objectives under identical budgets.")
     _output_args(parser, False)
     # -q / -v are accepted after the subcommand too; SUPPRESS keeps an absent flag from resetting
     # one given before it
@@ -295,10 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="train one objective and evaluate its tasks")
     _add_config_args(p)
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("eval", parents=[common], help="evaluate an open_clip model (pretrained tag or checkpoint) without training")
+    p = sub.add_parser("eval", parents=[common],
+                       help="evaluate an open_clip model (pretrained tag or checkpoint) without training")
     _add_config_args(p)
     p.set_defaults(fn=cmd_eval)
-    p = sub.add_parser("compare", parents=[common], help="train every objective x seed under one budget and rank them")
+    p = sub.add_parser("compare", parents=[common],
+                       help="train every objective x seed under one budget and rank them")
     _add_config_args(p)
     p.add_argument("--objectives", help="comma-separated objectives, e.g. clip,siglip,supcon")
     p.add_argument("--tasks", dest="tasks", action="append", help="tasks or suites (comma-separated)")
@@ -308,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned-on", help="the task the studies optimised (default: the first task)")
     p.add_argument("--storage", help="Optuna storage of the studies (default .harness/optuna.db)")
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("tune", parents=[common], help="equal-budget Optuna tuning of objectives on the validation split")
+    p = sub.add_parser("tune", parents=[common],
+                       help="equal-budget Optuna tuning of objectives on the validation split")
     _add_config_args(p)
     p.add_argument("--objectives", help="several objectives, each given the same number of trials")
     p.add_argument("--trials", type=int, default=20, help="trials per objective, counted study-wide "
@@ -321,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-every", type=int, help="steps between validation reports to the pruner")
     p.add_argument("--sampler-seed", type=int, default=0)
     p.set_defaults(fn=cmd_tune)
-    p = sub.add_parser("leaderboard", parents=[common], help="rank objectives from MLflow: terminal, Markdown, HTML, JSON, CSV")
+    p = sub.add_parser("leaderboard", parents=[common],
+                       help="rank objectives from MLflow: terminal, Markdown, HTML, JSON, CSV")
     from harness import leaderboard
 
     leaderboard.add_arguments(p)
@@ -351,9 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     if "RANK" in os.environ or "torch.distributed" in sys.modules:
         from harness.engine.distributed import cleanup, init_from_env, is_main
 
-        rank, world = init_from_env()  # under torchrun: one process group; a no-op otherwise
+        _, world = init_from_env()  # under torchrun: one process group; a no-op otherwise
     else:  # no process group can exist: torch is not imported for it (`harness list` stays fast)
-        rank, world, cleanup, is_main = 0, 1, (lambda: None), (lambda: True)
+        world, cleanup, is_main = 1, (lambda: None), (lambda: True)
     if world > 1 and a.command in ("compare", "tune"):
         print(f"error: `harness {a.command}` runs in one process; launch each training run with "
               "`torchrun ... -m harness run` instead", file=sys.stderr)

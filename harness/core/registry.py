@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+
 from harness.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -234,8 +235,11 @@ def entry_point_fingerprint(group: str, also: Iterable[str] = ()) -> str:
     distribution's name and version, the size and mtime of the files of the modules the entry points
     name (see :func:`source_stamps`) and of the modules in ``also`` (the base classes), and the
     Python version. Equal fingerprints mean a cached description of the group is still valid."""
-    eps = sorted({(ep.name, ep.value, getattr(ep.dist, "name", None), getattr(ep.dist, "version", None))
-                  for ep in entry_points(group=group)}, key=str)
+    found = {
+        (ep.name, ep.value, getattr(ep.dist, "name", None), getattr(ep.dist, "version", None))
+        for ep in entry_points(group=group)
+    }
+    eps = sorted(found, key=str)
     modules = {value.partition(":")[0].strip() for _, value, _, _ in eps} | set(also)
     data = {"group": group, "python": sys.version, "entry_points": eps, "files": source_stamps(modules)}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
