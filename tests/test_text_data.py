@@ -10,10 +10,10 @@ import torch
 
 import harness.data.text as td
 from harness.data.batches import MissingFieldError, ShapesTrainData
-from harness.engine.models import WordTokenizer
 from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
 from harness.data.sources import DataOptions, HubSource, MissingColumnsError
-from harness.data.text import (NLITrainData, SentenceTrainData, load_nli_triplets, load_sentence_corpus)
+from harness.data.text import NLITrainData, SentenceTrainData, load_nli_triplets, load_sentence_corpus
+from harness.engine.models import WordTokenizer
 
 WORDS = [f"w{i}" for i in range(40)]
 
@@ -214,6 +214,24 @@ def test_check_static_refuses_missing_fields(tok):
     data = SentenceTrainData(sentences(8), tok, seed=0)
     with pytest.raises(MissingFieldError, match="hard_negative_text"):
         data.batch(0, 4, {"text", "hard_negative_text"})
+
+
+def test_a_declared_text_field_is_served_like_the_built_in_ones(tok):
+    """A text set supplies any field in ``tensors``: a plugin declares ``paraphrase`` and serves it."""
+    from harness.core.batch import register_field, unregister_field
+
+    register_field("paraphrase", "text", "another phrasing (a test field)")
+    try:
+        data = SentenceTrainData(sentences(8), tok, seed=0, views=sentences(8, 5))
+        data.tensors["paraphrase"] = data.tensors.pop("text_view")
+        data.provides = frozenset({"text", "paraphrase", "index"})
+        b = data.batch(1, 4, {"text", "paraphrase"})
+        idx = data.indices(1, 4)
+        assert torch.equal(b.paraphrase, tok([sentences(8, 5)[i] for i in idx]))
+        assert b["paraphrase"].dtype == torch.long
+        assert b.text_view is None and set(b.tensors()) == {"text", "paraphrase"}
+    finally:
+        unregister_field("paraphrase")
 
 
 def test_bad_inputs(tok):

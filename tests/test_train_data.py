@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import ConfigError, RunConfig, resolve_config
+from harness.config import RunConfig, resolve_config
+from harness.data import train_sets as td
 from harness.data.batches import MissingFieldError
 from harness.data.sources import DataOptions, MissingColumnsError
-from harness.data import train_sets as td
 
 
 def _jpeg(colour, size=(40, 30)) -> bytes:
@@ -232,10 +232,13 @@ def test_flickr_split_column_and_missing_columns(tmp_path):
 
 
 def test_train_data_auto_follows_the_first_task():
-    assert RunConfig(tasks=["shapes-retrieval"]).train_data == "shapes"
-    assert RunConfig(tasks=["shapes"], train_data="coco").train_data == "coco"
-    with pytest.raises(ConfigError, match="unknown training data 'cocoo'"):
-        resolve_config(flags={"train_data": "cocoo"})
+    from harness.core.errors import UserError
+    from harness.run.runner import resolve_train_data
+
+    assert resolve_train_data(RunConfig(tasks=["shapes-retrieval"])).train_data == "shapes"
+    assert resolve_train_data(RunConfig(tasks=["shapes"], train_data="coco")).train_data == "coco"
+    with pytest.raises(UserError, match="unknown training data 'cocoo'"):
+        resolve_train_data(resolve_config(flags={"train_data": "cocoo"}))
 
 
 def test_train_data_checks_fields_and_towers():
@@ -298,8 +301,8 @@ def test_selection_needs_a_validation_split(workdir):
 
 
 def test_text_dropout_makes_two_views_of_one_sentence_differ():
-    from harness.engine.models import ModelConfig, build_model
     from harness.data.shapes import vocabulary
+    from harness.engine.models import ModelConfig, build_model
 
     model, tok, *_ = build_model(ModelConfig(name="harness-micro", text_dropout=0.1), words=vocabulary())
     t = tok(["a red circle", "a blue square"])
@@ -423,9 +426,9 @@ def stsb_parquet(root: Path) -> Path:
 def test_simcse_selected_on_stsb_validation_then_tested(workdir, tmp_path, monkeypatch):
     """Text-only training (supervised SimCSE on the shapes triplets), checkpoint selection on the
     STS-B validation split, test on STS-B test: selection never reads the test file."""
+    import tasks.base as task_base
     from harness.cli.main import main
     from tests.conftest import runs
-    import tasks.base as task_base
 
     stsb_parquet(tmp_path / "stsb")
     seen = []
@@ -445,8 +448,8 @@ def test_simcse_selected_on_stsb_validation_then_tested(workdir, tmp_path, monke
 
 def test_tune_refuses_a_task_without_validation_split_before_any_trial(workdir, tmp_path):
     from harness.cli.main import main
-    from tests.conftest import runs
     from tasks import TASKS
+    from tests.conftest import runs
 
     assert TASKS.get("stsb").has_validation() and TASKS.get("shapes-sts").has_validation()
     assert not TASKS.get("sts12").has_validation() and not TASKS.get("sts-avg").has_validation()

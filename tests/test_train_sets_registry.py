@@ -4,14 +4,15 @@ plugin objective that requires it are listed, checked, built and trained with no
 
 import dataclasses
 import json
-import tomllib
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import tomllib
 import torch
 import torch.nn.functional as F
+from conftest import runs, smoke_args
 
 import harness.core.registry as registry_mod
 from harness.cli.main import main
@@ -25,8 +26,6 @@ from harness.data.sources import DataOptions
 from harness.engine.gradcache import gradcache_step
 from harness.engine.models import Encoder, ModelConfig, build_model
 from harness.engine.trainer import embed
-
-from conftest import runs, smoke_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +59,7 @@ class CaptionPairs(TrainSet):
 
     def check_data(self, ctx: TrainContext) -> None:
         if ctx.batch_size is not None and ctx.batch_size > 4096:
-            raise td.TooFewSamplesError(f"the training set {self.name!r} has fewer than {ctx.batch_size} samples")
+            raise td.TooFewSamplesError(f"{self.name!r} has fewer than {ctx.batch_size} samples")
 
     def build(self, ctx: TrainContext) -> CaptionPairData:
         return CaptionPairData(ShapesTrainData(ctx.world, ctx.tokenizer, seed=ctx.seed))
@@ -76,7 +75,8 @@ class CaptionPairLoss(Objective):
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         t, target = self.params["temperature"], torch.arange(batch.size, device=batch.image.device)
         pair = F.cross_entropy(batch.text @ batch.caption_b.T / t, target)
-        return LossOutput(F.cross_entropy(batch.image @ batch.text.T / t, target) + pair, {"pair": pair.detach()})
+        clip = F.cross_entropy(batch.image @ batch.text.T / t, target)
+        return LossOutput(clip + pair, {"pair": pair.detach()})
 
 
 @pytest.fixture
@@ -98,15 +98,17 @@ def world(tmp_path_factory):
 
 
 def test_builtins_are_entry_points_named_once():
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["harness.train_data"]
-    assert set(declared) == {"shapes", "shapes-sentences", "shapes-nli", "coco", "flickr30k", "nli", "all-nli",
-                             "wiki1m"}
+    eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    declared = eps["harness.train_data"]
+    assert set(declared) == {"shapes", "shapes-sentences", "shapes-nli", "coco", "flickr30k", "nli",
+                             "all-nli", "wiki1m"}
     for name, target in declared.items():
         cls = TRAIN_SETS.get(name)
         assert f"{cls.__module__}:{cls.__qualname__}" == target and cls.name == name
     assert set(declared) <= set(td.TRAIN_DATA) and "coco" in td.TRAIN_DATA and "cocoo" not in td.TRAIN_DATA
     coco = td.TRAIN_DATA["coco"]  # the mapping's values keep the old spec's attributes
-    assert (coco.kind, coco.modality, coco.source.repo) == ("image-text", "image-text", "undefined443/coco-karpathy-wds")
+    assert (coco.kind, coco.modality) == ("image-text", "image-text")
+    assert coco.source.repo == "undefined443/coco-karpathy-wds"
     assert td.TRAIN_DATA["flickr30k"].split_value == "train" and td.TRAIN_DATA["wiki1m"].modality == "text"
     with pytest.raises(KeyError, match="unknown training data 'cocoo'. Did you mean 'coco'"):
         td.spec("cocoo")
@@ -117,10 +119,10 @@ def test_list_train_data_shows_the_fields_each_provides(capsys, plugin):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["entries"]}
     assert rows["coco"]["dataset"].startswith("undefined443/coco-karpathy-wds") and rows["coco"]["license"]
     assert rows["shapes-nli"]["provides"] == ["hard_negative_text", "index", "text", "text_view"]
-    assert rows["caption-pairs"] == {"name": "caption-pairs", "kind": "caption-pairs", "modality": "image-text",
-                                     "dataset": "(generated)", "license": "generated",
-                                     "doc": "shapes captions with a second phrasing",
-                                     "provides": ["caption_b", "image", "index", "text"]}
+    assert rows["caption-pairs"] == {
+        "name": "caption-pairs", "kind": "caption-pairs", "modality": "image-text", "dataset": "(generated)",
+        "license": "generated", "doc": "shapes captions with a second phrasing",
+        "provides": ["caption_b", "image", "index", "text"]}
     assert main(["list", "train-data"]) == 0
     out = capsys.readouterr().out
     assert "provides" in out and "caption-pairs" in out
@@ -140,7 +142,8 @@ def test_batch_fields_are_open():
         type("Clash", (TrainSet,), {"fields": (BatchField("caption_b", "image"),)})
     x, y = torch.randn(3, 4), torch.randn(3, 4)
     e = EmbeddingBatch(image=x, caption_b=y)
-    assert e.caption_b is y and e["caption_b"] is y and e.text is None and e.present() == {"image", "caption_b"}
+    assert e.caption_b is y and e["caption_b"] is y and e.text is None
+    assert e.present() == {"image", "caption_b"}
     assert list(e.tensors()) == ["image", "caption_b"] and e.size == 3
     e2 = dataclasses.replace(e, caption_b=x)
     assert e2.caption_b is x and e.caption_b is y  # never shares its fields with the original
@@ -151,7 +154,8 @@ def test_batch_fields_are_open():
     with pytest.raises(KeyError, match="unknown batch field 'audio'"):
         e["audio"] = x
     b = Batch(image=x, tokens=y, caption_b=y)  # the training Batch holds image / text as images / tokens
-    assert b.images is x and b["text"] is y and b.image is x and list(b.tensors()) == ["image", "text", "caption_b"]
+    assert b.images is x and b["text"] is y and b.image is x
+    assert list(b.tensors()) == ["image", "text", "caption_b"]
     assert b.map(lambda t: t[:2]).caption_b.shape == (2, 4)
 
 
@@ -189,7 +193,7 @@ def test_embed_and_gradcache_encode_a_declared_field(world):
 # ----------------------------------------------------------------------------- a plugin end to end
 
 
-def test_plugin_training_set_is_checked_and_built(world, plugin):
+def test_plugin_training_set_is_checked_and_built(world, plugin, tmp_path):
     from objectives import build_objective
 
     td.check("caption-pairs", CaptionPairLoss(), "caption-pair-loss", DataOptions(), batch_size=32)
@@ -201,7 +205,7 @@ def test_plugin_training_set_is_checked_and_built(world, plugin):
         td.check("caption-pairs", CaptionPairLoss(), "caption-pair-loss", DataOptions(), batch_size=5000)
     tok = lambda texts: torch.arange(len(texts))[:, None]  # noqa: E731
     data = td.build("caption-pairs", world=world, tokenizer=tok, seed=0, options=DataOptions(), image_size=32,
-                    preprocess_cfg=None, cache_dir=world.cache_dir if hasattr(world, "cache_dir") else Path("."))
+                    preprocess_cfg=None, cache_dir=tmp_path)
     assert data.fingerprint == world.fingerprint and len(data) == 64
     b = data.batch(1, 8, {"image", "text", "caption_b"})
     assert b.caption_b.shape == b.tokens.shape and b.text_view is None and b.index is None
@@ -229,11 +233,12 @@ def test_plugin_training_set_from_an_entry_point(monkeypatch, world):
     monkeypatch.setitem(sys.modules, "plug_train_sets", mod)
     real = registry_mod.entry_points
     fake = EntryPoint("ep-pairs", "plug_train_sets:Pairs", "harness.train_data")
-    monkeypatch.setattr(registry_mod, "entry_points",
-                        lambda group: [*real(group=group), *([fake] if group == "harness.train_data" else [])])
+    extra = lambda group: [fake] if group == "harness.train_data" else []  # noqa: E731
+    monkeypatch.setattr(registry_mod, "entry_points", lambda group: [*real(group=group), *extra(group)])
     TRAIN_SETS.discover(refresh=True)
     try:
-        assert "ep-pairs" in td.TRAIN_DATA and td.spec("ep-pairs") is mod.Pairs and mod.Pairs.name == "ep-pairs"
+        assert "ep-pairs" in td.TRAIN_DATA and td.spec("ep-pairs") is mod.Pairs
+        assert mod.Pairs.name == "ep-pairs"
         td.check("ep-pairs", CaptionPairLoss(), "caption-pair-loss", DataOptions())
     finally:
         TRAIN_SETS.unregister("ep-pairs")

@@ -81,6 +81,12 @@ for _args in (
 BUILTIN_FIELDS = frozenset(BATCH_FIELDS)
 
 
+def _known(name: str) -> str:
+    if name not in BATCH_FIELDS:
+        raise KeyError(f"unknown batch field {name!r} (declare it with harness.core.batch.register_field)")
+    return name
+
+
 class FieldAccess:
     """Field access shared by the batch types: built-in fields are dataclass attributes (``_ALIAS``
     maps a field to the attribute holding it, e.g. the training ``Batch``'s ``images``), any other
@@ -111,14 +117,10 @@ class FieldAccess:
             self.more[name] = value
 
     def __getitem__(self, name: str) -> torch.Tensor | None:
-        if name not in BATCH_FIELDS:
-            raise KeyError(f"unknown batch field {name!r} (declare it with harness.core.batch.register_field)")
-        return getattr(self, name)
+        return getattr(self, _known(name))
 
     def __setitem__(self, name: str, value: torch.Tensor | None) -> None:
-        if name not in BATCH_FIELDS:
-            raise KeyError(f"unknown batch field {name!r} (declare it with harness.core.batch.register_field)")
-        setattr(self, name, value)
+        setattr(self, _known(name), value)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The fields present, by field name, in the order of :data:`BATCH_FIELDS`."""

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from harness.core.batch import FIELDS, EmbeddingBatch, LossOutput
+from harness.core.batch import EmbeddingBatch, LossOutput
 from harness.core.errors import UserError
 from harness.core.registry import Registry
 
@@ -120,9 +120,6 @@ class Objective(nn.Module):
         self.params = {
             k: hp.validate(self.name, k, params.get(k, hp.default)) for k, hp in self.hparams.items()
         }
-        bad = set(self.requires) - set(FIELDS)
-        if bad:
-            raise ValueError(f"{self.name}: requires unknown batch fields {sorted(bad)}")
 
     # -- the loss ------------------------------------------------------------------------------
     def loss(self, batch: EmbeddingBatch) -> LossOutput:  # pragma: no cover - abstract

@@ -128,7 +128,9 @@ class ShapesTrainData:
 
 def world_info() -> tuple[int, int]:
     """``(rank, world_size)`` of the default process group; ``(0, 1)`` when not initialised."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def shard(full: Batch, batch_size: int) -> Batch:
@@ -155,7 +157,8 @@ def _tokenise(sp: ShapesSplit, tokenizer, concept_names: list[str]) -> tuple[tor
     views = torch.stack([tok(sp.alt_captions), tok(flip(sp.alt_captions))])
     negs = sp.negatives.reshape(-1)
     negatives = torch.stack([tok(negs), tok(flip(negs))]).view(2, n, k, -1)
-    concepts = torch.stack([multi_hot(sp.captions, concept_names), multi_hot(flip(sp.captions), concept_names)])
+    concepts = torch.stack([multi_hot(sp.captions, concept_names),
+                            multi_hot(flip(sp.captions), concept_names)])
     return tokens, views, negatives, concepts
 
 

@@ -36,8 +36,17 @@ import numpy as np
 import torch
 
 from harness.data.batches import Batch, MissingFieldError, ShapesTrainData, shard
-from harness.data.sources import (BUILDERS, DataOptions, DatasetUnavailableError, EmptyDatasetError, HubSource,
-                      MissingColumnsError, _suffix, check_columns, load_table)
+from harness.data.sources import (
+    BUILDERS,
+    DataOptions,
+    DatasetUnavailableError,
+    EmptyDatasetError,
+    HubSource,
+    MissingColumnsError,
+    _suffix,
+    check_columns,
+    load_table,
+)
 
 #: SimCSE's unsupervised corpus (``data/download_wiki.sh``): 10^6 Wikipedia sentences, one per line
 WIKI1M = HubSource("princeton-nlp/datasets-for-simcse", split="train", data_files="wiki1m_for_simcse.txt")
@@ -89,7 +98,8 @@ class TextTrainData:
         rank draws it identically and keeps rows ``rank*B/W .. (rank+1)*B/W``."""
         unknown = set(fields) - set(self.provides)
         if unknown:
-            raise MissingFieldError(f"training data {self.name!r} does not supply {', '.join(sorted(unknown))} "
+            raise MissingFieldError(f"training data {self.name!r} does not supply "
+                                    f"{', '.join(sorted(unknown))} "
                                     f"(it supplies {', '.join(sorted(self.provides))})")
         return shard(self._global_batch(step, batch_size, fields), batch_size)
 
@@ -115,7 +125,8 @@ def tokenise(tokenizer, texts: Sequence[str]) -> torch.Tensor:
     memory of int64 for a 10^6-sentence corpus; batches are returned as int64)."""
     tok = torch.as_tensor(tokenizer(list(texts)))
     if tok.ndim != 2 or len(tok) != len(texts):
-        raise ValueError(f"tokenizer returned shape {tuple(tok.shape)} for {len(texts)} texts; expected (N, L)")
+        raise ValueError(f"tokenizer returned shape {tuple(tok.shape)} for {len(texts)} texts; "
+                         "expected (N, L)")
     if tok.numel() and int(tok.max()) < 2**31 and int(tok.min()) >= -(2**31):
         tok = tok.to(torch.int32)
     return tok
@@ -171,7 +182,8 @@ class NLITrainData(TextTrainData):
         anchor, positive, negative = (_check_texts(x, f"{what} ({col})") for x, col in
                                       ((anchor, "anchor"), (positive, "positive"), (negative, "negative")))
         if not len(anchor) == len(positive) == len(negative):
-            raise ValueError(f"{what}: {len(anchor)} anchors, {len(positive)} positives, {len(negative)} negatives")
+            raise ValueError(f"{what}: {len(anchor)} anchors, {len(positive)} positives, "
+                             f"{len(negative)} negatives")
         super().__init__(len(anchor), seed, name)
         self.triplets = (anchor, positive, negative)
         self.tensors["text"] = tokenise(tokenizer, anchor)
@@ -211,7 +223,8 @@ def _txt_files(p: Path, source: HubSource | None) -> list[Path]:
     files = [f for f in sorted(p.rglob("*")) if f.is_file() and not any(
         x.startswith(".") for x in f.relative_to(p).parts)]
     if source is not None and source.data_files:
-        chosen = [f for f in files if f.match(source.data_files) or f.relative_to(p).as_posix() == source.data_files]
+        chosen = [f for f in files
+                  if f.match(source.data_files) or f.relative_to(p).as_posix() == source.data_files]
         files = chosen or files
     txt = [f for f in files if f.suffix.lower() == ".txt"]
     tables = [f for f in files if _suffix(f) in BUILDERS]

@@ -39,8 +39,18 @@ from harness.config import HF_TEXT_PREFIX, MINILM
 from harness.core.train_set import TRAIN_SETS, TrainContext, TrainSet, check_fields
 from harness.data import text as text_data
 from harness.data.batches import SHAPES_FIELDS, Batch, ShapesTrainData, jitter, shard
-from harness.data.sources import (DataError, DataOptions, HubSource, ImageColumn, MissingColumnsError,
-                                  UndecodableImageError, fingerprint, load_table, origin, pil_transform)
+from harness.data.sources import (
+    DataError,
+    DataOptions,
+    HubSource,
+    ImageColumn,
+    MissingColumnsError,
+    UndecodableImageError,
+    fingerprint,
+    load_table,
+    origin,
+    pil_transform,
+)
 
 __all__ = ["TRAIN_DATA", "TRAIN_SETS", "TrainSet", "TrainContext", "check", "build", "spec", "check_fields"]
 
@@ -129,9 +139,11 @@ def _texts(s: type[TrainSet], options: DataOptions, max_samples: int | None) -> 
     key = (s.name, tuple(sorted(options.paths.items())), os.environ.get("HARNESS_DATA_DIR"), max_samples)
     if key not in _TEXTS:
         if s.kind == "sentences":
-            _TEXTS[key] = [text_data.load_sentence_corpus(s.name, options, source=s.source, max_samples=max_samples)]
+            _TEXTS[key] = [text_data.load_sentence_corpus(s.name, options, source=s.source,
+                                                          max_samples=max_samples)]
         else:
-            _TEXTS[key] = list(text_data.load_nli_triplets(s.name, options, source=s.source, max_samples=max_samples))
+            _TEXTS[key] = list(text_data.load_nli_triplets(s.name, options, source=s.source,
+                                                           max_samples=max_samples))
     return _TEXTS[key]
 
 
@@ -212,8 +224,9 @@ class ImageTextTrainData:
         column = ImageColumn(table, image_col, name=name, strict=strict, rows=rows.tolist())
         scan_key = _decodable_key(table, rows)
         known = _cached_decodable(name, scan_key, cache_dir)
-        key = hashlib.sha256(json.dumps([fingerprint(table), hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest(),
-                                         image_size, sorted((preprocess_cfg or {}).items(), key=str)], default=str)
+        rows_hash = hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()
+        key = hashlib.sha256(json.dumps([fingerprint(table), rows_hash, image_size,
+                                         sorted((preprocess_cfg or {}).items(), key=str)], default=str)
                              .encode()).hexdigest()[:16]
         cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / f"train-{name}-{key}-{image_size}.u8"
@@ -336,9 +349,9 @@ class ImageTextSet(TrainSet):
 
     def build(self, ctx: TrainContext):
         table = load_table(self.name, self.source, ctx.options)
-        data = ImageTextTrainData(self.name, table, ctx.tokenizer, ctx.seed, ctx.image_size, ctx.preprocess_cfg,
-                                  ctx.cache_dir, split_value=self.split_value, max_samples=ctx.max_samples,
-                                  strict=ctx.options.strict_images)
+        data = ImageTextTrainData(self.name, table, ctx.tokenizer, ctx.seed, ctx.image_size,
+                                  ctx.preprocess_cfg, ctx.cache_dir, split_value=self.split_value,
+                                  max_samples=ctx.max_samples, strict=ctx.options.strict_images)
         data.fingerprint = fingerprint(table)
         return data
 
@@ -370,7 +383,7 @@ class _TextSet(TrainSet):
 
 
 class SentenceSet(_TextSet):
-    """One sentence per sample; its two views are two dropout passes (:class:`text_data.SentenceTrainData`)."""
+    """One sentence per sample, whose two views are two dropout passes (``SentenceTrainData``)."""
 
     kind, provides = "sentences", text_data.SentenceTrainData.provides
 
@@ -380,13 +393,15 @@ class SentenceSet(_TextSet):
         model = ctx.model
         if model is not None and "text_view" in objective.requires:
             if not model.text_dropout and not (model.name == MINILM or model.name.startswith(HF_TEXT_PREFIX)):
-                raise ValueError(f"training data {self.name!r} gives two views of one sentence that differ only "
-                                 f"by dropout, and model {model.name!r} has none: set model.text_dropout (SimCSE: "
-                                 "0.1, --set model.text_dropout=0.1) or use a Hugging Face text tower")
+                raise ValueError(f"training data {self.name!r} gives two views of one sentence that differ "
+                                 f"only by dropout, and model {model.name!r} has none: set "
+                                 "model.text_dropout (SimCSE: 0.1, --set model.text_dropout=0.1) or use a "
+                                 "Hugging Face text tower")
         super().check_objective(objective, objective_name, ctx)
 
     def from_shapes(self, ctx: TrainContext):
-        return text_data.SentenceTrainData.from_shapes(ctx.world, ctx.tokenizer, seed=ctx.seed, views="dropout")
+        return text_data.SentenceTrainData.from_shapes(ctx.world, ctx.tokenizer, seed=ctx.seed,
+                                                       views="dropout")
 
     def from_texts(self, texts, ctx: TrainContext):
         return text_data.SentenceTrainData(texts[0], ctx.tokenizer, seed=ctx.seed)
@@ -428,7 +443,8 @@ class Flickr30k(ImageTextSet):
     source = HubSource("nlphuji/flickr30k", split="test", revision="refs/convert/parquet",
                        data_files="TEST/test/*.parquet")
     split_value, license = "train", "Flickr terms of use; research only"
-    doc = "Flickr30k Karpathy train split (29,000 images x 5 captions): the rows of nlphuji/flickr30k with split == 'train'"
+    doc = ("Flickr30k Karpathy train split (29,000 images x 5 captions): the rows of nlphuji/flickr30k with "
+           "split == 'train'")
 
 
 class NLIForSimCSE(NLISet):
@@ -474,7 +490,8 @@ def spec(name: str) -> type[TrainSet]:
 
 def provides(kind: str) -> frozenset[str]:
     """The batch fields a built-in kind of training data supplies."""
-    return {"shapes": ShapesSet, "image-text": ImageTextSet, "sentences": SentenceSet, "nli": NLISet}[kind].provides
+    kinds = {"shapes": ShapesSet, "image-text": ImageTextSet, "sentences": SentenceSet, "nli": NLISet}
+    return kinds[kind].provides
 
 
 def check(name: str, objective, objective_name: str, options: DataOptions, max_samples: int | None = None,
@@ -495,7 +512,8 @@ def check(name: str, objective, objective_name: str, options: DataOptions, max_s
 
 def uses_shapes_vocabulary(train_data: str, tasks: Sequence) -> bool:
     """The word-level shapes vocabulary fits only runs that see nothing but shapes-world text."""
-    return spec(train_data).shapes_vocabulary and all(getattr(t, "dataset", "") == "shapes-world" for t in tasks)
+    return spec(train_data).shapes_vocabulary and all(
+        getattr(t, "dataset", "") == "shapes-world" for t in tasks)
 
 
 def build(name: str, *, world, tokenizer, seed: int, options: DataOptions, image_size: int,

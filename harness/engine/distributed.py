@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 
-from harness.core.batch import FIELDS, EmbeddingBatch
+from harness.core.batch import BATCH_FIELDS, EmbeddingBatch
 
 try:  # functional collectives (PyTorch >= 2.3); names are in flux, feature-detect below
     from torch.distributed import _functional_collectives as _fcol
@@ -45,7 +45,6 @@ except ImportError:  # pragma: no cover - very old torch
 
 #: EmbeddingBatch fields that carry gradients (gathered with autograd); the rest (labels, index,
 #: concepts) are gathered without
-GRAD_FIELDS = ("image", "text", "image_view", "text_view", "hard_negative_text")
 
 
 def is_initialized() -> bool:
@@ -173,13 +172,13 @@ def gather_batch(emb: EmbeddingBatch, impl: str = "auto") -> EmbeddingBatch:
     rank, world = world_info()
     b = emb.size
     updates: dict = {}
-    for f in fields(emb):
-        if f.name not in FIELDS:
-            continue
-        t = getattr(emb, f.name)
-        if t is None or world == 1:
-            continue
-        updates[f.name] = all_gather_with_grad(t, impl) if f.name in GRAD_FIELDS else all_gather_no_grad(t)
+    for name, t in emb.tensors().items():
+        if world == 1:
+            break
+        # fields a tower encodes are embeddings: gathered with autograd; the rest (labels, index,
+        # concepts, any declared field without a tower) without gradient
+        grad = BATCH_FIELDS[name].tower is not None
+        updates[name] = all_gather_with_grad(t, impl) if grad else all_gather_no_grad(t)
     extras = dict(emb.extras)
     extras["local_slice"] = slice(rank * b, (rank + 1) * b)
     return replace(emb, **updates, rank=rank, world_size=world, extras=extras)

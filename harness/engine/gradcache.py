@@ -38,7 +38,8 @@ from harness.core.batch import BATCH_FIELDS, EmbeddingBatch, LossOutput
 def grad_fields(emb: EmbeddingBatch) -> list[str]:
     """The fields of ``emb`` a tower encoded (declared with a tower, floating point), in declaration
     order: their gradients are cached and pushed back through the towers."""
-    return [n for n, t in emb.tensors().items() if BATCH_FIELDS[n].tower is not None and torch.is_floating_point(t)]
+    return [n for n, t in emb.tensors().items()
+            if BATCH_FIELDS[n].tower is not None and torch.is_floating_point(t)]
 
 
 def _tensor_fields(batch: Any) -> list[tuple[str, Any]]:
@@ -182,7 +183,8 @@ def gradcache_step(encode: Callable[[Any], EmbeddingBatch], loss_fn: Callable[[E
         out = loss_fn(full)
     loss = out.loss
     loss.backward()  # fills the leaves' .grad and the objective's parameter .grad
-    grads = [[(name, emb[name].grad) for name in grad_fields(emb) if emb[name].grad is not None] for emb in cached]
+    grads = [[(name, emb[name].grad) for name in grad_fields(emb) if emb[name].grad is not None]
+             for emb in cached]
     del full, cached, leaves
     # (3) re-embed each sub-batch with autograd under its RNG state; push the cached gradients
     for sub, state, sub_grads in zip(subs, states, grads):

@@ -99,19 +99,19 @@ def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
             out[name] = t.to(device)
         else:
             towers[tower].append((name, t))
-    if towers["image"]:
-        images = [(n, t, t.reshape(-1, *t.shape[-3:])) for n, t in towers["image"]]
-        x = encoder.preprocess(_cat([flat for _, _, flat in images]).to(device, non_blocking=True))
-        feats = model.encode_image(x, normalize=True)
-        for (n, t, flat), f in zip(images, feats.split([len(flat) for _, _, flat in images])):
+    if towers["image"]:  # (B, ..., H, W, 3) -> (N, H, W, 3)
+        flat = [t.reshape(-1, *t.shape[-3:]) for _, t in towers["image"]]
+        pixels = encoder.preprocess(_cat(flat).to(device, non_blocking=True))
+        feats = model.encode_image(pixels, normalize=True)
+        for (n, t), f in zip(towers["image"], feats.split([len(x) for x in flat])):
             out[n] = f.view(*t.shape[:-3], -1)
-    if towers["text"]:
-        texts = [(n, t, t.reshape(-1, t.shape[-1])) for n, t in towers["text"]]
-        width = max(flat.shape[1] for _, _, flat in texts)  # a trimming tokenizer may give views other widths
-        tok = _cat([flat if flat.shape[1] == width else torch.nn.functional.pad(flat, (0, width - flat.shape[1]))
-                    for _, _, flat in texts]).to(device, non_blocking=True)
+    if towers["text"]:  # (B, ..., L) -> (N, L), padded to one width (a trimming tokenizer varies it)
+        flat = [t.reshape(-1, t.shape[-1]) for _, t in towers["text"]]
+        width = max(x.shape[1] for x in flat)
+        tok = _cat([x if x.shape[1] == width else torch.nn.functional.pad(x, (0, width - x.shape[1]))
+                    for x in flat]).to(device, non_blocking=True)
         feats = model.encode_text(tok, normalize=True)
-        for (n, t, flat), f in zip(texts, feats.split([len(flat) for _, _, flat in texts])):
+        for (n, t), f in zip(towers["text"], feats.split([len(x) for x in flat])):
             out[n] = f.view(*t.shape[:-1], -1)
     return out
 
