@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import torch
 
 from harness.core.data import DataOptions, HubSource
-from harness.core.task import (TASKS, EmbeddingCache, EvalContext, Suite, Task, TaskMeta, TaskResult,  # noqa: F401
-                               breakdown_of, register, task_meta)
+from harness.core.task import (TASKS, EmbeddingCache, EvalContext, Suite, Task, TaskMeta,  # noqa: F401
+                               TaskResult, breakdown_of, register, task_meta)
 from harness.data.sources import ImageColumn, fingerprint, load_table, origin
 
 

@@ -511,8 +511,8 @@ class RealLinearProbeCB(RealClassification):
     family = "linear_probe"
     version = "1"
     main_score = "lp_acc1"
-    metrics = ("lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "weight_decay", "epochs", "seed", "fewshot_k",
-               "normalized", "val_acc1", "n_fit", "n_val", "n_undecodable")
+    metrics = ("lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "weight_decay", "epochs", "seed",
+               "fewshot_k", "normalized", "val_acc1", "n_fit", "n_val", "n_undecodable")
     modality = "image"
     val_proportion: ClassVar[float] = CB_VAL_PROPORTION
     check_splits = ("train", "test")

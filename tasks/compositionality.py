@@ -9,7 +9,6 @@ from harness.data.shapes import NEGATIVE_TYPES
 
 from .base import EvalContext, ShapesTask
 
-
 #: The tie rule of every compositionality task, recorded in each result's ``protocol``: see
 #: docs/compositionality.md. A tie is exact (bit-identical scores): the encoder embeds each distinct
 #: text and image once, and every score is computed by :func:`caption_scores`.
@@ -39,6 +38,9 @@ def caption_choice(image_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torc
     return scores[:, :1] > scores[:, 1:]
 
 
+_NEGATIVE = "{negative:" + "|".join(NEGATIVE_TYPES) + "}"
+
+
 class ShapesCompositionality(ShapesTask):
     """Binding in the shapes world: for each two-object scene, the true caption against its
     attribute-swapped, relation-swapped and object-replaced twins (2-way choices, chance 0.5), on
@@ -56,9 +58,9 @@ class ShapesCompositionality(ShapesTask):
     family = "compositionality"
     version = "1"
     main_score = "test/macro_acc"
-    metrics = tuple(f"{{split:test|heldout}}/{m}" for m in (
-        "n_ties", "{negative:" + "|".join(NEGATIVE_TYPES) + "}/acc", "all/acc", "macro_acc", "single/{negative}/acc"))
-    breakdown = "{split}/{negative:" + "|".join(NEGATIVE_TYPES) + "}/acc"  # plots: accuracy by negative type
+    metrics = tuple("{split:test|heldout}/" + m
+                    for m in ("n_ties", _NEGATIVE + "/acc", "all/acc", "macro_acc", "single/{negative}/acc"))
+    breakdown = "{split}/" + _NEGATIVE + "/acc"  # plots: accuracy by negative type
     citation = "Yuksekgonul et al. 2023 (ARO); Hsieh et al. 2023 (SugarCrepe)"
     splits = ("test", "heldout")
 

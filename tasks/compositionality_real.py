@@ -280,8 +280,8 @@ def _sugarcrepe(category: str) -> type[SugarCrepe]:
     name = "SugarCrepe" + category.title().replace("_", "")
     source = HubSource(f"HuggingFaceM4/SugarCrepe_{category}", split="test")
     return type(SugarCrepe)(name, (SugarCrepe,), {
-        "__module__": __name__, "__qualname__": name, "__doc__": f"SugarCrepe ``{category}``. " + SugarCrepe.__doc__,
-        "category": category, "source": source, "dataset": source.repo})
+        "__module__": __name__, "__qualname__": name, "category": category, "source": source,
+        "dataset": source.repo, "__doc__": f"SugarCrepe ``{category}``. " + SugarCrepe.__doc__})
 
 
 SugarCrepeAddObj = _sugarcrepe("add_obj")
@@ -456,7 +456,8 @@ class Winoground(DatasetTask):
     modality = "image-text"
     version = "1"
     main_score = "group_score"
-    metrics = ("{kind:text|image|group}_score", "n_undecodable", "n_ties", "{kind:text|image|group}_score/{tag:.+}")
+    metrics = ("{kind:text|image|group}_score", "n_undecodable", "n_ties",
+               "{kind:text|image|group}_score/{tag:.+}")
     license = "gated (accept the terms on the Hugging Face Hub); images Getty Images licence, research use only"
     citation = ("Thrush et al., Winoground: Probing Vision and Language Models for Visio-Linguistic "
                 "Compositionality, CVPR 2022")

@@ -541,17 +541,17 @@ class ShapesLinearCB(ShapesLinear):
     version = "1"
     main_score = "lp_acc1"
     metrics = ("lp_acc1", "lp_mean_per_class_recall", "epochs", "seed", "fewshot_k", "normalized",
-               "{target:shape|colour|layout}/{metric:lp_acc1|lp_acc5|lp_mean_per_class_recall|weight_decay|val_acc1}")
+               "{target:shape|colour|layout}/"
+               "{metric:lp_acc1|lp_acc5|lp_mean_per_class_recall|weight_decay|val_acc1}")
     citation = "CLIP_benchmark linear probe, metrics/linear_probe.py (LAION-AI/CLIP_benchmark)"
 
     def score(self, ctx: EvalContext, split: str):
         x_fit, y_fit = self.features(ctx, "train")
         x_val, y_val = self.features(ctx, "val")
-        test_split = split
-        x_test, y_test = self.features(ctx, test_split)
+        x_test, y_test = self.features(ctx, split)
         device = x_fit.device
         amp = device.type == "cuda"
-        refit = test_split != "val"
+        refit = split != "val"
         metrics: dict[str, float] = {}
         preds: dict[str, np.ndarray] = {}
         per_target = {}

@@ -190,4 +190,5 @@ class ShapesRetrieval(ShapesTask):
         ]
         # each scene is one image and one caption: its R@1 hits in both directions, averaged
         items = (((t2i <= 1).float() + (i2t <= 1).float()) / 2).tolist()
-        return metrics, dict(predictions=preds, item_scores=items, n_items=len(sp), **self.provenance(ctx, split))
+        return metrics, dict(predictions=preds, item_scores=items, n_items=len(sp),
+                             **self.provenance(ctx, split))

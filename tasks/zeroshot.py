@@ -51,7 +51,8 @@ class ShapesZeroShot(ShapesTask):
     family = "zeroshot"
     version = "1"
     main_score = "acc1"
-    metrics = ("{attribute:shape|colour}/{metric:acc1|acc5|mean_per_class_recall}", "acc1", "mean_per_class_recall")
+    metrics = ("{attribute:shape|colour}/{metric:acc1|acc5|mean_per_class_recall}", "acc1",
+               "mean_per_class_recall")
     citation = "CLIP_benchmark zero-shot classification (LAION-AI/CLIP_benchmark)"
     splits = ("zeroshot",)
 
@@ -65,7 +66,8 @@ class ShapesZeroShot(ShapesTask):
             ("shape", SHAPES, SHAPE_TEMPLATES, sp.shape[single, 0]),
             ("colour", COLOUR_NAMES, COLOUR_TEMPLATES, sp.colour[single, 0]),
         ):
-            w = zeroshot_classifier(lambda t: self.text_embeddings(ctx, "prompts", attr, t), classes, templates)
+            prompts = lambda t, attr=attr: self.text_embeddings(ctx, "prompts", attr, t)
+            w = zeroshot_classifier(prompts, classes, templates)
             logits = 100.0 * img @ w
             m = classification_metrics(logits, torch.from_numpy(target))
             metrics.update({f"{attr}/{k}": v for k, v in m.items()})

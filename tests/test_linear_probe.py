@@ -293,8 +293,8 @@ def test_cb_metrics_hand_computed():
 
 @pytest.fixture(scope="module")
 def tiny_ctx(tmp_path_factory):
-    from harness.engine.models import Encoder, ModelConfig, build_model
     from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+    from harness.engine.models import Encoder, ModelConfig, build_model
     from tasks import EvalContext
 
     world = ShapesWorld(ShapesSpec(n_train=512, n_val=64, n_test=128, n_heldout=64, n_zeroshot=64),

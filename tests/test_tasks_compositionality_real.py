@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.engine.models import Encoder, ModelConfig, build_model
 from harness.data.sources import (DataError, DataOptions, DatasetUnavailableError, ImageColumn,
                              MissingColumnsError, UndecodableImageError)
+from harness.engine.models import Encoder, ModelConfig, build_model
 from tasks import TASKS, EvalContext
 from tasks.compositionality import TIES
 from tasks.compositionality_real import (ARO_EXCLUDED_RELATIONS, AROAttribution, AROCocoOrder, ARORelation,

@@ -7,16 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import runs, smoke_args
 
-from harness.engine.models import Encoder, ModelConfig, build_model
 from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.engine.models import Encoder, ModelConfig, build_model
 from tasks import TASKS, EmbeddingCache, EvalContext
 from tasks.geometry import alignment, effective_rank, modality_gap, pair_cosines, uniformity
 from tasks.intramodal import average_precision, intra_modal_metrics
 from tasks.linear import ShapesLinear, fit_logistic_regression, probe_metrics
 from tasks.sts import gold_similarity, parse_caption, sts_metrics, sts_pairs
-
-from conftest import runs, smoke_args
 
 # ----------------------------------------------------------------------------- linear probe
 

@@ -99,29 +99,17 @@ class TaskMeta:
     def of(cls, task: type, name: str | None = None) -> "TaskMeta":
         """The metadata ``task`` declares, or :class:`TaskDeclarationError` naming every problem."""
         name = task.name if name is None else name
-        a = {k: getattr(task, k, None) for k in ("family", "version", "main_score", "higher_is_better", "metrics",
-                                                  "modality", "dataset", "revision", "splits",
-                                                  "default_train_data", "license", "citation", "requires",
-                                                  "aggregate", "breakdown")}
+        a = {f: getattr(task, f, None) for f in cls.__dataclass_fields__ if f != "name"}
         src = getattr(task, "source", None)
         if isinstance(src, HubSource):
             a.update(dataset=src.repo, revision=src.revision, splits=(src.split,))
-        problems = []
-        for k in ("metrics", "splits"):
-            if isinstance(a[k], str) or not isinstance(a[k], (tuple, list)):
-                problems.append(f"{k} must be a tuple of strings, got {a[k]!r}")
-                a[k] = ()
-            a[k] = tuple(a[k])
-        if not isinstance(a["requires"], (set, frozenset, tuple, list)):
-            problems.append(f"requires must be a set of batch fields, got {a['requires']!r}")
-            a["requires"] = ()
-        a["requires"] = frozenset(a["requires"])
+        for k, kind in (("metrics", tuple), ("splits", tuple), ("requires", frozenset)):
+            if isinstance(a[k], (tuple, list, set, frozenset)):
+                a[k] = kind(a[k])  # other types are left for problems() to name
         meta = cls(name=name or "", **a)
-        problems += meta.problems()
-        if isinstance(task, type) and hasattr(task, "declaration_problems"):
-            problems += task.declaration_problems()
+        problems = meta.problems() + task.declaration_problems()
         if problems:
-            where = f"{task.__module__}:{task.__qualname__}" if isinstance(task, type) else repr(task)
+            where = f"{task.__module__}:{task.__qualname__}"
             raise TaskDeclarationError(f"task {name!r} ({where}): " + "; ".join(problems))
         return meta
 
@@ -132,8 +120,8 @@ class TaskMeta:
         def text(k: str, empty: bool = False, none: bool = False) -> None:
             v = getattr(self, k)
             if not ((none and v is None) or (isinstance(v, str) and (empty or v))):
-                out.append(f"{k} must be a {'' if empty else 'non-empty '}string{' or None' if none else ''}, "
-                           f"got {v!r}")
+                kind = ("a string" if empty else "a non-empty string") + (" or None" if none else "")
+                out.append(f"{k} must be {kind}, got {v!r}")
 
         for k in ("family", "version", "default_train_data"):
             text(k)
@@ -146,12 +134,18 @@ class TaskMeta:
                 out.append(f"{k} must be True or False, got {getattr(self, k)!r}")
         if self.modality not in MODALITIES:
             out.append(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
-        if not all(isinstance(s, str) and s for s in self.splits):
-            out.append(f"splits must be non-empty strings, got {self.splits!r}")
-        if not all(isinstance(r, str) and r for r in self.requires):
-            out.append(f"requires must hold batch field names, got {sorted(map(str, self.requires))}")
+        names = isinstance(self.splits, tuple) and all(isinstance(s, str) and s for s in self.splits)
+        if not (names and self.splits):
+            out.append(f"splits must be a non-empty tuple of split names, got {self.splits!r}")
+        fields = isinstance(self.requires, frozenset) and all(isinstance(r, str) and r for r in self.requires)
+        if not fields:
+            out.append(f"requires must be a set of batch field names, got {self.requires!r}")
+        if not isinstance(self.metrics, tuple):
+            out.append(f"metrics must be a tuple of metric keys, got {self.metrics!r}")
+            return out
         bad = [p for p in self.metrics if not _valid_pattern(p)]
-        out += [f"metric key {p!r} is not a non-empty string with balanced {{level}} placeholders" for p in bad]
+        out += [f"metric key {p!r} must be a non-empty string with balanced {{level}} placeholders"
+                for p in bad]
         if self.metrics and not bad and isinstance(self.main_score, str) and self.main_score \
                 and not declares(self.metrics, self.main_score):
             out.append(f"main_score {self.main_score!r} is not among the metrics it declares "
@@ -402,7 +396,8 @@ class Suite(Task):
 
     @classmethod
     def declaration_problems(cls) -> list[str]:
-        ok = isinstance(cls.members, tuple) and cls.members and all(isinstance(m, str) and m for m in cls.members)
+        m = cls.members
+        ok = isinstance(m, tuple) and m and all(isinstance(x, str) and x for x in m)
         return [] if ok else [f"members must be a non-empty tuple of task names, got {cls.members!r}"]
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:  # pragma: no cover - expanded before running
