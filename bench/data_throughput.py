@@ -59,8 +59,8 @@ import torch
 
 from harness.config import Budget
 from harness.data.batches import ShapesTrainData
-from harness.engine.models import Encoder, ModelConfig, build_model
 from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.engine.models import Encoder, ModelConfig, build_model
 from harness.engine.trainer import resolve_device, seed_everything, train
 
 
@@ -114,8 +114,16 @@ def time_loader(data: ShapesTrainData, fields, batch_size: int, warmup: int, ste
     return out
 
 
-def time_steps(model0, objective, enc_args, data: ShapesTrainData, budget: Budget, seed: int,
-               warmup: int, device: torch.device) -> tuple[list[float], list[float]]:
+def time_steps(
+    model0,
+    objective,
+    enc_args,
+    data: ShapesTrainData,
+    budget: Budget,
+    seed: int,
+    warmup: int,
+    device: torch.device,
+) -> tuple[list[float], list[float]]:
     """Train ``budget.steps`` steps; returns (compute seconds, batch() seconds) of the timed steps."""
     model = copy.deepcopy(model0)
     encoder = Encoder(model, *enc_args, device=device)
@@ -132,36 +140,61 @@ def time_steps(model0, objective, enc_args, data: ShapesTrainData, budget: Budge
     marks = [t_start, *marks]
     spans = [b - a for a, b in zip(marks, marks[1:])]
     if len(timed.seconds) != len(spans):  # a prefetching wrapper would call batch() out of step
-        raise RuntimeError(f"expected one batch() call per step, got {len(timed.seconds)} for {len(spans)} steps")
+        raise RuntimeError(
+            f"expected one batch() call per step, got {len(timed.seconds)} for {len(spans)} steps"
+        )
     compute = [s - b for s, b in zip(spans, timed.seconds)]
     return compute[warmup:], timed.seconds[warmup:]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batch-size", type=int, default=None, help="(default 256; tiny 16)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="timed steps / batch() calls (default 20; tiny 2)")
-    ap.add_argument("--warmup", type=int, default=None,
-                    help="untimed steps first (>= 1; step 0 counts FLOPs; default 2; tiny 1)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="timed steps / batch() calls (default 20; tiny 2)"
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps first (>= 1; step 0 counts FLOPs; default 2; tiny 1)",
+    )
     ap.add_argument("--model", default=None, help="(default harness-tiny; tiny harness-micro)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--objectives", default="clip,intra-modal,negclip",
-                    help="comma-separated objectives whose fields are loaded (default clip,intra-modal,negclip)")
-    ap.add_argument("--n-train", type=int, default=None,
-                    help="training scenes of the world (default: the default budget's, 20000; tiny 256)")
-    ap.add_argument("--tiny", action="store_true",
-                    help="a few steps at small sizes, seconds in all: checks that the benchmark runs")
+    ap.add_argument(
+        "--objectives",
+        default="clip,intra-modal,negclip",
+        help="comma-separated objectives whose fields are loaded (default clip,intra-modal,negclip)",
+    )
+    ap.add_argument(
+        "--n-train",
+        type=int,
+        default=None,
+        help="training scenes of the world (default: the default budget's, 20000; tiny 256)",
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a few steps at small sizes, seconds in all: checks that the benchmark runs",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", default=None,
-                    help="shapes-world cache (default: a temporary directory, removed at exit)")
+    ap.add_argument(
+        "--cache-dir",
+        default=None,
+        help="shapes-world cache (default: a temporary directory, removed at exit)",
+    )
     args = ap.parse_args(argv)
     tiny = args.tiny
-    for name, full, small in (("batch_size", 256, 16), ("steps", 20, 2), ("warmup", 2, 1),
-                              ("model", "harness-tiny", "harness-micro"),
-                              ("n_train", ShapesSpec().n_train, 256)):
+    for name, full, small in (
+        ("batch_size", 256, 16),
+        ("steps", 20, 2),
+        ("warmup", 2, 1),
+        ("model", "harness-tiny", "harness-micro"),
+        ("n_train", ShapesSpec().n_train, 256),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, small if tiny else full)
     if args.steps < 1 or args.warmup < 1 or args.batch_size < 2:
@@ -179,21 +212,31 @@ def main(argv=None) -> int:
         spec = ShapesSpec(n_train=max(args.n_train, B))
         world = ShapesWorld(spec, cache)
         seed_everything(args.seed)
-        model0, tokenizer, image_size, mean, std = build_model(ModelConfig(name=args.model), words=vocabulary())
+        model0, tokenizer, image_size, mean, std = build_model(
+            ModelConfig(name=args.model), words=vocabulary()
+        )
         data = ShapesTrainData(world, tokenizer, seed=args.seed)
         setup = time.perf_counter() - t0
     ShapesTrainData.check_static(set().union(*(c.requires for c in objectives.values())), ",".join(names))
 
     n_params = sum(p.numel() for p in model0.parameters())
-    print(f"data_throughput: {'TINY (figures mean nothing) ' if tiny else ''}"
-          f"model={args.model} ({n_params / 1e6:.2f} M params) batch={B} steps={args.steps} "
-          f"(+{args.warmup} warmup) device={device.type} threads={torch.get_num_threads()} "
-          f"world={len(data)} train scenes, {spec.image_size} px torch={torch.__version__}")
+    print(
+        f"data_throughput: {'TINY (figures mean nothing) ' if tiny else ''}"
+        f"model={args.model} ({n_params / 1e6:.2f} M params) batch={B} steps={args.steps} "
+        f"(+{args.warmup} warmup) device={device.type} threads={torch.get_num_threads()} "
+        f"world={len(data)} train scenes, {spec.image_size} px torch={torch.__version__}"
+    )
     print(f"setup (world + tokenising + model): {setup:.1f} s", flush=True)
 
     extra = {"loader_workers": 0} if "loader_workers" in Budget.model_fields else {}  # batch() in step
-    budget = Budget(steps=args.warmup + args.steps, batch_size=B, warmup_steps=1, device=args.device,
-                    log_every=10**6, **extra)
+    budget = Budget(
+        steps=args.warmup + args.steps,
+        batch_size=B,
+        warmup_steps=1,
+        device=args.device,
+        log_every=10**6,
+        **extra,
+    )
     enc_args = (tokenizer, image_size, mean, std)
     rows = []
     for name, cls in objectives.items():
@@ -203,27 +246,44 @@ def main(argv=None) -> int:
         t_load, t_step, t_in = statistics.median(load), statistics.median(compute), statistics.median(in_loop)
         share = statistics.median(b / (b + c) for b, c in zip(in_loop, compute))
         rows.append((name, fields, t_load, t_in, t_step, share))
-        print(f"  {name}: loader {t_load * 1e3:.1f} ms/batch ({B / t_load:.0f} samples/s), step "
-              f"{t_step * 1e3:.1f} ms ({B / t_step:.0f} samples/s), ratio {t_step / t_load:.1f}", flush=True)
+        print(
+            f"  {name}: loader {t_load * 1e3:.1f} ms/batch ({B / t_load:.0f} samples/s), step "
+            f"{t_step * 1e3:.1f} ms ({B / t_step:.0f} samples/s), ratio {t_step / t_load:.1f}",
+            flush=True,
+        )
 
     print()
-    print("median seconds over the timed steps; samples/s = B / seconds; ratio = loader samples/s / step samples/s")
-    head = (f"{'objective':12} {'fields':42} | {'loader ms':>9} {'loader sps':>10} | {'step ms':>8} "
-            f"{'step sps':>8} | {'ratio':>6} | {'in-loop ms':>10} {'load share':>10}")
+    print(
+        "median seconds over the timed steps; samples/s = B / seconds; "
+        "ratio = loader samples/s / step samples/s"
+    )
+    head = (
+        f"{'objective':12} {'fields':42} | {'loader ms':>9} {'loader sps':>10} | {'step ms':>8} "
+        f"{'step sps':>8} | {'ratio':>6} | {'in-loop ms':>10} {'load share':>10}"
+    )
     print(head)
     print("-" * len(head))
     worst = None
     for name, fields, t_load, t_in, t_step, share in rows:
         ratio = t_step / t_load
         worst = ratio if worst is None else min(worst, ratio)
-        print(f"{name:12} {','.join(fields):42} | {t_load * 1e3:>9.1f} {B / t_load:>10.0f} | {t_step * 1e3:>8.1f} "
-              f"{B / t_step:>8.0f} | {ratio:>6.1f} | {t_in * 1e3:>10.1f} {share:>9.1%}")
+        print(
+            f"{name:12} {','.join(fields):42} | {t_load * 1e3:>9.1f} {B / t_load:>10.0f} | "
+            f"{t_step * 1e3:>8.1f} "
+            f"{B / t_step:>8.0f} | {ratio:>6.1f} | {t_in * 1e3:>10.1f} {share:>9.1%}"
+        )
     print()
     print("in-loop ms: batch() inside train() (the same call, competing with the step for the CPU);")
     print("load share: the median share of a training step spent waiting in batch().")
-    verdict = "the loader is not the bottleneck" if worst >= 5 else (
-        "the loader keeps up but costs a noticeable share of a synchronous step" if worst >= 1
-        else "THE LOADER IS THE BOTTLENECK")
+    verdict = (
+        "the loader is not the bottleneck"
+        if worst >= 5
+        else (
+            "the loader keeps up but costs a noticeable share of a synchronous step"
+            if worst >= 1
+            else "THE LOADER IS THE BOTTLENECK"
+        )
+    )
     print(f"lowest ratio loader/step = {worst:.1f} (goal >> 1): {verdict}")
     return 0
 

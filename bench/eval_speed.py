@@ -99,7 +99,7 @@ def full_matrix_metrics(image, text, text_to_image, ks=(1, 5, 10)):
 
     from tasks.retrieval import metrics_from_ranks
 
-    scores = text @ image.T                                            # N_texts x N_images
+    scores = text @ image.T  # N_texts x N_images
     positives = torch.zeros(scores.shape, dtype=torch.bool)
     positives[torch.arange(len(text_to_image)), text_to_image] = True
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
@@ -137,14 +137,22 @@ def child(spec: dict) -> dict:
         metrics, t2i, i2t = fn()
         times.append(time.perf_counter() - t0)
         if rep == 0:
-            hwm = _status_kib("VmHWM") if method.startswith("VmHWM") else \
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            hwm = (
+                _status_kib("VmHWM")
+                if method.startswith("VmHWM")
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            )
             peak = (hwm - base_rss) * 1024
             torch.save({"t2i": t2i, "i2t": i2t}, spec["ranks_file"])
         del t2i, i2t
         gc.collect()
-    return {"peak_bytes": peak, "time": min(times), "metrics": metrics, "method": method,
-            "threads": torch.get_num_threads()}
+    return {
+        "peak_bytes": peak,
+        "time": min(times),
+        "metrics": metrics,
+        "method": method,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def measure(spec: dict, timeout: float) -> dict:
@@ -154,8 +162,14 @@ def measure(spec: dict, timeout: float) -> dict:
 def tied_queries(args) -> int:
     """Captions whose image's score equals another image's score (exact ties the ranks must break
     by index), counted on the same embeddings."""
-    spec = {"images": args.images, "per": args.per, "dim": args.dim, "noise": args.noise, "grid": args.grid,
-            "seed": args.seed}
+    spec = {
+        "images": args.images,
+        "per": args.per,
+        "dim": args.dim,
+        "noise": args.noise,
+        "grid": args.grid,
+        "seed": args.seed,
+    }
     image, text, owner = embeddings(spec)
     n = 0
     for a in range(0, len(text), args.chunk):
@@ -166,23 +180,37 @@ def tied_queries(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, default=None, help="(default 5000; tiny 200)")
     ap.add_argument("--captions-per-image", dest="per", type=int, default=5)
     ap.add_argument("--dim", type=int, default=None, help="(default 512; tiny 64)")
-    ap.add_argument("--chunk", type=int, default=None,
-                    help="query rows per step of the chunked version (default 512; tiny 64)")
-    ap.add_argument("--noise", type=float, default=6.0,
-                    help="caption = image + noise * N(0, I/d), re-normalised (larger: harder retrieval)")
-    ap.add_argument("--no-grid", dest="grid", action="store_false",
-                    help="do not round embeddings to the 2**-10 grid (exact dot products, see the docstring)")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="query rows per step of the chunked version (default 512; tiny 64)",
+    )
+    ap.add_argument(
+        "--noise",
+        type=float,
+        default=6.0,
+        help="caption = image + noise * N(0, I/d), re-normalised (larger: harder retrieval)",
+    )
+    ap.add_argument(
+        "--no-grid",
+        dest="grid",
+        action="store_false",
+        help="do not round embeddings to the 2**-10 grid (exact dot products, see the docstring)",
+    )
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per implementation")
-    ap.add_argument("--tiny", action="store_true",
-                    help="small sizes, seconds in all: checks that the benchmark runs")
+    ap.add_argument(
+        "--tiny", action="store_true", help="small sizes, seconds in all: checks that the benchmark runs"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -195,17 +223,33 @@ def main(argv=None) -> int:
     if args.tiny:
         print("# TINY: small sizes, the figures mean nothing")
     n_txt = args.images * args.per
-    print(f"# retrieval metrics, chunked (counted ranks) vs full matrix + argsort | CPU ({os.cpu_count()} cores) | "
-          f"{args.images} images x {n_txt} captions, d={args.dim}, chunk={args.chunk}, "
-          f"grid={'2**-10' if args.grid else 'off'}")
-    print(f"# full score matrix alone: {n_txt * args.images * 4 / 2**20:.0f} MiB float32; each implementation in "
-          "a fresh process; peak = resident memory added by the metric call (MiB), time = wall seconds")
+    print(
+        "# retrieval metrics, chunked (counted ranks) vs full matrix + argsort | "
+        f"CPU ({os.cpu_count()} cores) | "
+        f"{args.images} images x {n_txt} captions, d={args.dim}, chunk={args.chunk}, "
+        f"grid={'2**-10' if args.grid else 'off'}"
+    )
+    print(
+        f"# full score matrix alone: {n_txt * args.images * 4 / 2**20:.0f} MiB float32; "
+        "each implementation in "
+        "a fresh process; peak = resident memory added by the metric call (MiB), time = wall seconds"
+    )
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         for impl in ("full", "chunked"):
-            spec = {"impl": impl, "images": args.images, "per": args.per, "dim": args.dim, "chunk": args.chunk,
-                    "noise": args.noise, "grid": args.grid, "repeats": args.repeats, "threads": args.threads,
-                    "seed": args.seed, "ranks_file": os.path.join(tmp, f"{impl}.pt")}
+            spec = {
+                "impl": impl,
+                "images": args.images,
+                "per": args.per,
+                "dim": args.dim,
+                "chunk": args.chunk,
+                "noise": args.noise,
+                "grid": args.grid,
+                "repeats": args.repeats,
+                "threads": args.threads,
+                "seed": args.seed,
+                "ranks_file": os.path.join(tmp, f"{impl}.pt"),
+            }
             res[impl] = measure(spec, args.timeout)
             if "error" not in res[impl]:
                 import torch
@@ -224,16 +268,32 @@ def main(argv=None) -> int:
     for impl in ("full", "chunked"):
         r = res[impl]
         print(f"{impl:8} | {r['peak_bytes'] / 2**20:9.1f} | {r['time']:7.2f}")
-    print(f"{'ratio':8} | {'1/' + format(full['peak_bytes'] / max(chunked['peak_bytes'], 1), '.1f'):>9} | "
-          f"{chunked['time'] / full['time']:7.2f}   (chunked / full)")
+    print(
+        f"{'ratio':8} | {'1/' + format(full['peak_bytes'] / max(chunked['peak_bytes'], 1), '.1f'):>9} | "
+        f"{chunked['time'] / full['time']:7.2f}   (chunked / full)"
+    )
     same_ranks = all(torch.equal(full["ranks"][k], chunked["ranks"][k]) for k in ("t2i", "i2t"))
     same_metrics = full["metrics"] == chunked["metrics"]
     m = chunked["metrics"]
-    print("metrics: " + ", ".join(f"{k}={m[k]:.4f}" for k in (
-        "image_retrieval_recall@1", "image_retrieval_recall@5", "text_retrieval_recall@1",
-        "text_retrieval_recall@5", "mean_recall@5", "image_retrieval_mean_rank", "text_retrieval_mean_rank")))
-    print(f"identical ranks: {same_ranks}; identical metrics: {same_metrics} ({len(m)} keys); "
-          f"text->image queries whose positive ties with another image: {tied_queries(args)}")
+    print(
+        "metrics: "
+        + ", ".join(
+            f"{k}={m[k]:.4f}"
+            for k in (
+                "image_retrieval_recall@1",
+                "image_retrieval_recall@5",
+                "text_retrieval_recall@1",
+                "text_retrieval_recall@5",
+                "mean_recall@5",
+                "image_retrieval_mean_rank",
+                "text_retrieval_mean_rank",
+            )
+        )
+    )
+    print(
+        f"identical ranks: {same_ranks}; identical metrics: {same_metrics} ({len(m)} keys); "
+        f"text->image queries whose positive ties with another image: {tied_queries(args)}"
+    )
     return 0 if same_ranks and same_metrics else 1
 
 

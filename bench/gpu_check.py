@@ -13,7 +13,7 @@ the start of this script): a measurement that would not fit is skipped and liste
       loss 2e-2, gradients 0.1 relative norm and cosine >= 0.99).
     * ``objectives.tiled`` against the naive B x B losses on CUDA at B = 4096, d = 512, float32, chunk
       1024: loss and gradients (x, y, scale, bias) within 1e-5 relative (max |difference| / max
-      |reference|, as in tests/test_tiled.py), with the peak memory and time of each.
+      |reference|, as in tests/unit/test_tiled.py), with the peak memory and time of each.
 (b) ``python -m harness run --budget smoke --device cuda`` end to end in a temporary output
     directory: exit code 0 (needs the package installed, for its entry points, and MLflow).
 (c) Throughput of open_clip ``ViT-B-32`` (random init, 224 px random uint8 images, 77-token random
@@ -32,10 +32,10 @@ the start of this script): a measurement that would not fit is skipped and liste
 be checked on a CPU: ``python bench/gpu_check.py --smoke --device cpu``. ``--tiny`` is smaller
 still and runs in seconds on the CPU (the test suite's check that the script still runs): device
 ``cpu`` unless ``--device`` is given, (a1) at B = 16, (a2) at B = 128, (c) at B = 16 with one
-warmup and one timed step, and (b) left out (a CLI smoke run takes half a minute; tests/test_cli.py
-covers it). On a CPU the CUDA-only parts -- CUDA against the CPU, CUDA bf16 autocast, CUDA peak
-memory, MFU/HFU -- are listed as skipped, with what stands in for them. Exit code: 0 when every
-check that ran passed (measurements never fail), 1 otherwise.
+warmup and one timed step, and (b) left out (a CLI smoke run takes half a minute;
+tests/integration/test_cli.py covers it). On a CPU the CUDA-only parts -- CUDA against the CPU,
+CUDA bf16 autocast, CUDA peak memory, MFU/HFU -- are listed as skipped, with what stands in for
+them. Exit code: 0 when every check that ran passed (measurements never fail), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import gc
 import importlib.util
 import json
@@ -71,14 +72,22 @@ class OutOfTime(RuntimeError):
 
 # -- report -----------------------------------------------------------------------------------
 
+
 class Report:
     """Lines for gpu_check.txt and a dict for gpu_check.json, both rewritten after every section."""
 
     def __init__(self, out: Path, deadline: float):
         self.out, self.deadline = out, deadline
         self.lines: list[str] = []
-        self.data: dict = {"meta": {}, "devices": [], "tiled": [], "run": None, "throughput": [],
-                           "skipped": [], "errors": []}
+        self.data: dict = {
+            "meta": {},
+            "devices": [],
+            "tiled": [],
+            "run": None,
+            "throughput": [],
+            "skipped": [],
+            "errors": [],
+        }
         self.failed = False
 
     def left(self) -> float:
@@ -104,8 +113,10 @@ class Report:
         self.out.mkdir(parents=True, exist_ok=True)
         self.data["meta"]["elapsed_s"] = round(time.perf_counter() - T_START, 1)
         self.data["status"] = "FAIL" if self.failed else "PASS"
-        for name, text in (("gpu_check.txt", "\n".join(self.lines) + "\n"),
-                           ("gpu_check.json", json.dumps(self.data, indent=1, default=str) + "\n")):
+        for name, text in (
+            ("gpu_check.txt", "\n".join(self.lines) + "\n"),
+            ("gpu_check.json", json.dumps(self.data, indent=1, default=str) + "\n"),
+        ):
             tmp = self.out / (name + ".tmp")
             tmp.write_text(text)
             os.replace(tmp, self.out / name)
@@ -136,17 +147,18 @@ def strict_fp32():
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-8) -> float:
-    """max |a - b| / max |b| (tests/test_tiled.py's measure), with a floor on the denominator."""
+    """max |a - b| / max |b| (tests/unit/test_tiled.py's measure), with a floor on the denominator."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).abs().max() / b.abs().max().clamp_min(atol / 1e-5))
 
 
 # -- (a) devices agree --------------------------------------------------------------------------
 
+
 def shapes_batch(cache: Path, n: int, words_model: str):
     from harness.data.batches import ShapesTrainData
-    from harness.engine.models import ModelConfig, build_model
     from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+    from harness.engine.models import ModelConfig, build_model
 
     spec = ShapesSpec(n_train=max(2048, n), n_val=128, n_test=128, n_heldout=128, n_zeroshot=128)
     torch.manual_seed(0)
@@ -181,11 +193,17 @@ def compare_grads(got: dict, ref: dict) -> dict:
     g = torch.cat([got[n].flatten() for n in names])
     r = torch.cat([ref[n].flatten() for n in names])
     worst = max(names, key=lambda n: rel_err(got[n], ref[n]))
-    return {"grad_rel_norm": float((g - r).norm() / r.norm().clamp_min(1e-30)),
-            "grad_cosine": float(g @ r / (g.norm() * r.norm()).clamp_min(1e-30)),
-            "worst_tensor": worst, "worst_tensor_rel_err": rel_err(got[worst], ref[worst]),
-            "objective_grads": {n: [float(got[n].flatten()[0]), float(ref[n].flatten()[0])]
-                                for n in names if n.startswith("objective.")}}
+    return {
+        "grad_rel_norm": float((g - r).norm() / r.norm().clamp_min(1e-30)),
+        "grad_cosine": float(g @ r / (g.norm() * r.norm()).clamp_min(1e-30)),
+        "worst_tensor": worst,
+        "worst_tensor_rel_err": rel_err(got[worst], ref[worst]),
+        "objective_grads": {
+            n: [float(got[n].flatten()[0]), float(ref[n].flatten()[0])]
+            for n in names
+            if n.startswith("objective.")
+        },
+    }
 
 
 def check_devices(rep: Report, args, device: torch.device, cache: Path) -> None:
@@ -196,8 +214,10 @@ def check_devices(rep: Report, args, device: torch.device, cache: Path) -> None:
     B = args.a_batch
     model0, enc_args, batch = shapes_batch(cache, B, "harness-micro")
     n_params = sum(p.numel() for p in model0.parameters())
-    rep.line(f"(a1) harness-micro ({n_params / 1e3:.0f} k params), one shapes batch B = {B}; reference CPU fp32; "
-             "TF32 off for the fp32 comparison")
+    rep.line(
+        f"(a1) harness-micro ({n_params / 1e3:.0f} k params), one shapes batch B = {B}; reference CPU fp32; "
+        "TF32 off for the fp32 comparison"
+    )
     tol = {"fp32": (1e-5, 1e-4, None), "bf16": (2e-2, 1e-1, 0.99)}
     with strict_fp32():
         for name, cls in (("clip", CLIP), ("siglip", SigLIP)):
@@ -208,22 +228,35 @@ def check_devices(rep: Report, args, device: torch.device, cache: Path) -> None:
                 cmp = compare_grads(grads, ref_grads)
                 loss_rel = abs(loss - ref_loss) / max(abs(ref_loss), 1e-30)
                 t_loss, t_grad, t_cos = tol[prec]
-                ok = ("error" not in cmp and loss_rel <= t_loss and cmp["grad_rel_norm"] <= t_grad
-                      and (t_cos is None or cmp["grad_cosine"] >= t_cos))
+                ok = (
+                    "error" not in cmp
+                    and loss_rel <= t_loss
+                    and cmp["grad_rel_norm"] <= t_grad
+                    and (t_cos is None or cmp["grad_cosine"] >= t_cos)
+                )
                 if device.type == "cpu" and prec == "bf16":
                     what = "cpu bf16 autocast"  # the smoke stand-in for CUDA bf16
-                row = {"objective": name, "path": what, "loss": loss, "ref_loss": ref_loss, "loss_rel": loss_rel,
-                       **cmp, "tolerance": {"loss_rel": t_loss, "grad_rel_norm": t_grad, "grad_cosine": t_cos},
-                       "pass": ok}
+                row = {
+                    "objective": name,
+                    "path": what,
+                    "loss": loss,
+                    "ref_loss": ref_loss,
+                    "loss_rel": loss_rel,
+                    **cmp,
+                    "tolerance": {"loss_rel": t_loss, "grad_rel_norm": t_grad, "grad_cosine": t_cos},
+                    "pass": ok,
+                }
                 rep.data["devices"].append(row)
                 rep.failed |= not ok
                 if "error" in cmp:
                     rep.line(f"  {'PASS' if ok else 'FAIL'} {name:6} {what:18} {cmp['error']}")
                     continue
-                rep.line(f"  {'PASS' if ok else 'FAIL'} {name:6} {what:18} loss {loss:.6f} vs {ref_loss:.6f} "
-                         f"(rel {loss_rel:.1e} <= {t_loss:.0e}) | grads rel-norm {cmp['grad_rel_norm']:.1e} "
-                         f"(<= {t_grad:.0e}) cos {cmp['grad_cosine']:.6f} | worst {cmp['worst_tensor']} "
-                         f"{cmp['worst_tensor_rel_err']:.1e}")
+                rep.line(
+                    f"  {'PASS' if ok else 'FAIL'} {name:6} {what:18} loss {loss:.6f} vs {ref_loss:.6f} "
+                    f"(rel {loss_rel:.1e} <= {t_loss:.0e}) | grads rel-norm {cmp['grad_rel_norm']:.1e} "
+                    f"(<= {t_grad:.0e}) cos {cmp['grad_cosine']:.6f} | worst {cmp['worst_tensor']} "
+                    f"{cmp['worst_tensor_rel_err']:.1e}"
+                )
     rep.write()
 
 
@@ -231,11 +264,15 @@ def check_tiled(rep: Report, args, device: torch.device) -> None:
     from objectives.tiled import naive_infonce, naive_sigmoid, tiled_infonce, tiled_sigmoid
 
     n, d, chunk = args.tiled_batch, 512, args.tiled_chunk
-    rep.line(f"(a2) tiled vs naive losses on {device.type}: B = {n}, d = {d}, chunk = {chunk}, float32 "
-             "(TF32 off), tolerance 1e-5 relative (max |diff| / max |ref|)")
+    rep.line(
+        f"(a2) tiled vs naive losses on {device.type}: B = {n}, d = {d}, chunk = {chunk}, float32 "
+        "(TF32 off), tolerance 1e-5 relative (max |diff| / max |ref|)"
+    )
     g = torch.Generator().manual_seed(5)
     x0 = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
-    y0 = F.normalize(x0 + 1.5 * F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1), dim=-1)
+    y0 = F.normalize(
+        x0 + 1.5 * F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1), dim=-1
+    )
     with strict_fp32():
         for kind in ("infonce", "sigmoid"):
             res = {}
@@ -245,10 +282,14 @@ def check_tiled(rep: Report, args, device: torch.device) -> None:
                 s = torch.tensor(1 / 0.07 if kind == "infonce" else 10.0, device=device, requires_grad=True)
                 b = torch.tensor(-10.0, device=device, requires_grad=True)
                 ins = [x, y, s] + ([b] if kind == "sigmoid" else [])
-                if kind == "infonce":
-                    fn = (lambda: tiled_infonce(x, y, s, chunk)) if impl == "tiled" else (lambda: naive_infonce(x, y, s))
+                if kind == "infonce" and impl == "tiled":
+                    fn = functools.partial(tiled_infonce, x, y, s, chunk)
+                elif kind == "infonce":
+                    fn = functools.partial(naive_infonce, x, y, s)
+                elif impl == "tiled":
+                    fn = functools.partial(tiled_sigmoid, x, y, s, b, chunk)
                 else:
-                    fn = (lambda: tiled_sigmoid(x, y, s, b, chunk)) if impl == "tiled" else (lambda: naive_sigmoid(x, y, s, b))
+                    fn = functools.partial(naive_sigmoid, x, y, s, b)
                 torch.autograd.grad(fn(), ins)  # warm-up
                 sync(device)
                 if device.type == "cuda":
@@ -259,7 +300,11 @@ def check_tiled(rep: Report, args, device: torch.device) -> None:
                 grads = torch.autograd.grad(loss, ins)
                 sync(device)
                 dt = time.perf_counter() - t0
-                peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else float("nan")
+                peak = (
+                    (torch.cuda.max_memory_allocated(device) - base) / 2**20
+                    if device.type == "cuda"
+                    else float("nan")
+                )
                 res[impl] = (loss.detach(), [t.detach() for t in grads], dt, peak)
                 del x, y, s, b, ins, loss, grads
             (ln, gn, tn, pn), (lt, gt, tt, pt) = res["naive"], res["tiled"]
@@ -267,13 +312,27 @@ def check_tiled(rep: Report, args, device: torch.device) -> None:
             errs = {"loss": rel_err(lt, ln), **{f"grad_{k}": rel_err(a, c) for k, a, c in zip(names, gt, gn)}}
             ok = all(v <= 1e-5 for v in errs.values())
             rep.failed |= not ok
-            rep.data["tiled"].append({"loss": kind, "B": n, "d": d, "chunk": chunk, "rel_err": errs, "pass": ok,
-                                      "naive_s": tn, "tiled_s": tt, "naive_peak_mib": pn, "tiled_peak_mib": pt,
-                                      "value": float(lt)})
+            rep.data["tiled"].append(
+                {
+                    "loss": kind,
+                    "B": n,
+                    "d": d,
+                    "chunk": chunk,
+                    "rel_err": errs,
+                    "pass": ok,
+                    "naive_s": tn,
+                    "tiled_s": tt,
+                    "naive_peak_mib": pn,
+                    "tiled_peak_mib": pt,
+                    "value": float(lt),
+                }
+            )
             mem = f" | peak extra MiB naive {pn:.0f} tiled {pt:.0f}" if device.type == "cuda" else ""
-            rep.line(f"  {'PASS' if ok else 'FAIL'} {kind:7} loss {float(lt):.6f} | rel err "
-                     + " ".join(f"{k} {v:.1e}" for k, v in errs.items())
-                     + f" | fwd+bwd s naive {tn:.4f} tiled {tt:.4f}{mem}")
+            rep.line(
+                f"  {'PASS' if ok else 'FAIL'} {kind:7} loss {float(lt):.6f} | rel err "
+                + " ".join(f"{k} {v:.1e}" for k, v in errs.items())
+                + f" | fwd+bwd s naive {tn:.4f} tiled {tt:.4f}{mem}"
+            )
             del res
             free_memory()
     rep.write()
@@ -281,17 +340,23 @@ def check_tiled(rep: Report, args, device: torch.device) -> None:
 
 # -- (b) harness run end to end -------------------------------------------------------------------
 
+
 def check_run(rep: Report, args, device: torch.device) -> None:
     from importlib.metadata import entry_points
 
-    missing = [m for m in ("mlflow", "open_clip", "pydantic", "rich", "yaml") if importlib.util.find_spec(m) is None]
+    missing = [
+        m for m in ("mlflow", "open_clip", "pydantic", "rich", "yaml") if importlib.util.find_spec(m) is None
+    ]
     if missing:
         rep.skip("(b) harness run", f"missing Python packages: {', '.join(missing)}")
         rep.data["run"] = {"skipped": f"missing {missing}"}
         return
     if not [e for e in entry_points(group="harness.objectives") if e.name == "siglip"]:
-        rep.skip("(b) harness run", "the package is not installed (no 'harness.objectives' entry points; "
-                 "pip install --no-deps -e . registers them)")
+        rep.skip(
+            "(b) harness run",
+            "the package is not installed (no 'harness.objectives' entry points; "
+            "pip install --no-deps -e . registers them)",
+        )
         rep.data["run"] = {"skipped": "not installed"}
         return
     timeout = min(args.run_timeout, rep.left() - args.reserve)
@@ -299,11 +364,25 @@ def check_run(rep: Report, args, device: torch.device) -> None:
         rep.skip("(b) harness run", f"out of time ({rep.left():.0f} s left)")
         return
     with tempfile.TemporaryDirectory(prefix="gpu_check_run-") as tmp:
-        cmd = [sys.executable, "-m", "harness", "run", "--budget", "smoke", "--device", device.type,
-               "--output-dir", tmp, "--no-checkpoint"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "--budget",
+            "smoke",
+            "--device",
+            device.type,
+            "--output-dir",
+            tmp,
+            "--no-checkpoint",
+        ]
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HARNESS_CACHE")}
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        rep.line(f"(b) {' '.join(cmd[1:4])} {' '.join(cmd[4:8])} (output dir: a temporary directory; timeout {timeout:.0f} s)")
+        rep.line(
+            f"(b) {' '.join(cmd[1:4])} {' '.join(cmd[4:8])} "
+            f"(output dir: a temporary directory; timeout {timeout:.0f} s)"
+        )
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout)
@@ -316,14 +395,18 @@ def check_run(rep: Report, args, device: torch.device) -> None:
     rep.failed |= not ok
     tail = text.strip().splitlines()[-25:]
     rep.data["run"] = {"cmd": cmd[1:], "exit_code": rc, "seconds": dt, "pass": ok, "output_tail": tail}
-    rep.line(f"  {'PASS' if ok else 'FAIL'} exit code {rc if rc is not None else 'none (timed out)'} in {dt:.0f} s; "
-             "last lines:")
+    rep.line(
+        f"  {'PASS' if ok else 'FAIL'} exit code {rc if rc is not None else 'none (timed out)'} "
+        f"in {dt:.0f} s; "
+        "last lines:"
+    )
     for t in tail[-12:]:
         rep.line(f"    | {t}")
     rep.write()
 
 
 # -- (c) throughput -----------------------------------------------------------------------------
+
 
 class RandomData:
     """One random batch, made once on the device, handed out at every step (no loading cost)."""
@@ -333,7 +416,9 @@ class RandomData:
 
         g = torch.Generator(device=device).manual_seed(n)
         self.n = n
-        images = torch.randint(0, 256, (n, image_size, image_size, 3), generator=g, device=device, dtype=torch.uint8)
+        images = torch.randint(
+            0, 256, (n, image_size, image_size, 3), generator=g, device=device, dtype=torch.uint8
+        )
         tokens = torch.randint(1, min(sot, eot), (n, ctx), generator=g, device=device)
         tokens[:, 0], tokens[:, -1] = sot, eot
         self.b = Batch(images=images, tokens=tokens)
@@ -372,9 +457,18 @@ def measure(rep: Report, args, device, model0, enc_args, data: RandomData, cls, 
     gc_chunk = args.gradcache_chunk if args.gradcache_chunk and args.gradcache_chunk < B else None
     extra = {"loader_workers": 0} if "loader_workers" in Budget.model_fields else {}
     # lr 1e-4: a few steps from random init must stay finite (the trainer stops on a non-finite loss)
-    budget = Budget(steps=args.warmup + args.timed, batch_size=B, warmup_steps=1, lr=1e-4, device=device.type,
-                    precision="bf16" if bf16 else "fp32", loss_chunk_size=args.loss_chunk if impl == "tiled" else None,
-                    gradcache_chunk=gc_chunk, log_every=10**6, **extra)
+    budget = Budget(
+        steps=args.warmup + args.timed,
+        batch_size=B,
+        warmup_steps=1,
+        lr=1e-4,
+        device=device.type,
+        precision="bf16" if bf16 else "fp32",
+        loss_chunk_size=args.loss_chunk if impl == "tiled" else None,
+        gradcache_chunk=gc_chunk,
+        log_every=10**6,
+        **extra,
+    )
     model = copy.deepcopy(model0)
     encoder = Encoder(model, *enc_args, device=device)
     objective = cls()
@@ -398,15 +492,27 @@ def measure(rep: Report, args, device, model0, enc_args, data: RandomData, cls, 
     emb_dtype = str(emb.image.dtype).replace("torch.", "")
     model_flops = flops - rec
     peak = args.peak_tflops * 1e12
-    row = {"objective": cls.name if hasattr(cls, "name") else cls.__name__, "impl": impl, "B": B,
-           "gradcache_chunk": gc_chunk, "loss_chunk": budget.loss_chunk_size, "precision": budget.precision,
-           "s_per_step": t_step, "samples_per_s": B / t_step, "flops_per_step": flops,
-           "recompute_flops": rec, "model_flops_per_step": model_flops,
-           "fwd_gflop_per_sample": (rec / B / 1e9) if gc_chunk else None,
-           "mfu": model_flops / t_step / peak, "hfu": flops / t_step / peak,
-           "peak_mem_gib": result.peak_memory_mb / 1024, "final_loss": result.final_loss,
-           "embedding_dtype": emb_dtype,
-           "warmup_steps": args.warmup, "timed_steps": args.timed}
+    row = {
+        "objective": cls.name if hasattr(cls, "name") else cls.__name__,
+        "impl": impl,
+        "B": B,
+        "gradcache_chunk": gc_chunk,
+        "loss_chunk": budget.loss_chunk_size,
+        "precision": budget.precision,
+        "s_per_step": t_step,
+        "samples_per_s": B / t_step,
+        "flops_per_step": flops,
+        "recompute_flops": rec,
+        "model_flops_per_step": model_flops,
+        "fwd_gflop_per_sample": (rec / B / 1e9) if gc_chunk else None,
+        "mfu": model_flops / t_step / peak,
+        "hfu": flops / t_step / peak,
+        "peak_mem_gib": result.peak_memory_mb / 1024,
+        "final_loss": result.final_loss,
+        "embedding_dtype": emb_dtype,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.timed,
+    }
     del model, encoder, objective, emb
     free_memory()
     return row
@@ -427,20 +533,31 @@ def check_throughput(rep: Report, args, device: torch.device) -> None:
     sot, eot = getattr(tok, "sot_token_id", vocab - 2), getattr(tok, "eot_token_id", vocab - 1)
     n_params = sum(p.numel() for p in model0.parameters())
     bf16 = device.type == "cuda" and not args.fp32
-    rep.line(f"(c) {args.model} ({n_params / 1e6:.1f} M params, random init), {image_size} px random images, "
-             f"{ctx}-token random text, {'bf16 autocast' if bf16 else 'fp32'}, AdamW; GradCache chunk "
-             f"{args.gradcache_chunk} (every B), tiled loss chunk {args.loss_chunk}; {args.warmup} warmup + "
-             f"{args.timed} timed steps each; peak used for MFU/HFU: {args.peak_tflops:g} TFLOP/s "
-             f"(model built in {time.perf_counter() - t0:.1f} s)")
-    rep.data["meta"].update({"c_model": args.model, "c_params": n_params, "c_image_size": image_size,
-                             "c_context_length": ctx, "peak_tflops": args.peak_tflops,
-                             "open_clip_version": open_clip.__version__})
+    rep.line(
+        f"(c) {args.model} ({n_params / 1e6:.1f} M params, random init), {image_size} px random images, "
+        f"{ctx}-token random text, {'bf16 autocast' if bf16 else 'fp32'}, AdamW; GradCache chunk "
+        f"{args.gradcache_chunk} (every B), tiled loss chunk {args.loss_chunk}; {args.warmup} warmup + "
+        f"{args.timed} timed steps each; peak used for MFU/HFU: {args.peak_tflops:g} TFLOP/s "
+        f"(model built in {time.perf_counter() - t0:.1f} s)"
+    )
+    rep.data["meta"].update(
+        {
+            "c_model": args.model,
+            "c_params": n_params,
+            "c_image_size": image_size,
+            "c_context_length": ctx,
+            "peak_tflops": args.peak_tflops,
+            "open_clip_version": open_clip.__version__,
+        }
+    )
     objectives = {"clip": CLIP, "siglip": SigLIP}
     plan = [(name, B, impl) for name in ("clip", "siglip") for B in args.sizes for impl in ("naive", "tiled")]
     datasets: dict[int, RandomData] = {}
     done: list[dict] = []
-    head = (f"  {'objective':9} {'impl':5} {'B':>6} | {'s/step':>7} {'samples/s':>9} | {'TFLOP/step':>10} "
-            f"{'MFU':>6} {'HFU':>6} | {'peak GiB':>8} | loss")
+    head = (
+        f"  {'objective':9} {'impl':5} {'B':>6} | {'s/step':>7} {'samples/s':>9} | {'TFLOP/step':>10} "
+        f"{'MFU':>6} {'HFU':>6} | {'peak GiB':>8} | loss"
+    )
     printed_head = False
     for name, B, impl in plan:
         est = estimate_seconds(done, name, impl, B, args)
@@ -454,8 +571,9 @@ def check_throughput(rep: Report, args, device: torch.device) -> None:
                 datasets.clear()
                 free_memory()
                 datasets[B] = RandomData(B, image_size, ctx, vocab, sot, eot, device)
-            row = measure(rep, args, device, model0, (tok, image_size, mean, std), datasets[B],
-                          objectives[name], impl)
+            row = measure(
+                rep, args, device, model0, (tok, image_size, mean, std), datasets[B], objectives[name], impl
+            )
             row["objective"] = name
         except OutOfTime as e:
             rep.skip(f"(c) {name} {impl} B={B}", str(e))
@@ -479,30 +597,44 @@ def check_throughput(rep: Report, args, device: torch.device) -> None:
         if not printed_head:
             rep.line(head)
             printed_head = True
-        util = (f"{row['mfu']:>6.1%} {row['hfu']:>6.1%}" if device.type == "cuda" else f"{'n/a':>6} {'n/a':>6}")
-        rep.line(f"  {name:9} {impl:5} {B:>6} | {row['s_per_step']:>7.3f} {row['samples_per_s']:>9.0f} | "
-                 f"{row['model_flops_per_step'] / 1e12:>10.4g} {util} | {row['peak_mem_gib']:>8.2f} | "
-                 f"{row['final_loss']:.4f}")
+        util = f"{row['mfu']:>6.1%} {row['hfu']:>6.1%}" if device.type == "cuda" else f"{'n/a':>6} {'n/a':>6}"
+        rep.line(
+            f"  {name:9} {impl:5} {B:>6} | {row['s_per_step']:>7.3f} {row['samples_per_s']:>9.0f} | "
+            f"{row['model_flops_per_step'] / 1e12:>10.4g} {util} | {row['peak_mem_gib']:>8.2f} | "
+            f"{row['final_loss']:.4f}"
+        )
         rep.write()
     del datasets
     free_memory()
     per_sample = [r["fwd_gflop_per_sample"] for r in done if r.get("fwd_gflop_per_sample")]
     if per_sample:
-        rep.line(f"  forward FLOPs per sample (both towers, counted): {per_sample[0]:.4g} GFLOP; "
-                 "TFLOP/step = model FLOPs (forward + backward once); HFU adds GradCache's extra forward")
-    rep.line("  peak GiB: " + ("torch.cuda.max_memory_allocated over the run: weights, AdamW state, gradients and "
-                          "the batch's uint8 images and tokens on the device included" if device.type == "cuda"
-                          else "the process's peak resident set size (CPU)"))
+        rep.line(
+            f"  forward FLOPs per sample (both towers, counted): {per_sample[0]:.4g} GFLOP; "
+            "TFLOP/step = model FLOPs (forward + backward once); HFU adds GradCache's extra forward"
+        )
+    rep.line(
+        "  peak GiB: "
+        + (
+            "torch.cuda.max_memory_allocated over the run: weights, AdamW state, gradients and "
+            "the batch's uint8 images and tokens on the device included"
+            if device.type == "cuda"
+            else "the process's peak resident set size (CPU)"
+        )
+    )
     tiled = [r for r in done if r["impl"] == "tiled"]
     if tiled:
         d = int(getattr(getattr(model0, "visual", None), "output_dim", 512))
         worst = max(2 * r["B"] ** 2 * d / r["model_flops_per_step"] for r in tiled)
-        rep.line("  note: FlopCounterMode counts no FLOPs for the in-place addmm_ that objectives.tiled's backward uses "
-                 f"for dY, so tiled rows (and the trainer's cost/flops_per_step) miss 2*B^2*d per step "
-                 f"(at most {worst:.2%} of a step here)")
+        rep.line(
+            "  note: FlopCounterMode counts no FLOPs for the in-place addmm_ that objectives.tiled's "
+            "backward uses for dY, so tiled rows (and the trainer's cost/flops_per_step) miss "
+            f"2*B^2*d per step (at most {worst:.2%} of a step here)"
+        )
     if done:
-        rep.line(f"  embeddings reach the loss as {done[0]['embedding_dtype']} "
-                 "(the tiled losses' matmuls run in that dtype)")
+        rep.line(
+            f"  embeddings reach the loss as {done[0]['embedding_dtype']} "
+            "(the tiled losses' matmuls run in that dtype)"
+        )
     rep.write()
 
 
@@ -525,47 +657,69 @@ CUDA_ONLY = [  # (what, what a CPU run does instead)
     ("(c) bf16 autocast, MFU/HFU against --peak-tflops", "fp32, utilisation printed as n/a"),
 ]
 
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                    help="(default auto; tiny cpu)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default=None, help="(default auto; tiny cpu)"
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny settings, for checking the script on a CPU")
-    ap.add_argument("--tiny", action="store_true",
-                    help="smaller than --smoke, on the CPU, without (b): seconds in all "
-                    "(the test suite's check)")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smaller than --smoke, on the CPU, without (b): seconds in all (the test suite's check)",
+    )
     ap.add_argument("--out", default=None, help="report folder (default $OUT, else a new temporary folder)")
-    ap.add_argument("--time-budget", type=float, default=280.0, help="seconds for the whole script (default 280)")
+    ap.add_argument(
+        "--time-budget", type=float, default=280.0, help="seconds for the whole script (default 280)"
+    )
     ap.add_argument("--reserve", type=float, default=10.0, help="seconds kept back for the final report")
     ap.add_argument("--sections", default=None, help="which sections to run (default a,b,c; tiny a,c)")
     ap.add_argument("--a-batch", type=int, default=None, help="(a1) batch size (default 256; smoke 64)")
     ap.add_argument("--tiled-batch", type=int, default=None, help="(a2) B (default 4096; smoke 512)")
     ap.add_argument("--tiled-chunk", type=int, default=None, help="(a2) chunk (default 1024; smoke 128)")
     ap.add_argument("--run-timeout", type=float, default=120.0, help="(b) seconds at most")
-    ap.add_argument("--model", default=None, help="(c) open_clip model (default ViT-B-32; smoke harness-micro)")
+    ap.add_argument(
+        "--model", default=None, help="(c) open_clip model (default ViT-B-32; smoke harness-micro)"
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="(c) batch sizes (default 4096 16384)")
-    ap.add_argument("--gradcache-chunk", type=int, default=None, help="(c) GradCache sub-batch (default 1024; 0: off)")
+    ap.add_argument(
+        "--gradcache-chunk", type=int, default=None, help="(c) GradCache sub-batch (default 1024; 0: off)"
+    )
     ap.add_argument("--loss-chunk", type=int, default=None, help="(c) tiled loss chunk (default 1024)")
-    ap.add_argument("--warmup", type=int, default=None,
-                    help="(c) untimed steps (>= 1; step 0 counts FLOPs; default 2; tiny 1)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="(c) untimed steps (>= 1; step 0 counts FLOPs; default 2; tiny 1)",
+    )
     ap.add_argument("--timed", type=int, default=None, help="(c) timed steps (default 5; smoke 2; tiny 1)")
     ap.add_argument("--fp32", action="store_true", help="(c) no bf16 autocast")
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H200 SXM: 989)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H200 SXM: 989)"
+    )
     ap.add_argument("--first-guess-s", type=float, default=45.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     tiny = args.tiny
     small = args.smoke or tiny
     args.device = args.device or ("cpu" if tiny else "auto")
-    left_out = "not in --sections" if args.sections else \
-        "left out by --tiny (a CLI smoke run takes half a minute on a CPU; tests/test_cli.py covers it)"
+    left_out = (
+        "not in --sections"
+        if args.sections
+        else "left out by --tiny (a CLI smoke run takes half a minute on a CPU; "
+        "tests/integration/test_cli.py covers it)"
+    )
     args.sections = args.sections or ("a,c" if tiny else "a,b,c")
     args.a_batch = args.a_batch or (16 if tiny else 64 if small else 256)
     args.tiled_batch = args.tiled_batch or (128 if tiny else 512 if small else 4096)
     args.tiled_chunk = args.tiled_chunk or (32 if tiny else 128 if small else 1024)
     args.model = args.model or ("harness-micro" if small else "ViT-B-32")
     args.sizes = args.sizes or ([16] if tiny else [64, 128] if small else [4096, 16384])
-    args.gradcache_chunk = (8 if tiny else 32 if small else 1024) if args.gradcache_chunk is None \
-        else args.gradcache_chunk
+    args.gradcache_chunk = (
+        (8 if tiny else 32 if small else 1024) if args.gradcache_chunk is None else args.gradcache_chunk
+    )
     args.loss_chunk = args.loss_chunk or (8 if tiny else 32 if small else 1024)
     args.warmup = args.warmup or (1 if tiny else 2)
     args.timed = args.timed or (1 if tiny else 2 if small else 5)
@@ -582,12 +736,23 @@ def main(argv=None) -> int:
     out = Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu_check-"))
     rep = Report(out, T_START + args.time_budget)
     meta = rep.data["meta"]
-    meta.update({"argv": sys.argv[1:], "smoke": small, "tiny": tiny, "device": str(device),
-                 "python": platform.python_version(),
-                 "torch": torch.__version__, "cuda": torch.version.cuda, "time_budget_s": args.time_budget})
+    meta.update(
+        {
+            "argv": sys.argv[1:],
+            "smoke": small,
+            "tiny": tiny,
+            "device": str(device),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "time_budget_s": args.time_budget,
+        }
+    )
     mode = "TINY (test-suite settings) " if tiny else "SMOKE (tiny settings) " if small else ""
-    rep.line(f"gpu_check: {mode}device {device}, torch {torch.__version__}, "
-             f"python {platform.python_version()}, report in {out}")
+    rep.line(
+        f"gpu_check: {mode}device {device}, torch {torch.__version__}, "
+        f"python {platform.python_version()}, report in {out}"
+    )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             rep.line("CUDA is not available: nothing to check")
@@ -595,11 +760,21 @@ def main(argv=None) -> int:
             rep.write()
             return 1
         p = torch.cuda.get_device_properties(device)
-        meta.update({"gpu": p.name, "sm_count": p.multi_processor_count, "gpu_mem_gib": p.total_memory / 2**30,
-                     "tf32_defaults": {"matmul": torch.backends.cuda.matmul.allow_tf32,
-                                       "cudnn": torch.backends.cudnn.allow_tf32}})
-        rep.line(f"GPU {p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB; TF32 defaults: "
-                 f"matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}")
+        meta.update(
+            {
+                "gpu": p.name,
+                "sm_count": p.multi_processor_count,
+                "gpu_mem_gib": p.total_memory / 2**30,
+                "tf32_defaults": {
+                    "matmul": torch.backends.cuda.matmul.allow_tf32,
+                    "cudnn": torch.backends.cudnn.allow_tf32,
+                },
+            }
+        )
+        rep.line(
+            f"GPU {p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB; TF32 defaults: "
+            f"matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}"
+        )
     if device.type == "cpu" and not small:
         rep.line("note: a CPU run at full size is slow; use --smoke on a CPU")
     if device.type == "cpu":  # what only a CUDA device can check, said up front, not silently passed
@@ -613,10 +788,12 @@ def main(argv=None) -> int:
     rep.write()
 
     with tempfile.TemporaryDirectory(prefix="gpu_check-cache-") as cache:
-        steps = [("a", "(a1) CPU vs device", lambda: check_devices(rep, args, device, Path(cache))),
-                 ("a", "(a2) tiled vs naive", lambda: check_tiled(rep, args, device)),
-                 ("b", "(b) harness run", lambda: check_run(rep, args, device)),
-                 ("c", "(c) throughput", lambda: check_throughput(rep, args, device))]
+        steps = [
+            ("a", "(a1) CPU vs device", lambda: check_devices(rep, args, device, Path(cache))),
+            ("a", "(a2) tiled vs naive", lambda: check_tiled(rep, args, device)),
+            ("b", "(b) harness run", lambda: check_run(rep, args, device)),
+            ("c", "(c) throughput", lambda: check_throughput(rep, args, device)),
+        ]
         for key, what, fn in steps:
             rep.line()
             if key not in sections:
@@ -635,8 +812,10 @@ def main(argv=None) -> int:
             free_memory()
     rep.line()
     n_skip = len(rep.data["skipped"])
-    rep.line(f"{'FAIL' if rep.failed else 'PASS'}: checks {'failed' if rep.failed else 'passed'}"
-             f"{f', {n_skip} item(s) skipped' if n_skip else ''}; {time.perf_counter() - T_START:.0f} s in all")
+    rep.line(
+        f"{'FAIL' if rep.failed else 'PASS'}: checks {'failed' if rep.failed else 'passed'}"
+        f"{f', {n_skip} item(s) skipped' if n_skip else ''}; {time.perf_counter() - T_START:.0f} s in all"
+    )
     rep.write()
     return 1 if rep.failed else 0
 

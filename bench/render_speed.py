@@ -30,9 +30,11 @@ def main(argv=None) -> None:
     _captions(spec, "train", scenes, rng)
     t3 = time.perf_counter()
     total = t3 - t0
-    print(f"{a.scenes} scenes at {a.image_size}px: sample {t1 - t0:.2f}s, render {t2 - t1:.2f}s, "
-          f"captions+negatives {t3 - t2:.2f}s, total {total:.2f}s ({a.scenes / total:,.0f} scenes/s); "
-          f"images {images.nbytes / 2**20:.0f} MiB")
+    print(
+        f"{a.scenes} scenes at {a.image_size}px: sample {t1 - t0:.2f}s, render {t2 - t1:.2f}s, "
+        f"captions+negatives {t3 - t2:.2f}s, total {total:.2f}s ({a.scenes / total:,.0f} scenes/s); "
+        f"images {images.nbytes / 2**20:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -121,8 +121,14 @@ def child(spec: dict) -> dict:
     else:
         peak = _rss_peak_bytes() - base
     i = min(range(len(tot)), key=tot.__getitem__)
-    return {"peak_bytes": peak, "time": tot[i], "fwd": fwd[i], "bwd": bwd[i], "loss_value": value,
-            "threads": torch.get_num_threads()}
+    return {
+        "peak_bytes": peak,
+        "time": tot[i],
+        "fwd": fwd[i],
+        "bwd": bwd[i],
+        "loss_value": value,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def measure(spec: dict, timeout: float) -> dict:
@@ -134,27 +140,35 @@ def fmt_mb(b: float) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="(default 4096 16384 32768; tiny 256)")
     ap.add_argument("--dim", type=int, default=None, help="(default 512; tiny 64)")
-    ap.add_argument("--chunk", type=int, default=None,
-                    help="rows per tile of the tiled losses (default 512; tiny 64)")
+    ap.add_argument(
+        "--chunk", type=int, default=None, help="rows per tile of the tiled losses (default 512; tiny 64)"
+    )
     ap.add_argument("--losses", nargs="+", default=["infonce", "sigmoid"], choices=["infonce", "sigmoid"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="forward+backward calls per measurement (default 2; tiny 1)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="forward+backward calls per measurement (default 2; tiny 1)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
-    ap.add_argument("--tiny", action="store_true",
-                    help="small sizes, seconds in all: checks that the benchmark runs")
+    ap.add_argument(
+        "--tiny", action="store_true", help="small sizes, seconds in all: checks that the benchmark runs"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    for name, full, small in (("sizes", [4096, 16384, 32768], [256]), ("dim", 512, 64), ("chunk", 512, 64),
-                              ("repeats", 2, 1)):
+    for name, full, small in (
+        ("sizes", [4096, 16384, 32768], [256]),
+        ("dim", 512, 64),
+        ("chunk", 512, 64),
+        ("repeats", 2, 1),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, small if args.tiny else full)
     if args.tiny:
@@ -167,22 +181,38 @@ def main(argv=None) -> int:
         name = torch.cuda.get_device_name()
     else:
         free, name = _mem_available(), f"CPU ({os.cpu_count()} cores)"
-    print(f"# tiled vs naive loss, forward+backward | device {name} | d={args.dim} chunk={args.chunk} "
-          f"repeats={args.repeats} | peak = memory added by the loss call (MiB), time = best of repeats (s)")
-    header = (f"{'loss':8} {'B':>6} | {'naive MiB':>9} {'tiled MiB':>9} {'mem ratio':>9} | "
-              f"{'naive s':>8} {'tiled s':>8} {'t ratio':>7} | {'tiled fwd/bwd s':>15} | {'loss rel diff':>13}")
+    print(
+        f"# tiled vs naive loss, forward+backward | device {name} | d={args.dim} chunk={args.chunk} "
+        f"repeats={args.repeats} | peak = memory added by the loss call (MiB), time = best of repeats (s)"
+    )
+    header = (
+        f"{'loss':8} {'B':>6} | {'naive MiB':>9} {'tiled MiB':>9} {'mem ratio':>9} | "
+        f"{'naive s':>8} {'tiled s':>8} {'t ratio':>7} | {'tiled fwd/bwd s':>15} | {'loss rel diff':>13}"
+    )
     print(header)
     print("-" * len(header))
     for loss in args.losses:
         for n in args.sizes:
             res = {}
             for impl in ("naive", "tiled"):
-                est = 5 * n * n * 4 if impl == "naive" else 6 * min(args.chunk, n) * n * 4 + 4 * n * args.dim * 4
+                est = (
+                    5 * n * n * 4
+                    if impl == "naive"
+                    else 6 * min(args.chunk, n) * n * 4 + 4 * n * args.dim * 4
+                )
                 if est > 0.6 * free:
                     res[impl] = {"error": f"skipped: needs ~{est / 2**30:.1f} GiB"}
                     continue
-                spec = {"loss": loss, "impl": impl, "B": n, "d": args.dim, "chunk": args.chunk,
-                        "device": args.device, "repeats": args.repeats, "threads": args.threads}
+                spec = {
+                    "loss": loss,
+                    "impl": impl,
+                    "B": n,
+                    "d": args.dim,
+                    "chunk": args.chunk,
+                    "device": args.device,
+                    "repeats": args.repeats,
+                    "threads": args.threads,
+                }
                 res[impl] = measure(spec, args.timeout)
             nv, tl = res["naive"], res["tiled"]
             ok_n, ok_t = "error" not in nv, "error" not in tl
@@ -192,9 +222,12 @@ def main(argv=None) -> int:
             mem_ratio = f"1/{nv['peak_bytes'] / max(tl['peak_bytes'], 1):.1f}" if both else "-"
             t_ratio = f"{tl['time'] / nv['time']:.2f}" if both else "-"
             split = f"{tl['fwd']:6.2f}/{tl['bwd']:6.2f}" if ok_t else "-"
-            diff = (f"{abs(tl['loss_value'] - nv['loss_value']) / abs(nv['loss_value']):.1e}" if both else "-")
-            print(f"{loss:8} {n:>6} | {mem[0]} {mem[1]} {mem_ratio:>9} | {tim[0]} {tim[1]} {t_ratio:>7} | "
-                  f"{split:>15} | {diff:>13}", flush=True)
+            diff = f"{abs(tl['loss_value'] - nv['loss_value']) / abs(nv['loss_value']):.1e}" if both else "-"
+            print(
+                f"{loss:8} {n:>6} | {mem[0]} {mem[1]} {mem_ratio:>9} | {tim[0]} {tim[1]} {t_ratio:>7} | "
+                f"{split:>15} | {diff:>13}",
+                flush=True,
+            )
             for impl in ("naive", "tiled"):
                 if "error" in res[impl]:
                     print(f"{'':8} {'':>6}   {impl}: {res[impl]['error']}", flush=True)

@@ -60,8 +60,8 @@ from torch import nn
 
 from harness.config import Budget
 from harness.data.batches import ShapesTrainData
-from harness.engine.models import Encoder, ModelConfig, build_model
 from harness.data.shapes import ShapesSpec, ShapesWorld, vocabulary
+from harness.engine.models import Encoder, ModelConfig, build_model
 from harness.engine.trainer import param_groups, resolve_device, seed_everything, train, warmup_cosine
 from objectives.infonce import CLIP
 from objectives.sigmoid import SigLIP
@@ -162,8 +162,9 @@ def run_bare(model0, args, budget, batches, mean, std, image_size, device):
     crit.to(device).train()
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    opt = torch.optim.AdamW(param_groups(model, crit, budget.weight_decay), lr=budget.lr,
-                            betas=budget.betas, eps=budget.eps)
+    opt = torch.optim.AdamW(
+        param_groups(model, crit, budget.weight_decay), lr=budget.lr, betas=budget.betas, eps=budget.eps
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(budget.warmup_steps, budget.steps))
     params = [p for g in opt.param_groups for p in g["params"]]
     max_log = math.log(100)
@@ -178,8 +179,9 @@ def run_bare(model0, args, budget, batches, mean, std, image_size, device):
         # preprocess exactly as Encoder.preprocess: uint8 NHWC -> normalised float NCHW
         x = b.images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
-            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
-                              antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+            )
         x = (x - mean_t) / std_t
         tok = b.tokens.to(device, non_blocking=True)
         img = model.encode_image(x, normalize=True)
@@ -201,27 +203,41 @@ def run_bare(model0, args, budget, batches, mean, std, image_size, device):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--objective", choices=sorted(OBJECTIVES), default="clip")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 30; tiny 2)")
     ap.add_argument("--batch-size", type=int, default=None, help="(default 256; tiny 16)")
     ap.add_argument("--model", default=None, help="(default harness-tiny; tiny harness-micro)")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="harness/bare pairs, alternated (default 3; tiny 1)")
-    ap.add_argument("--warmup", type=int, default=None,
-                    help="untimed steps at the start of every run (default 3; tiny 1)")
-    ap.add_argument("--tiny", action="store_true",
-                    help="a few steps at small sizes, seconds in all: checks that the benchmark runs")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="harness/bare pairs, alternated (default 3; tiny 1)"
+    )
+    ap.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps at the start of every run (default 3; tiny 1)"
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a few steps at small sizes, seconds in all: checks that the benchmark runs",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", default=None,
-                    help="shapes-world cache (default: a temporary directory, removed at exit)")
+    ap.add_argument(
+        "--cache-dir",
+        default=None,
+        help="shapes-world cache (default: a temporary directory, removed at exit)",
+    )
     args = ap.parse_args(argv)
     tiny = args.tiny
-    for name, full, small in (("steps", 30, 2), ("batch_size", 256, 16), ("repeats", 3, 1), ("warmup", 3, 1),
-                              ("model", "harness-tiny", "harness-micro")):
+    for name, full, small in (
+        ("steps", 30, 2),
+        ("batch_size", 256, 16),
+        ("repeats", 3, 1),
+        ("warmup", 3, 1),
+        ("model", "harness-tiny", "harness-micro"),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, small if tiny else full)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.batch_size < 2:
@@ -238,20 +254,28 @@ def main(argv=None) -> int:
         spec = ShapesSpec(n_train=max(256 if tiny else 4096, B * total))
         world = ShapesWorld(spec, cache)
         seed_everything(args.seed)
-        model0, tokenizer, image_size, mean, std = build_model(ModelConfig(name=args.model), words=vocabulary())
+        model0, tokenizer, image_size, mean, std = build_model(
+            ModelConfig(name=args.model), words=vocabulary()
+        )
         data = ShapesTrainData(world, tokenizer, seed=args.seed)
         batches = [data.batch(step, B, FIELDS) for step in range(total)]
         n_samples = len(data)
         setup = time.perf_counter() - t0
     del data, world
 
-    budget = Budget(steps=total, batch_size=B, warmup_steps=min(Budget().warmup_steps, max(1, total // 10)),
-                    device=args.device)
+    budget = Budget(
+        steps=total,
+        batch_size=B,
+        warmup_steps=min(Budget().warmup_steps, max(1, total // 10)),
+        device=args.device,
+    )
     n_params = sum(p.numel() for p in model0.parameters())
-    print(f"train_overhead: {'TINY (figures mean nothing) ' if tiny else ''}objective={args.objective} "
-          f"model={args.model} ({n_params / 1e6:.2f} M params) "
-          f"batch={B} steps={args.steps} (+{args.warmup} warmup) repeats={args.repeats} "
-          f"device={device.type} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(
+        f"train_overhead: {'TINY (figures mean nothing) ' if tiny else ''}objective={args.objective} "
+        f"model={args.model} ({n_params / 1e6:.2f} M params) "
+        f"batch={B} steps={args.steps} (+{args.warmup} warmup) repeats={args.repeats} "
+        f"device={device.type} threads={torch.get_num_threads()} torch={torch.__version__}"
+    )
     print(f"setup (world + model + {total} batches): {setup:.1f} s", flush=True)
 
     enc_args = (tokenizer, image_size, mean, std)
@@ -263,9 +287,11 @@ def main(argv=None) -> int:
         b, b_losses = run_bare(model0, args, budget, batches, mean, std, image_size, device)
         max_diff = max(max_diff, max(abs(v - b_losses[k]) for k, v in h_losses.items()))
         rows.append((h, b))
-        print(f"  pair {r + 1}/{args.repeats}: harness {h[1]:.4f} s/step  bare {b[1]:.4f} s/step  "
-              f"ratio {h[1] / b[1]:.3f}  (final loss {h_losses[total - 1]:.4f} vs {b_losses[-1]:.4f})",
-              flush=True)
+        print(
+            f"  pair {r + 1}/{args.repeats}: harness {h[1]:.4f} s/step  bare {b[1]:.4f} s/step  "
+            f"ratio {h[1] / b[1]:.3f}  (final loss {h_losses[total - 1]:.4f} vs {b_losses[-1]:.4f})",
+            flush=True,
+        )
     bench_s = time.perf_counter() - t_bench
 
     def med(side: int, k: int) -> float:
@@ -273,16 +299,22 @@ def main(argv=None) -> int:
 
     print()
     print("s/step per run: 'mean' = timed span / steps, 'median' = median single-step time")
-    head = f"{'pair':>6} | {'harness mean':>12} {'bare mean':>10} {'ratio':>6} | " \
-           f"{'harness median':>14} {'bare median':>11} {'ratio':>6}"
+    head = (
+        f"{'pair':>6} | {'harness mean':>12} {'bare mean':>10} {'ratio':>6} | "
+        f"{'harness median':>14} {'bare median':>11} {'ratio':>6}"
+    )
     print(head)
     print("-" * len(head))
     for i, (h, b) in enumerate(rows, 1):
-        print(f"{i:>6} | {h[0]:>12.4f} {b[0]:>10.4f} {h[0] / b[0]:>6.3f} | "
-              f"{h[1]:>14.4f} {b[1]:>11.4f} {h[1] / b[1]:>6.3f}")
+        print(
+            f"{i:>6} | {h[0]:>12.4f} {b[0]:>10.4f} {h[0] / b[0]:>6.3f} | "
+            f"{h[1]:>14.4f} {b[1]:>11.4f} {h[1] / b[1]:>6.3f}"
+        )
     mh0, mb0, mh, mb = med(0, 0), med(1, 0), med(0, 1), med(1, 1)
-    print(f"{'median':>6} | {mh0:>12.4f} {mb0:>10.4f} {mh0 / mb0:>6.3f} | "
-          f"{mh:>14.4f} {mb:>11.4f} {mh / mb:>6.3f}")
+    print(
+        f"{'median':>6} | {mh0:>12.4f} {mb0:>10.4f} {mh0 / mb0:>6.3f} | "
+        f"{mh:>14.4f} {mb:>11.4f} {mh / mb:>6.3f}"
+    )
     print()
     same = "same losses" if max_diff < 1e-3 else "LOSSES DIFFER: the loops do not compute the same thing"
     print(f"loss check: max |harness - bare| over the steps the harness read back = {max_diff:.2e} ({same})")

@@ -13,12 +13,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from harness.core.data import DataOptions
 from harness.core.errors import UserError
 from harness.data.shapes import ShapesSpec
-
 
 #: model names that are Hugging Face text towers (``hf-text:DIR``, and the bundled all-MiniLM-L6-v2)
 HF_TEXT_PREFIX = "hf-text:"
@@ -37,9 +43,14 @@ class ModelConfig(BaseModel):
         description="auto: the shapes-world word vocabulary for harness presets trained from "
         "scratch, open_clip's tokenizer otherwise",
     )
-    text_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the open_clip text tower's "
-                                "token embeddings and every attention / MLP output (BERT's hidden dropout); "
-                                "unsupervised SimCSE needs it (p = 0.1). Hugging Face text towers have their own")
+    text_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="dropout on the open_clip text tower's "
+        "token embeddings and every attention / MLP output (BERT's hidden dropout); "
+        "unsupervised SimCSE needs it (p = 0.1). Hugging Face text towers have their own",
+    )
 
 
 class ConfigError(UserError):
@@ -63,11 +74,17 @@ class Budget(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     loss_chunk_size: int | None = Field(
-        None, ge=1, description="tiled clip/siglip losses: rows per chunk, never the B x B logits (Inf-CL)")
+        None, ge=1, description="tiled clip/siglip losses: rows per chunk, never the B x B logits (Inf-CL)"
+    )
     gradcache_chunk: int | None = Field(
-        None, ge=1, description="GradCache: encode the batch in sub-batches of this size, exact gradients")
-    loader_workers: int = Field(0, ge=0, description="background threads preparing batches ahead "
-                                "(pinned memory on CUDA); 0 = prepare each batch in the training loop")
+        None, ge=1, description="GradCache: encode the batch in sub-batches of this size, exact gradients"
+    )
+    loader_workers: int = Field(
+        0,
+        ge=0,
+        description="background threads preparing batches ahead "
+        "(pinned memory on CUDA); 0 = prepare each batch in the training loop",
+    )
     eval_batch_size: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1, description="step-metric logging interval")
 
@@ -81,7 +98,9 @@ class Tracking(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI or sqlite:///.harness/mlflow.db")
+    tracking_uri: str | None = Field(
+        None, description="default: $MLFLOW_TRACKING_URI or sqlite:///.harness/mlflow.db"
+    )
     experiment: str = "harness"
     run_name: str | None = None
     checkpoint: bool = True
@@ -105,10 +124,14 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    paths: dict[str, str] = Field(default_factory=dict, description="task name or dataset id -> local "
-                                  "path (parquet/arrow/save_to_disk/CSV/JSONL/webdataset/image folder)")
-    strict_images: bool = Field(False, description="an undecodable image is an error (default: skipped "
-                                "and counted in the results)")
+    paths: dict[str, str] = Field(
+        default_factory=dict,
+        description="task name or dataset id -> local "
+        "path (parquet/arrow/save_to_disk/CSV/JSONL/webdataset/image folder)",
+    )
+    strict_images: bool = Field(
+        False, description="an undecodable image is an error (default: skipped and counted in the results)"
+    )
 
     def options(self) -> DataOptions:
         return DataOptions(paths=dict(self.paths), strict_images=self.strict_images)
@@ -120,15 +143,20 @@ class RunConfig(BaseModel):
     objective: str = Field("siglip", description="an objective or a weighted sum, e.g. 'clip + 0.1*tic'")
     objective_params: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] = Field(default_factory=lambda: ["shapes-retrieval"])
-    train_data: str = Field("auto", description="training data (harness list train-data); 'auto' = "
-                            "what the first task implies (shapes tasks: shapes, coco-retrieval: coco, ...), "
-                            "resolved by the runner before the identity is used")
-    train_samples: int | None = Field(None, ge=1, description="use only the first N training samples "
-                                      "of a real training set (None = all)")
+    train_data: str = Field(
+        "auto",
+        description="training data (harness list train-data); 'auto' = "
+        "what the first task implies (shapes tasks: shapes, coco-retrieval: coco, ...), "
+        "resolved by the runner before the identity is used",
+    )
+    train_samples: int | None = Field(
+        None, ge=1, description="use only the first N training samples of a real training set (None = all)"
+    )
     selection: Selection | None = Field(None, description="checkpoint selection on a task's validation split")
     seed: int = Field(0, ge=0, description="the run's seed (model init, data order, augmentations)")
     evaluation: Literal["test", "validation"] = Field(
-        "test", description="which split every task is scored on: test, or validation (tuning trials)")
+        "test", description="which split every task is scored on: test, or validation (tuning trials)"
+    )
     budget_preset: str = "default"
     budget: Budget = Field(default_factory=Budget)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -190,7 +218,9 @@ class RunConfig(BaseModel):
 
 
 _LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
-    (("train_samples",), None), (("selection",), None), (("model", "text_dropout"), 0.0),
+    (("train_samples",), None),
+    (("selection",), None),
+    (("model", "text_dropout"), 0.0),
     (("evaluation",), "test"),
 )
 
@@ -204,11 +234,25 @@ BUDGET_PRESETS: dict[str, dict[str, Any]] = {
     },
     "default": {},
     "gpu": {
-        "budget": {"steps": 5000, "batch_size": 1024, "warmup_steps": 250, "lr": 1e-3,
-                   "precision": "bf16", "device": "cuda", "eval_batch_size": 2000, "loader_workers": 2},
+        "budget": {
+            "steps": 5000,
+            "batch_size": 1024,
+            "warmup_steps": 250,
+            "lr": 1e-3,
+            "precision": "bf16",
+            "device": "cuda",
+            "eval_batch_size": 2000,
+            "loader_workers": 2,
+        },
         "model": {"name": "harness-small"},
-        "shapes": {"image_size": 64, "n_train": 200000, "n_test": 5000, "n_heldout": 5000,
-                   "n_val": 2000, "n_zeroshot": 2000},
+        "shapes": {
+            "image_size": 64,
+            "n_train": 200000,
+            "n_test": 5000,
+            "n_heldout": 5000,
+            "n_val": 2000,
+            "n_zeroshot": 2000,
+        },
     },
 }
 
@@ -291,7 +335,11 @@ def resolve_config(
     """Merge preset < file < flags < --set and validate strictly."""
     data: dict[str, Any] = {}
     file_data = load_yaml(file) if file else {}
-    name = preset or (file_data.get("budget_preset") if isinstance(file_data.get("budget_preset"), str) else None) or "default"
+    name = (
+        preset
+        or (file_data.get("budget_preset") if isinstance(file_data.get("budget_preset"), str) else None)
+        or "default"
+    )
     if name not in BUDGET_PRESETS:
         raise ConfigError(f"unknown budget preset {name!r}; valid: {', '.join(BUDGET_PRESETS)}")
     data = deep_merge(BUDGET_PRESETS[name], {"budget_preset": name})

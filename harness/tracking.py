@@ -31,8 +31,13 @@ HEARTBEAT_INTERVAL_S = 60.0
 STALE_AFTER_S = 600.0
 
 
-def is_stale(status: str, tags: dict[str, str], start_time_ms: int | float | None, now: float | None = None,
-             stale_after: float = STALE_AFTER_S) -> bool:
+def is_stale(
+    status: str,
+    tags: dict[str, str],
+    start_time_ms: int | float | None,
+    now: float | None = None,
+    stale_after: float = STALE_AFTER_S,
+) -> bool:
     """Whether a run that MLflow still calls RUNNING has stopped beating (interrupted)."""
     if status != "RUNNING":
         return False
@@ -67,7 +72,7 @@ def open_store(uri: str) -> None:
     if uri in _STORES_READY:
         return
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         db.parent.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
@@ -107,11 +112,18 @@ def git_sha() -> str:
     """The commit of the code this process loaded (read once: a sweep keeps one sha)."""
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         sha = out.stdout.strip()
         if out.returncode == 0 and sha:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
             return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
@@ -122,9 +134,12 @@ def versions() -> dict[str, str]:
     import open_clip
     import torch
 
-
-    return {"harness.version": __version__, "harness.torch_version": torch.__version__,
-            "harness.open_clip_version": open_clip.__version__, "harness.git_sha": git_sha()}
+    return {
+        "harness.version": __version__,
+        "harness.torch_version": torch.__version__,
+        "harness.open_clip_version": open_clip.__version__,
+        "harness.git_sha": git_sha(),
+    }
 
 
 class NullRun:
@@ -154,8 +169,15 @@ class MlflowRun:
 
     heartbeat_interval: float = HEARTBEAT_INTERVAL_S
 
-    def __init__(self, uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
-                 artifact_root: Path | None = None, nested: bool = False):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None,
+        tags: dict[str, str],
+        artifact_root: Path | None = None,
+        nested: bool = False,
+    ):
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.tags, self.artifact_root, self.nested = tags, artifact_root, nested
         self.run_id: str | None = None
@@ -183,7 +205,9 @@ class MlflowRun:
         run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name, tags=tags, nested=nested)
         self.run_id = run.info.run_id
         self._stop = threading.Event()
-        self._beat = threading.Thread(target=self._heartbeat, name=f"heartbeat-{self.run_id[:8]}", daemon=True)
+        self._beat = threading.Thread(
+            target=self._heartbeat, name=f"heartbeat-{self.run_id[:8]}", daemon=True
+        )
         self._beat.start()
         return self
 
@@ -206,7 +230,9 @@ class MlflowRun:
             self.status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):
             self.status = "KILLED"
-            reason = f"terminated ({exc})" if isinstance(exc, Terminated) else "interrupted (KeyboardInterrupt)"
+            reason = (
+                f"terminated ({exc})" if isinstance(exc, Terminated) else "interrupted (KeyboardInterrupt)"
+            )
             mlflow.set_tag("harness.failure_reason", reason)
         elif exc_type.__name__ == "TrialPruned":  # optuna's pruner stopped this trial
             self.status = "KILLED"

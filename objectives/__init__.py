@@ -4,13 +4,32 @@ objective expressions live in :mod:`harness.core.objective`; they are re-exporte
 import path of plugins (``from objectives import Objective, HParam, LearnableScale``).
 """
 
-from harness.core.objective import (OBJECTIVES, HParam, HyperparameterError, LearnableScale, Objective,
-                                    ObjectiveExpressionError, WeightedSum, build_objective, parse_expression,
-                                    register, resolve_expression)
+from harness.core.objective import (
+    OBJECTIVES,
+    HParam,
+    HyperparameterError,
+    LearnableScale,
+    Objective,
+    ObjectiveExpressionError,
+    WeightedSum,
+    build_objective,
+    parse_expression,
+    register,
+    resolve_expression,
+)
 from harness.core.registry import UnknownNameError
 
 __all__ = [
-    "OBJECTIVES", "register", "Objective", "HParam", "HyperparameterError", "LearnableScale",
-    "WeightedSum", "parse_expression", "resolve_expression", "build_objective", "ObjectiveExpressionError",
+    "OBJECTIVES",
+    "register",
+    "Objective",
+    "HParam",
+    "HyperparameterError",
+    "LearnableScale",
+    "WeightedSum",
+    "parse_expression",
+    "resolve_expression",
+    "build_objective",
+    "ObjectiveExpressionError",
     "UnknownNameError",
 ]

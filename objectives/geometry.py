@@ -7,8 +7,8 @@ import math
 import torch
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-
 from harness.core.objective import HParam, Objective
+
 from .infonce import symmetric_ce
 
 
@@ -29,8 +29,10 @@ def uniformity(z: torch.Tensor, t: float) -> torch.Tensor:
 
 def _need_pairs(name: str, n: int) -> None:
     if n < 2:
-        raise ValueError(f"{name} needs a batch of at least 2 pairs, got {n}: uniformity is a mean over "
-                         "pairs of samples; set budget.batch_size >= 2")
+        raise ValueError(
+            f"{name} needs a batch of at least 2 pairs, got {n}: uniformity is a mean over "
+            "pairs of samples; set budget.batch_size >= 2"
+        )
 
 
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -59,8 +61,10 @@ class AlignUniform(Objective):
     """
 
     family = "geometry"
-    citation = ("Wang & Isola 2020, Understanding Contrastive Representation Learning through "
-                "Alignment and Uniformity on the Hypersphere")
+    citation = (
+        "Wang & Isola 2020, Understanding Contrastive Representation Learning through "
+        "Alignment and Uniformity on the Hypersphere"
+    )
     distributed = "global"
     min_batch_size = 2
     hparams = {
@@ -68,14 +72,21 @@ class AlignUniform(Objective):
         "t": HParam(2.0, low=0.0, low_open=True, search=(0.5, 5.0, True), doc="uniformity kernel scale"),
         "align_weight": HParam(1.0, low=0.0, search=(0.25, 4.0, True)),
         "uniform_weight": HParam(1.0, low=0.0, search=(0.25, 4.0, True)),
-        "pairs": HParam("image-text", choices=("image-text", "text"), tunable=False,
-                        doc="positive pairs: (image, text), or (text, text_view) on the text tower alone"),
+        "pairs": HParam(
+            "image-text",
+            choices=("image-text", "text"),
+            tunable=False,
+            doc="positive pairs: (image, text), or (text, text_view) on the text tower alone",
+        ),
     }
 
     @property
     def requires(self):  # type: ignore[override]
-        return frozenset({"image", "text"}) if self.params["pairs"] == "image-text" else \
-            frozenset({"text", "text_view"})
+        return (
+            frozenset({"image", "text"})
+            if self.params["pairs"] == "image-text"
+            else frozenset({"text", "text_view"})
+        )
 
     @property
     def modality(self):  # type: ignore[override]
@@ -111,14 +122,17 @@ class CUA(Objective):
     """
 
     family = "geometry"
-    citation = ("Fahim, Murphy & Fyshe 2024, It's Not a Modality Gap: Characterizing and "
-                "Addressing the Contrastive Gap")
+    citation = (
+        "Fahim, Murphy & Fyshe 2024, It's Not a Modality Gap: Characterizing and "
+        "Addressing the Contrastive Gap"
+    )
     requires = frozenset({"image", "text"})
     distributed = "global"
     min_batch_size = 2
     hparams = {
-        "temperature": HParam(0.01, low=0.0, low_open=True, search=(0.01, 0.1, True),
-                              doc="CLIP temperature (paper: fixed 0.01)"),
+        "temperature": HParam(
+            0.01, low=0.0, low_open=True, search=(0.01, 0.1, True), doc="CLIP temperature (paper: fixed 0.01)"
+        ),
         "learnable_temperature": HParam(False),
         "uniform_weight": HParam(1.0, low=0.0, search=(0.1, 3.0, True)),
         "align_weight": HParam(1.0, low=0.0, search=(0.1, 3.0, True)),
@@ -129,7 +143,6 @@ class CUA(Objective):
 
     def __init__(self, **params):
         super().__init__(**params)
-        p = self.params
         self.scale = self.logit_scale()
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
@@ -141,8 +154,12 @@ class CUA(Objective):
         unif = (uniformity(x, p["t"]) + uniformity(y, p["t"])) / 2
         align = alignment(x, y, p["alpha"])
         loss = contrastive + p["uniform_weight"] * unif + p["align_weight"] * align
-        logs = {"clip": contrastive.detach(), "uniformity": unif.detach(), "align": align.detach(),
-                "temperature": 1.0 / s.detach()}
+        logs = {
+            "clip": contrastive.detach(),
+            "uniformity": unif.detach(),
+            "align": align.detach(),
+            "temperature": 1.0 / s.detach(),
+        }
         if p["xuniform_weight"] > 0:
             n = x.shape[0]
             off = ~torch.eye(n, dtype=torch.bool, device=x.device)
@@ -151,7 +168,6 @@ class CUA(Objective):
             loss = loss + p["xuniform_weight"] * xunif
             logs["xuniformity"] = xunif.detach()
         return LossOutput(loss, logs)
-
 
 
 class Dispersive(Objective):
@@ -201,8 +217,10 @@ class Dispersive(Objective):
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         n = batch.image.shape[0]
         if n < self.min_batch_size:
-            raise ValueError(f"dispersive with include_self=false needs a batch of at least 2, got {n}: the "
-                             "mean is over pairs i != j; set budget.batch_size >= 2 or include_self=true")
+            raise ValueError(
+                f"dispersive with include_self=false needs a batch of at least 2, got {n}: the "
+                "mean is over pairs i != j; set budget.batch_size >= 2 or include_self=true"
+            )
         di, dt = self._disp(batch.image), self._disp(batch.text)
         return LossOutput((di + dt) / 2, {"image": di.detach(), "text": dt.detach()})
 
@@ -232,11 +250,21 @@ class KernelInfoNCE(Objective):
     requires = frozenset({"image", "text"})
     distributed = "global"
     hparams = {
-        "temperature": HParam(0.1, low=0.0, low_open=True, search=(0.02, 1.0, True),
-                              doc="kernel bandwidth tau in exp(-||x-y||^gamma / tau)"),
+        "temperature": HParam(
+            0.1,
+            low=0.0,
+            low_open=True,
+            search=(0.02, 1.0, True),
+            doc="kernel bandwidth tau in exp(-||x-y||^gamma / tau)",
+        ),
         "gamma": HParam(1.0, low=0.0, high=2.0, low_open=True, search=(0.5, 1.5, False)),
-        "mix": HParam(0.5, low=0.0, high=1.0, search=(0.0, 1.0, False),
-                      doc="weight lam of the gamma-kernel loss; 1 - lam goes to the Gaussian one"),
+        "mix": HParam(
+            0.5,
+            low=0.0,
+            high=1.0,
+            search=(0.0, 1.0, False),
+            doc="weight lam of the gamma-kernel loss; 1 - lam goes to the Gaussian one",
+        ),
     }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:

@@ -13,14 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-
 from harness.core.objective import HParam, Objective
 
 
 def _temperature(default: float, learnable: bool, search=(0.01, 0.5, True)) -> dict[str, HParam]:
     return {
-        "temperature": HParam(default, low=0.0, low_open=True, search=search,
-                              doc="initial temperature; logit scale = 1/temperature"),
+        "temperature": HParam(
+            default,
+            low=0.0,
+            low_open=True,
+            search=search,
+            doc="initial temperature; logit scale = 1/temperature",
+        ),
         "learnable_temperature": HParam(learnable, doc="optimise log(1/temperature) with the model"),
     }
 
@@ -30,9 +34,7 @@ class _Scaled(Objective):
 
     def __init__(self, **params):
         super().__init__(**params)
-        p = self.params
         self.scale = self.logit_scale()
-
 
 
 def _logits(scale: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -56,8 +58,9 @@ def _negative_weights(logits: torch.Tensor, beta: float | None) -> torch.Tensor:
     return (logits.shape[0] - 1) * torch.softmax(z, dim=1)
 
 
-def debiased_nll(logits: torch.Tensor, scale: torch.Tensor, tau_plus: float,
-                 beta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def debiased_nll(
+    logits: torch.Tensor, scale: torch.Tensor, tau_plus: float, beta: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row DCL/HCL loss -log(pos / (pos + Ng)) of a square logit matrix (positives on the
     diagonal), Ng = max((sum_j w_ij e^{l_ij} - tau+ N pos) / (1 - tau+), N e^{-s}); returns the
     losses and a 0/1 mask of the rows where the lower bound is active. Computed relative to the row
@@ -94,15 +97,22 @@ class Focal(_Scaled):
     """
 
     family = "hard-negative"
-    citation = ("Kim, Angelova, Kuo 2023, Region-Aware Pretraining for Open-Vocabulary Object "
-                "Detection with Vision Transformers")
+    citation = (
+        "Kim, Angelova, Kuo 2023, Region-Aware Pretraining for Open-Vocabulary Object "
+        "Detection with Vision Transformers"
+    )
     requires = frozenset({"image", "text"})
     distributed = "global"
     hparams = {
         **_temperature(0.07, True),
         "gamma": HParam(1.0, low=0.0, search=(0.0, 3.0, False), doc="focusing exponent"),
-        "alpha": HParam(0.5, low=0.0, high=1.0, search=(0.25, 0.75, False),
-                        doc="positive/negative balance (0.5: equal weights)"),
+        "alpha": HParam(
+            0.5,
+            low=0.0,
+            high=1.0,
+            search=(0.25, 0.75, False),
+            doc="positive/negative balance (0.5: equal weights)",
+        ),
     }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
@@ -140,8 +150,14 @@ class DCL(_Scaled):
     distributed = "global"
     hparams = {
         **_temperature(0.5, False, search=(0.05, 1.0, True)),
-        "tau_plus": HParam(0.1, low=0.0, high=1.0, high_open=True, search=(0.0, 0.2, False),
-                           doc="class prior: probability that an in-batch negative is a positive"),
+        "tau_plus": HParam(
+            0.1,
+            low=0.0,
+            high=1.0,
+            high_open=True,
+            search=(0.0, 0.2, False),
+            doc="class prior: probability that an in-batch negative is a positive",
+        ),
     }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
@@ -197,8 +213,9 @@ class HNNCE(_Scaled):
     """
 
     family = "hard-negative"
-    citation = ("Radenovic et al. 2023, Filtering, Distillation, and Hard Negatives for "
-                "Vision-Language Pre-Training")
+    citation = (
+        "Radenovic et al. 2023, Filtering, Distillation, and Hard Negatives for Vision-Language Pre-Training"
+    )
     requires = frozenset({"image", "text"})
     distributed = "global"
 
@@ -206,10 +223,16 @@ class HNNCE(_Scaled):
     def min_batch_size(self) -> int:
         """2 when alpha = 0: a batch of one then has an empty denominator (the loss is -inf)."""
         return 2 if self.params["alpha"] == 0 else 1
+
     hparams = {
         **_temperature(0.07, True),
-        "alpha": HParam(1.0, low=0.0, high=1.0, search=(0.0, 1.0, False),
-                        doc="weight of the positive in the denominator (0: decoupled)"),
+        "alpha": HParam(
+            1.0,
+            low=0.0,
+            high=1.0,
+            search=(0.0, 1.0, False),
+            doc="weight of the positive in the denominator (0: decoupled)",
+        ),
         "beta1": HParam(0.5, low=0.0, search=(0.0, 1.0, False), doc="hardness, image->text"),
         "beta2": HParam(0.5, low=0.0, search=(0.0, 1.0, False), doc="hardness, text->image"),
     }
@@ -222,17 +245,20 @@ class HNNCE(_Scaled):
             z = (beta * logits).masked_fill(~off, float("-inf"))
             log_w = math.log(max(n - 1, 1)) + torch.log_softmax(z, dim=1)
         alpha = self.params["alpha"]
-        log_alpha = torch.tensor(math.log(alpha) if alpha > 0 else float("-inf"), dtype=logits.dtype,
-                                 device=logits.device)
+        log_alpha = torch.tensor(
+            math.log(alpha) if alpha > 0 else float("-inf"), dtype=logits.dtype, device=logits.device
+        )
         log_w = torch.where(off, log_w, log_alpha)
         return torch.logsumexp(logits + log_w, dim=1) - logits.diagonal()
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         n = batch.image.shape[0]
         if n < self.min_batch_size:
-            raise ValueError(f"hn-nce with alpha = 0 needs a batch of at least 2 pairs, got {n}: the "
-                             "positive leaves the denominator and a batch of one has no negative (the loss "
-                             "is -inf); set budget.batch_size >= 2 or alpha > 0")
+            raise ValueError(
+                f"hn-nce with alpha = 0 needs a batch of at least 2 pairs, got {n}: the "
+                "positive leaves the denominator and a batch of one has no negative (the loss "
+                "is -inf); set budget.batch_size >= 2 or alpha > 0"
+            )
         s = self.scale()
         logits = _logits(s, batch.image, batch.text)
         p = self.params
@@ -259,8 +285,10 @@ class NegCLIP(_Scaled):
     """
 
     family = "hard-negative"
-    citation = ("Yuksekgonul et al. 2023, When and Why Vision-Language Models Behave like "
-                "Bags-of-Words, and What to Do About It?")
+    citation = (
+        "Yuksekgonul et al. 2023, When and Why Vision-Language Models Behave like "
+        "Bags-of-Words, and What to Do About It?"
+    )
     requires = frozenset({"image", "text", "hard_negative_text"})
     distributed = "global"
     hparams = {**_temperature(0.07, True)}
@@ -339,10 +367,13 @@ class MoCHi(_Scaled):
     def draw(self, g: torch.Generator, n_query: int, n_hard: int, device):
         """(ia, ib, a, ic, b): positions in each query's hardest list and mixing coefficients."""
         s, s2 = self.params["s"], self.params["s_prime"]
-        out = (torch.randint(n_hard, (n_query, s), generator=g),
-               torch.randint(n_hard, (n_query, s), generator=g), torch.rand(n_query, s, generator=g),
-               torch.randint(n_hard, (n_query, s2), generator=g),
-               0.5 * torch.rand(n_query, s2, generator=g))
+        out = (
+            torch.randint(n_hard, (n_query, s), generator=g),
+            torch.randint(n_hard, (n_query, s), generator=g),
+            torch.rand(n_query, s, generator=g),
+            torch.randint(n_hard, (n_query, s2), generator=g),
+            0.5 * torch.rand(n_query, s2, generator=g),
+        )
         return tuple(t.to(device) for t in out)
 
     def _direction(self, q, k, scale, g) -> torch.Tensor:
@@ -354,16 +385,18 @@ class MoCHi(_Scaled):
             return F.cross_entropy(scale * sim, target)
         off = _off_diagonal(n, q.device)
         hard = sim.detach().masked_fill(~off, float("-inf")).topk(n_hard, dim=1).indices
-        ia, ib, a, ic, b = (t.to(sim.dtype) if t.is_floating_point() else t
-                            for t in self.draw(g, n, n_hard, q.device))
+        ia, ib, a, ic, b = (
+            t.to(sim.dtype) if t.is_floating_point() else t for t in self.draw(g, n, n_hard, q.device)
+        )
         h1, h2 = mochi_logits(q, k, hard, ia, ib, a, ic, b)
         return F.cross_entropy(scale * torch.cat([sim, h1, h2], dim=1), target)
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         s = self.scale()
         g = torch.Generator().manual_seed(int(self.params["seed"]) * 1_000_003 + self.step)
-        loss = (self._direction(batch.image, batch.text, s, g)
-                + self._direction(batch.text, batch.image, s, g)) / 2
+        loss = (
+            self._direction(batch.image, batch.text, s, g) + self._direction(batch.text, batch.image, s, g)
+        ) / 2
         return LossOutput(loss, {"temperature": 1.0 / s.detach()})
 
     def after_step(self) -> None:

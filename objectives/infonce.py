@@ -6,20 +6,22 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-from objectives.tiled import tiled_infonce
-
 from harness.core.objective import HParam, Objective
+from objectives.tiled import tiled_infonce
 
 
 def symmetric_ce(logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """1/2 [CE(L, I) + CE(L^T, I)] over a (B, B) logit matrix whose diagonal holds the positives."""
     target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-            + F.cross_entropy(logits.T, target, label_smoothing=label_smoothing)) / 2
+    return (
+        F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        + F.cross_entropy(logits.T, target, label_smoothing=label_smoothing)
+    ) / 2
 
 
-def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
-                      label_smoothing: float = 0.0) -> torch.Tensor:
+def symmetric_infonce(
+    a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """1/2 [CE(s A B^T, I) + CE(s B A^T, I)]: row i of ``a`` is paired with row i of ``b``."""
     return symmetric_ce(scale * a @ b.T, label_smoothing)
 
@@ -47,15 +49,19 @@ class CLIP(Objective):
     requires = frozenset({"image", "text"})
     distributed = "global"
     hparams = {
-        "temperature": HParam(0.07, low=0.0, low_open=True, search=(0.01, 0.5, True),
-                              doc="initial temperature; logit scale = 1/temperature"),
+        "temperature": HParam(
+            0.07,
+            low=0.0,
+            low_open=True,
+            search=(0.01, 0.5, True),
+            doc="initial temperature; logit scale = 1/temperature",
+        ),
         "learnable_temperature": HParam(True, doc="optimise log(1/temperature) with the model"),
         "label_smoothing": HParam(0.0, low=0.0, high=1.0, high_open=True, search=(0.0, 0.2, False)),
     }
 
     def __init__(self, **params):
         super().__init__(**params)
-        p = self.params
         self.scale = self.logit_scale()
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
@@ -66,4 +72,3 @@ class CLIP(Objective):
         else:
             loss = symmetric_infonce(batch.image, batch.text, s, ls)
         return LossOutput(loss, {"temperature": 1.0 / s.detach()})
-

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-
 from harness.core.objective import HParam, Objective
+
 from .infonce import symmetric_infonce
 
 
@@ -36,26 +36,33 @@ class TIC(Objective):
     """
 
     family = "intra-modal"
-    citation = ("Xie et al. 2025, FG-CLIP 2: A Bilingual Fine-grained Vision-Language Alignment "
-                "Model")
+    citation = "Xie et al. 2025, FG-CLIP 2: A Bilingual Fine-grained Vision-Language Alignment Model"
     requires = frozenset({"text"})
     modality = "text"
     distributed = "global"
     min_batch_size = 2
     hparams = {
         "k": HParam(10, low=1, doc="number of hardest in-batch captions"),
-        "threshold": HParam(0.95, low=-1.0, high=1.0,
-                            doc="similarities above this are near-duplicates and set to 0"),
-        "temperature": HParam(1.0, low=0.0, low_open=True, search=(0.05, 1.0, True),
-                              doc="fixed divisor of the similarities (official code: none, i.e. 1)"),
+        "threshold": HParam(
+            0.95, low=-1.0, high=1.0, doc="similarities above this are near-duplicates and set to 0"
+        ),
+        "temperature": HParam(
+            1.0,
+            low=0.0,
+            low_open=True,
+            search=(0.05, 1.0, True),
+            doc="fixed divisor of the similarities (official code: none, i.e. 1)",
+        ),
     }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         t = batch.text
         n = t.shape[0]
         if n < self.min_batch_size:
-            raise ValueError(f"tic needs a batch of at least 2 captions, got {n}: it repels each caption "
-                             "from the other captions of the batch; set budget.batch_size >= 2")
+            raise ValueError(
+                f"tic needs a batch of at least 2 captions, got {n}: it repels each caption "
+                "from the other captions of the batch; set budget.batch_size >= 2"
+            )
         p = self.params
         eye = torch.eye(n, dtype=torch.bool, device=t.device)
         sim = t @ t.T
@@ -94,18 +101,24 @@ class IntraModal(Objective):
     requires = frozenset({"image", "text", "image_view", "text_view"})
     distributed = "global"
     hparams = {
-        "temperature": HParam(0.07, low=0.0, low_open=True, search=(0.01, 0.5, True),
-                              doc="initial shared temperature; logit scale = 1/temperature"),
+        "temperature": HParam(
+            0.07,
+            low=0.0,
+            low_open=True,
+            search=(0.01, 0.5, True),
+            doc="initial shared temperature; logit scale = 1/temperature",
+        ),
         "learnable_temperature": HParam(True, doc="optimise log(1/temperature) with the model"),
-        "image_weight": HParam(0.5, low=0.0, search=(0.0, 2.0, False),
-                               doc="weight of the image-image_view InfoNCE"),
-        "text_weight": HParam(0.5, low=0.0, search=(0.0, 2.0, False),
-                              doc="weight of the text-text_view InfoNCE"),
+        "image_weight": HParam(
+            0.5, low=0.0, search=(0.0, 2.0, False), doc="weight of the image-image_view InfoNCE"
+        ),
+        "text_weight": HParam(
+            0.5, low=0.0, search=(0.0, 2.0, False), doc="weight of the text-text_view InfoNCE"
+        ),
     }
 
     def __init__(self, **params):
         super().__init__(**params)
-        p = self.params
         self.scale = self.logit_scale()
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
@@ -115,9 +128,12 @@ class IntraModal(Objective):
         text_intra = symmetric_infonce(batch.text, batch.text_view, s)
         p = self.params
         loss = inter + p["image_weight"] * image_intra + p["text_weight"] * text_intra
-        return LossOutput(loss, {
-            "temperature": 1.0 / s.detach(), "inter": inter.detach(),
-            "image_intra": image_intra.detach(), "text_intra": text_intra.detach(),
-        })
-
-
+        return LossOutput(
+            loss,
+            {
+                "temperature": 1.0 / s.detach(),
+                "inter": inter.detach(),
+                "image_intra": image_intra.detach(),
+                "text_intra": text_intra.detach(),
+            },
+        )

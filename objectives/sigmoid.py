@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-from objectives.tiled import tiled_sigmoid
-
 from harness.core.objective import HParam, Objective
+from objectives.tiled import tiled_sigmoid
 
 
 class SigLIP(Objective):
@@ -33,8 +32,13 @@ class SigLIP(Objective):
     requires = frozenset({"image", "text"})
     distributed = "global"
     hparams = {
-        "temperature": HParam(0.1, low=0.0, low_open=True, search=(0.02, 0.5, True),
-                              doc="initial temperature; logit scale = 1/temperature (t' = log 10)"),
+        "temperature": HParam(
+            0.1,
+            low=0.0,
+            low_open=True,
+            search=(0.02, 0.5, True),
+            doc="initial temperature; logit scale = 1/temperature (t' = log 10)",
+        ),
         "bias": HParam(-10.0, search=(-15.0, 0.0, False), doc="initial logit bias b"),
         "learnable_temperature": HParam(True),
     }
@@ -55,4 +59,3 @@ class SigLIP(Objective):
             z = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
             loss = -F.logsigmoid(z * logits).sum() / n
         return LossOutput(loss, {"temperature": 1.0 / s.detach(), "bias": self.bias.detach()})
-

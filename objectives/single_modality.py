@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-
 from harness.core.objective import HParam, Objective
 
 
@@ -47,23 +46,35 @@ class NTXent(Objective):
     citation = "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations"
     distributed = "global"
     hparams = {
-        "temperature": HParam(0.5, low=0.0, low_open=True, search=(0.05, 1.0, True),
-                              doc="fixed temperature t"),
-        "tower": HParam("image", choices=("image", "text"), tunable=False,
-                        doc="which tower: image (image, image_view) or text (text, text_view)"),
+        "temperature": HParam(
+            0.5, low=0.0, low_open=True, search=(0.05, 1.0, True), doc="fixed temperature t"
+        ),
+        "tower": HParam(
+            "image",
+            choices=("image", "text"),
+            tunable=False,
+            doc="which tower: image (image, image_view) or text (text, text_view)",
+        ),
     }
 
     @property
     def requires(self):  # type: ignore[override]
-        return frozenset({"image", "image_view"}) if self.params["tower"] == "image" else \
-            frozenset({"text", "text_view"})
+        return (
+            frozenset({"image", "image_view"})
+            if self.params["tower"] == "image"
+            else frozenset({"text", "text_view"})
+        )
 
     @property
     def modality(self):  # type: ignore[override]
         return self.params["tower"]
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
-        a, b = (batch.image, batch.image_view) if self.params["tower"] == "image" else (batch.text, batch.text_view)
+        a, b = (
+            (batch.image, batch.image_view)
+            if self.params["tower"] == "image"
+            else (batch.text, batch.text_view)
+        )
         logits = _two_view_logits(a, b, self.params["temperature"])
         n = a.shape[0]
         target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(logits.device)
@@ -100,10 +111,12 @@ class SupCon(Objective):
     modality = "image"
     distributed = "global"
     hparams = {
-        "temperature": HParam(0.1, low=0.0, low_open=True, search=(0.03, 1.0, True),
-                              doc="fixed temperature t"),
-        "base_temperature": HParam(0.07, low=0.0, low_open=True,
-                                   doc="the loss is multiplied by temperature/base_temperature"),
+        "temperature": HParam(
+            0.1, low=0.0, low_open=True, search=(0.03, 1.0, True), doc="fixed temperature t"
+        ),
+        "base_temperature": HParam(
+            0.07, low=0.0, low_open=True, doc="the loss is multiplied by temperature/base_temperature"
+        ),
     }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
@@ -149,11 +162,16 @@ class SimCSE(Objective):
     modality = "text"
     distributed = "global"
     hparams = {
-        "temperature": HParam(0.05, low=0.0, low_open=True, search=(0.01, 0.5, True),
-                              doc="fixed temperature t"),
+        "temperature": HParam(
+            0.05, low=0.0, low_open=True, search=(0.01, 0.5, True), doc="fixed temperature t"
+        ),
         "supervised": HParam(False, doc="add the contradiction hard negative (hard_negative_text[:, 0])"),
-        "hard_negative_weight": HParam(1.0, low=0.0, search=(0.25, 4.0, True),
-                                       doc="alpha, weight of each anchor's own hard negative (Eq. 8)"),
+        "hard_negative_weight": HParam(
+            1.0,
+            low=0.0,
+            search=(0.25, 4.0, True),
+            doc="alpha, weight of each anchor's own hard negative (Eq. 8)",
+        ),
     }
 
     @property

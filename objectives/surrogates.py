@@ -8,7 +8,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-
 from harness.core.objective import HParam, HyperparameterError, Objective
 
 _PAIR_CHUNK = 1 << 24  # elements per chunk of the (positives x negatives) difference matrix
@@ -52,24 +51,31 @@ class AUC(Objective):
     """
 
     family = "surrogate"
-    citation = ("Sheikholeslami et al. 2025, Optimizing What Matters: AUC-Driven Learning for "
-                "Robust Neural Retrieval")
+    citation = (
+        "Sheikholeslami et al. 2025, Optimizing What Matters: AUC-Driven Learning for Robust Neural Retrieval"
+    )
     requires = frozenset({"image", "text"})
     distributed = "global"
     min_batch_size = 2
     hparams = {
-        "temperature": HParam(0.05, low=0.0, low_open=True, search=(0.01, 0.5, True),
-                              doc="scores are cosine / temperature"),
-        "scope": HParam("global", choices=("global", "query"),
-                        doc="global: every positive vs every negative; query: per-query pairs"),
+        "temperature": HParam(
+            0.05, low=0.0, low_open=True, search=(0.01, 0.5, True), doc="scores are cosine / temperature"
+        ),
+        "scope": HParam(
+            "global",
+            choices=("global", "query"),
+            doc="global: every positive vs every negative; query: per-query pairs",
+        ),
     }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         n = batch.image.shape[0]
         if n < self.min_batch_size:
-            raise ValueError(f"auc needs a batch of at least 2 pairs, got {n}: a batch of one has no "
-                             "negative pair, so the mean over (positive, negative) pairs is empty; set "
-                             "budget.batch_size >= 2")
+            raise ValueError(
+                f"auc needs a batch of at least 2 pairs, got {n}: a batch of one has no "
+                "negative pair, so the mean over (positive, negative) pairs is empty; set "
+                "budget.batch_size >= 2"
+            )
         s = batch.image @ batch.text.T / self.params["temperature"]
         eye = torch.eye(n, dtype=torch.bool, device=s.device)
         pos = s.diagonal()
@@ -99,24 +105,31 @@ class CatLIP(Objective):
     the binary cross-entropy summed over concepts and averaged over the batch, as CatLIP's
     corenet config (``binary_cross_entropy``, ``reduction: batch_mean``); W is initialised
     trunc-normal(std 0.02) and b = 0, corenet's linear init. Only the image tower is trained:
-    it is the non-contrastive baseline, with no negatives. The head must exist before the
-    optimiser is built, so its shape comes from hyperparameters: ``num_concepts`` (default: the
-    shapes-world concept vocabulary) and ``embed_dim`` (by default the trained model's width, which
-    the trainer passes to ``setup``; 128 when used outside the trainer); a batch of another shape raises an error naming the ``--set objective_params.<name>=`` fix.
+    it is the non-contrastive baseline, with no negatives. The head is sized in ``setup()``, before
+    the optimiser is built: ``num_concepts`` C comes from the training data's concept vocabulary
+    (the shapes world: 19) unless set, and ``embed_dim`` d from the trained model's width unless set
+    (128 when used outside the trainer); a batch of another shape raises an error naming the
+    ``--set objective_params.<name>=`` fix.
     The image embedding is already L2-normalised, so the head acts on unit vectors.
 
     Distributed: local (a per-sample loss, no negatives).
     """
 
     family = "classification"
-    citation = ("Mehta et al. 2024, CatLIP: CLIP-level Visual Recognition Accuracy with 2.7x "
-                "Faster Pre-training on Web-scale Image-Text Data")
+    citation = (
+        "Mehta et al. 2024, CatLIP: CLIP-level Visual Recognition Accuracy with 2.7x "
+        "Faster Pre-training on Web-scale Image-Text Data"
+    )
     requires = frozenset({"image", "concepts"})
     modality = "image"
     distributed = "local"
     hparams = {
-        "num_concepts": HParam(0, low=0, doc="classes C of the head; 0 = the training data's concept "
-                               "vocabulary (the shapes world: 19), given to setup()"),
+        "num_concepts": HParam(
+            0,
+            low=0,
+            doc="classes C of the head; 0 = the training data's concept "
+            "vocabulary (the shapes world: 19), given to setup()",
+        ),
         "embed_dim": HParam(128, low=1, doc="image embedding width d (harness-micro: 32)"),
     }
 
@@ -143,12 +156,15 @@ class CatLIP(Objective):
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         x, t = batch.image, batch.concepts
-        for name, want, got in (("embed_dim", self.weight.shape[1], x.shape[1]),
-                                ("num_concepts", self.weight.shape[0], t.shape[1])):
+        for name, want, got in (
+            ("embed_dim", self.weight.shape[1], x.shape[1]),
+            ("num_concepts", self.weight.shape[0], t.shape[1]),
+        ):
             if want != got:
                 raise HyperparameterError(
                     f"catlip: {name}={want} but the batch has {got}; "
-                    f"set --set objective_params.{name}={got} (objective_params.catlip.{name} in a sum)")
+                    f"set --set objective_params.{name}={got} (objective_params.catlip.{name} in a sum)"
+                )
         logits = x @ self.weight.T + self.bias
         loss = F.binary_cross_entropy_with_logits(logits, t.to(logits.dtype), reduction="sum") / x.shape[0]
         return LossOutput(loss, {})

@@ -238,8 +238,9 @@ class _TiledSigmoid(torch.autograd.Function):
         return gx, gy, gs, gb, None
 
 
-def tiled_infonce(x: torch.Tensor, y: torch.Tensor, scale, chunk: int,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+def tiled_infonce(
+    x: torch.Tensor, y: torch.Tensor, scale, chunk: int, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Symmetric InfoNCE of ``x`` (B, d) against ``y`` (B, d) with logit scale ``scale``.
 
     Equal to ``objectives.infonce.CLIP`` / open_clip's ``ClipLoss`` (``(CE(sXY^T, I) + CE(sYX^T, I))/2``
@@ -267,12 +268,15 @@ def tiled_sigmoid(x: torch.Tensor, y: torch.Tensor, scale, bias, chunk: int) -> 
 
 # -- naive references (materialise B x B; for tests and benchmarks) -------------------------------
 
+
 def naive_infonce(x, y, scale, label_smoothing: float = 0.0) -> torch.Tensor:
     logits = scale * x @ y.T
     target = torch.arange(len(x), device=x.device)
     f = torch.nn.functional.cross_entropy
-    return (f(logits, target, label_smoothing=label_smoothing)
-            + f(logits.T, target, label_smoothing=label_smoothing)) / 2
+    return (
+        f(logits, target, label_smoothing=label_smoothing)
+        + f(logits.T, target, label_smoothing=label_smoothing)
+    ) / 2
 
 
 def naive_sigmoid(x, y, scale, bias) -> torch.Tensor:

@@ -14,8 +14,8 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-
 from harness.core.objective import HParam, HyperparameterError, Objective
+
 from .infonce import symmetric_ce
 
 
@@ -46,22 +46,26 @@ class CWCL(Objective):
     """
 
     family = "soft-target"
-    citation = ("Srinivasa et al. 2023, CWCL: Cross-Modal Transfer with Continuously Weighted "
-                "Contrastive Loss")
+    citation = "Srinivasa et al. 2023, CWCL: Cross-Modal Transfer with Continuously Weighted Contrastive Loss"
     requires = frozenset({"image", "text"})
     distributed = "global"
     hparams = {
-        "temperature": HParam(0.07, low=0.0, low_open=True, search=(0.01, 0.5, True),
-                              doc="initial temperature; logit scale = 1/temperature"),
+        "temperature": HParam(
+            0.07,
+            low=0.0,
+            low_open=True,
+            search=(0.01, 0.5, True),
+            doc="initial temperature; logit scale = 1/temperature",
+        ),
         "learnable_temperature": HParam(True),
-        "weights_from": HParam("image", choices=("image", "text"),
-                               doc="modality U whose detached intra-modal similarity gives w"),
+        "weights_from": HParam(
+            "image", choices=("image", "text"), doc="modality U whose detached intra-modal similarity gives w"
+        ),
         "both_directions": HParam(False, doc="also use w (not one-hot) in the V->U direction"),
     }
 
     def __init__(self, **params):
         super().__init__(**params)
-        p = self.params
         self.scale = self.logit_scale()
 
     def weights(self, u: torch.Tensor) -> torch.Tensor:
@@ -79,7 +83,6 @@ class CWCL(Objective):
         t_i2t, t_t2i = (w, other) if from_image else (other, w)
         loss = (_soft_ce(logits, t_i2t) + _soft_ce(logits.T, t_t2i)) / 2
         return LossOutput(loss, {"temperature": 1.0 / s.detach()})
-
 
 
 class ISogCLR(Objective):
@@ -118,16 +121,24 @@ class ISogCLR(Objective):
     """
 
     family = "temperature"
-    citation = ("Qiu et al. 2023, Not All Semantics are Created Equal: Contrastive Self-supervised "
-                "Learning with Automatic Temperature Individualization")
+    citation = (
+        "Qiu et al. 2023, Not All Semantics are Created Equal: Contrastive Self-supervised "
+        "Learning with Automatic Temperature Individualization"
+    )
     requires = frozenset({"image", "text", "index"})
     distributed = "global"
     min_batch_size = 2
     grad_clip = 5.0
     hparams = {
         "tau_init": HParam(0.01, low=0.0, low_open=True, search=(0.005, 0.05, True)),
-        "gamma": HParam(0.9, low=0.0, high=1.0, low_open=True, search=(0.5, 1.0, False),
-                        doc="moving-average weight of the new estimate (1 = no averaging)"),
+        "gamma": HParam(
+            0.9,
+            low=0.0,
+            high=1.0,
+            low_open=True,
+            search=(0.5, 1.0, False),
+            doc="moving-average weight of the new estimate (1 = no averaging)",
+        ),
         "rho": HParam(6.0, low=0.0, search=(1.0, 10.0, False), doc="DRO radius"),
         "eta": HParam(0.01, low=0.0, search=(1e-3, 0.1, True), doc="temperature step size"),
         "beta": HParam(0.9, low=0.0, high=1.0, low_open=True, doc="temperature momentum weight"),
@@ -139,8 +150,10 @@ class ISogCLR(Objective):
         super().__init__(**params)
         p = self.params
         if not p["tau_min"] <= p["tau_init"] <= p["tau_max"]:
-            raise HyperparameterError(f"{self.name}: tau_init={p['tau_init']} must lie in "
-                                      f"[tau_min, tau_max] = [{p['tau_min']}, {p['tau_max']}]")
+            raise HyperparameterError(
+                f"{self.name}: tau_init={p['tau_init']} must lie in "
+                f"[tau_min, tau_max] = [{p['tau_min']}, {p['tau_max']}]"
+            )
         self._pending: list = []
 
     def setup(self, *, num_samples: int, batch_size: int, steps: int, **kw) -> None:
@@ -176,14 +189,15 @@ class ISogCLR(Objective):
             raise RuntimeError("isogclr: call setup(num_samples=...) before the first loss")
         n = batch.image.shape[0]
         if n < self.min_batch_size:
-            raise ValueError(f"isogclr needs a batch of at least 2 pairs, got {n}: its estimate s_i is a "
-                             "mean over the B-1 in-batch negatives; set budget.batch_size >= 2")
+            raise ValueError(
+                f"isogclr needs a batch of at least 2 pairs, got {n}: its estimate s_i is a "
+                "mean over the B-1 in-batch negatives; set budget.batch_size >= 2"
+            )
         sim = batch.image @ batch.text.T
         sim = sim.to(torch.promote_types(sim.dtype, torch.float32))  # h/tau with tau ~ 0.005
         idx, self._pending = batch.index.to(self.tau.device), []
         loss = self._direction(sim, 0, idx) + self._direction(sim.T, 1, idx)
-        return LossOutput(loss, {"tau_image": self.tau[0, idx].mean(),
-                                 "tau_text": self.tau[1, idx].mean()})
+        return LossOutput(loss, {"tau_image": self.tau[0, idx].mean(), "tau_text": self.tau[1, idx].mean()})
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -236,11 +250,11 @@ class MACL(Objective):
     distributed = "global"
     min_batch_size = 2
     hparams = {
-        "temperature": HParam(0.1, low=0.0, low_open=True, search=(0.02, 0.5, True),
-                              doc="base temperature tau_0"),
+        "temperature": HParam(
+            0.1, low=0.0, low_open=True, search=(0.02, 0.5, True), doc="base temperature tau_0"
+        ),
         "alpha": HParam(0.5, low=0.0, high=1.0, search=(0.0, 1.0, False)),
-        "A_0": HParam(0.0, low=0.0, high=1.0, search=(0.0, 0.8, False),
-                      doc="alignment threshold"),
+        "A_0": HParam(0.0, low=0.0, high=1.0, search=(0.0, 0.8, False), doc="alignment threshold"),
         "reweight": HParam(True, doc="gradient reweighting V_i = 1/(1-P_ii)"),
     }
 
@@ -259,8 +273,10 @@ class MACL(Objective):
         p = self.params
         n = batch.image.shape[0]
         if n < self.min_batch_size:
-            raise ValueError(f"macl needs a batch of at least 2 pairs, got {n}: with no negative P_ii = 1 "
-                             "and the reweighting V_i = 1/(1 - P_ii) is 1/0; set budget.batch_size >= 2")
+            raise ValueError(
+                f"macl needs a batch of at least 2 pairs, got {n}: with no negative P_ii = 1 "
+                "and the reweighting V_i = 1/(1 - P_ii) is 1/0; set budget.batch_size >= 2"
+            )
         sim = batch.image @ batch.text.T
         sim = sim.to(torch.promote_types(sim.dtype, torch.float32))  # logits up to 1/tau_0
         a = sim.diagonal().mean().detach()
@@ -324,8 +340,9 @@ class AMCL(Objective):
     distributed = "global"
     hparams = {
         "num_heads": HParam(3, low=1, high=64),
-        "temperature": HParam(0.1, low=0.0, low_open=True, search=(0.02, 0.5, True),
-                              doc="initial temperature of every head"),
+        "temperature": HParam(
+            0.1, low=0.0, low_open=True, search=(0.02, 0.5, True), doc="initial temperature of every head"
+        ),
         "learnable_temperature": HParam(True),
         "beta": HParam(0.01, low=0.0, search=(1e-4, 0.1, True), doc="weight of Omega(tau_h)"),
         "head_init": HParam("random", choices=("random", "identity")),
@@ -337,8 +354,7 @@ class AMCL(Objective):
         with warnings.catch_warnings():  # "lazy modules are a new feature" notice
             warnings.simplefilter("ignore", UserWarning)
             self.heads = _Heads(p["num_heads"], p["head_init"])
-        self.scales = nn.ModuleList(self.logit_scale()
-                                    for _ in range(p["num_heads"]))
+        self.scales = nn.ModuleList(self.logit_scale() for _ in range(p["num_heads"]))
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         zi, zt = self.heads(batch.image), self.heads(batch.text)
@@ -351,4 +367,3 @@ class AMCL(Objective):
             total = total + clip + self.params["beta"] * omega
             logs[f"temperature_{h}"] = 1.0 / s.detach()
         return LossOutput(total, logs)
-

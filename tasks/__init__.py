@@ -3,8 +3,27 @@
 :mod:`harness.core.task`; they are re-exported here."""
 
 from harness.core.registry import UnknownNameError
-from harness.core.task import (TASKS, EmbeddingCache, EvalContext, Suite, Task, TaskDeclarationError,
-                               TaskMeta, TaskResult, register)
+from harness.core.task import (
+    TASKS,
+    EmbeddingCache,
+    EvalContext,
+    Suite,
+    Task,
+    TaskDeclarationError,
+    TaskMeta,
+    TaskResult,
+    register,
+)
 
-__all__ = ["TASKS", "register", "Task", "Suite", "TaskMeta", "TaskDeclarationError", "TaskResult",
-           "EvalContext", "EmbeddingCache", "UnknownNameError"]
+__all__ = [
+    "TASKS",
+    "register",
+    "Task",
+    "Suite",
+    "TaskMeta",
+    "TaskDeclarationError",
+    "TaskResult",
+    "EvalContext",
+    "EmbeddingCache",
+    "UnknownNameError",
+]

@@ -10,8 +10,20 @@ from typing import Any, ClassVar
 import torch
 
 from harness.core.data import DataOptions, HubSource
-from harness.core.task import (TASKS, EmbeddingCache, EvalContext, Suite, Task, TaskMeta,  # noqa: F401
-                               TaskResult, breakdown_of, register, task_meta)
+
+# the task interface, re-exported: tasks/base.py was its home before it moved to harness.core.task
+from harness.core.task import (  # noqa: F401
+    TASKS,
+    EmbeddingCache,
+    EvalContext,
+    Suite,
+    Task,
+    TaskMeta,
+    TaskResult,
+    breakdown_of,
+    register,
+    task_meta,
+)
 from harness.data.sources import ImageColumn, fingerprint, load_table, origin
 
 
@@ -76,8 +88,10 @@ class DatasetTask(Task):
         if not ctx.validation:
             return self.source.split
         if self.validation_split is None:
-            raise ValueError(f"task {self.name!r} has no validation split; it cannot be used for tuning "
-                             "or checkpoint selection (its only split is the test split)")
+            raise ValueError(
+                f"task {self.name!r} has no validation split; it cannot be used for tuning "
+                "or checkpoint selection (its only split is the test split)"
+            )
         return self.validation_split
 
     #: other Hub layouts of the same data, used when one of them (not :attr:`source`) is found locally
@@ -100,21 +114,34 @@ class DatasetTask(Task):
         another run."""
         split = self.split_name(EvalContext(encoder=None, validation=validation, data=options))
         # the default split is the table check_data already loaded (split None), not a second read
-        table = load_table(self.name, self.source_for(options), options, self.columns,
-                           split=None if split == self.source.split else split)
+        table = load_table(
+            self.name,
+            self.source_for(options),
+            options,
+            self.columns,
+            split=None if split == self.source.split else split,
+        )
         return {"split": split, "fingerprint": fingerprint(table)}
 
     def table(self, ctx: EvalContext, split: str | None = None):
-        return load_table(self.name, self.source_for(ctx.data), ctx.data, self.columns,
-                          split=split or self.split_name(ctx))
+        return load_table(
+            self.name, self.source_for(ctx.data), ctx.data, self.columns, split=split or self.split_name(ctx)
+        )
 
     def images(self, ctx: EvalContext, table, column, split: str | None = None, **kw) -> ImageColumn:
         """Lazily decoded images of ``table[column]``; their embeddings are cached by table content,
         so tasks reading the same images (CIFAR zero-shot and linear probe) encode them once."""
-        return ImageColumn(table, column, name=f"{self.source.repo}/{split or self.split_name(ctx)}",
-                           strict=ctx.data.strict_images, **kw)
+        return ImageColumn(
+            table,
+            column,
+            name=f"{self.source.repo}/{split or self.split_name(ctx)}",
+            strict=ctx.data.strict_images,
+            **kw,
+        )
 
-    def image_embeddings(self, ctx: EvalContext, column: ImageColumn, table) -> tuple[torch.Tensor, torch.Tensor]:
+    def image_embeddings(
+        self, ctx: EvalContext, column: ImageColumn, table
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of ``column`` (cached per encoder and table) and a bool mask of the rows whose
         image decoded (NaN rows are the undecodable ones)."""
         key = (id(ctx.encoder), fingerprint(table), column.key(), "image")
@@ -131,4 +158,3 @@ class DatasetTask(Task):
     def provenance(self, table) -> dict[str, Any]:
         """``dataset`` and ``dataset_fingerprint`` for :meth:`Task.result`."""
         return {"dataset": origin(table) or self.source.repo, "dataset_fingerprint": fingerprint(table)}
-

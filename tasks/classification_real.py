@@ -40,16 +40,47 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.data.sources import (DataError, DataOptions, DatasetUnavailableError, HubSource, MissingColumnsError,
-                             load_table)
+from harness.data.sources import (
+    DataError,
+    DataOptions,
+    DatasetUnavailableError,
+    HubSource,
+    MissingColumnsError,
+    load_table,
+)
 
 from .base import DatasetTask, EvalContext
-from .classnames import (CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR100_TORCHVISION_CLASSNAMES,
-                         CIFAR_TEMPLATES, WDS_CLASSNAMES, WDS_TEMPLATES, imagenet_classnames,
-                         imagenet_templates, read_wds_metadata, same_classes)
-from .linear import (CB_EPOCHS, CB_SEED, CB_VAL_PROPORTION, PROBE_MAX_ITER, PROBE_TOL, WEIGHT_DECAYS,
-                     LogisticRegression, cb_facts, cb_logits, cb_metrics, cb_protocol, cb_split,
-                     clip_benchmark_probe, fit_facts, harness_protocol, probe_metrics, select_probe)
+from .classnames import (
+    CIFAR10_CLASSNAMES,
+    CIFAR100_CLASSNAMES,
+    CIFAR100_TORCHVISION_CLASSNAMES,
+    CIFAR_TEMPLATES,
+    WDS_CLASSNAMES,
+    WDS_TEMPLATES,
+    imagenet_classnames,
+    imagenet_templates,
+    read_wds_metadata,
+    same_classes,
+)
+from .linear import (
+    CB_EPOCHS,
+    CB_SEED,
+    CB_VAL_PROPORTION,
+    PROBE_MAX_ITER,
+    PROBE_TOL,
+    WEIGHT_DECAYS,
+    LogisticRegression,
+    cb_facts,
+    cb_logits,
+    cb_metrics,
+    cb_protocol,
+    cb_split,
+    clip_benchmark_probe,
+    fit_facts,
+    harness_protocol,
+    probe_metrics,
+    select_probe,
+)
 from .zeroshot import CLASSIFICATION_METRICS, classification_metrics, zeroshot_classifier
 
 # Revisions: the Hub's main-branch commits of these repositories are known here only by short hash
@@ -59,14 +90,22 @@ CIFAR10_SOURCE = HubSource("uoft-cs/cifar10", split="test")
 CIFAR100_SOURCE = HubSource("uoft-cs/cifar100", split="test")
 IMAGENET_SOURCE = HubSource("clip-benchmark/wds_imagenet1k", split="test")
 
-CIFAR_LICENSE = ("unknown (no formal license; Krizhevsky 2009, 'Learning Multiple Layers of Features "
-                 "from Tiny Images', tech. report; use for research)")
-CIFAR_CITATION = ("Krizhevsky 2009 (CIFAR); CLIP_benchmark (LAION-AI/CLIP_benchmark) zero-shot / linear "
-                  "probe; Radford et al. 2021 (CLIP) prompts")
-IMAGENET_LICENSE = ("ImageNet terms of access: non-commercial research and educational use only "
-                    "(image-net.org; ILSVRC/imagenet-1k is gated on the Hub)")
-IMAGENET_CITATION = ("Russakovsky et al. 2015 (ILSVRC 2012); CLIP_benchmark (LAION-AI/CLIP_benchmark) "
-                     "wds_imagenet1k; Radford et al. 2021 (CLIP) 80 prompts via open_clip")
+CIFAR_LICENSE = (
+    "unknown (no formal license; Krizhevsky 2009, 'Learning Multiple Layers of Features "
+    "from Tiny Images', tech. report; use for research)"
+)
+CIFAR_CITATION = (
+    "Krizhevsky 2009 (CIFAR); CLIP_benchmark (LAION-AI/CLIP_benchmark) zero-shot / linear "
+    "probe; Radford et al. 2021 (CLIP) prompts"
+)
+IMAGENET_LICENSE = (
+    "ImageNet terms of access: non-commercial research and educational use only "
+    "(image-net.org; ILSVRC/imagenet-1k is gated on the Hub)"
+)
+IMAGENET_CITATION = (
+    "Russakovsky et al. 2015 (ILSVRC 2012); CLIP_benchmark (LAION-AI/CLIP_benchmark) "
+    "wds_imagenet1k; Radford et al. 2021 (CLIP) 80 prompts via open_clip"
+)
 
 
 class RealClassification(DatasetTask):
@@ -130,12 +169,16 @@ class RealClassification(DatasetTask):
         found = list(table.column_names)
         image = next((c for c in self.image_columns if c in found), None)
         label = next((c for c in self.label_columns if c in found), None)
-        missing = [f"an image column (one of {', '.join(self.image_columns)})" if image is None else "",
-                   f"a label column (one of {', '.join(self.label_columns)})" if label is None else ""]
+        missing = [
+            f"an image column (one of {', '.join(self.image_columns)})" if image is None else "",
+            f"a label column (one of {', '.join(self.label_columns)})" if label is None else "",
+        ]
         missing = [m for m in missing if m]
         if missing:
-            raise MissingColumnsError(f"dataset {self.where(table)} lacks "
-                                      f"{' and '.join(missing)}; found {', '.join(found) or '(none)'}")
+            raise MissingColumnsError(
+                f"dataset {self.where(table)} lacks "
+                f"{' and '.join(missing)}; found {', '.join(found) or '(none)'}"
+            )
         return image, label
 
     def labels(self, table, column: str) -> np.ndarray:
@@ -145,32 +188,46 @@ class RealClassification(DatasetTask):
         names = self.class_names()
         feature = table.features.get(column)
         if isinstance(feature, datasets.ClassLabel):
-            if feature.num_classes != len(names) or (self.check_label_names and not same_classes(feature.names, names)):
+            if feature.num_classes != len(names) or (
+                self.check_label_names and not same_classes(feature.names, names)
+            ):
                 shown = ", ".join(feature.names[:5]) + (", ..." if feature.num_classes > 5 else "")
-                raise DataError(f"dataset for {self.name!r}: label column {column!r} has {feature.num_classes} "
-                                f"classes ({shown}); the task's prompts are for {len(names)} classes "
-                                f"({', '.join(names[:5])}, ...) in that order")
+                raise DataError(
+                    f"dataset for {self.name!r}: label column {column!r} has {feature.num_classes} "
+                    f"classes ({shown}); the task's prompts are for {len(names)} classes "
+                    f"({', '.join(names[:5])}, ...) in that order"
+                )
         if len(table) == 0:
             raise DataError(f"dataset for {self.name!r} has no rows")
         y = np.asarray(table.select_columns([column]).with_format("numpy")[:][column])
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"dataset for {self.name!r}: label column {column!r} must hold one integer class "
-                            f"id per row, got dtype {y.dtype} and shape {y.shape}")
+            raise DataError(
+                f"dataset for {self.name!r}: label column {column!r} must hold one integer class "
+                f"id per row, got dtype {y.dtype} and shape {y.shape}"
+            )
         bad = (y < 0) | (y >= len(names))
         if bad.any():
             if y.min() < 0:
-                hint = ("an unlabelled split (ImageNet's test split has label -1) cannot be evaluated: use "
-                        "the labelled validation images")
+                hint = (
+                    "an unlabelled split (ImageNet's test split has label -1) cannot be evaluated: use "
+                    "the labelled validation images"
+                )
             elif "metadata" in self.naming_protocol():
-                hint = (f"the dataset's own {WDS_CLASSNAMES} ({self.naming_protocol()['metadata']}) and its "
-                        "shards disagree: fix one of them")
+                hint = (
+                    f"the dataset's own {WDS_CLASSNAMES} ({self.naming_protocol()['metadata']}) and its "
+                    "shards disagree: fix one of them"
+                )
             else:
                 named = self.naming_protocol().get("classnames", "the task's")
-                hint = (f"the class names ({named}) do not fit these labels: a CLIP_benchmark webdataset "
-                        f"should carry its own {WDS_CLASSNAMES} (evaluate it with task wds-zeroshot)")
-            raise DataError(f"dataset {self.where(table)}: {int(bad.sum())} label(s) in {column!r} outside "
-                            f"[0, {len(names)}): labels range from {int(y.min())} to {int(y.max())} "
-                            f"(max label {int(y.max())}) but there are {len(names)} class names; {hint}")
+                hint = (
+                    f"the class names ({named}) do not fit these labels: a CLIP_benchmark webdataset "
+                    f"should carry its own {WDS_CLASSNAMES} (evaluate it with task wds-zeroshot)"
+                )
+            raise DataError(
+                f"dataset {self.where(table)}: {int(bad.sum())} label(s) in {column!r} outside "
+                f"[0, {len(names)}): labels range from {int(y.min())} to {int(y.max())} "
+                f"(max label {int(y.max())}) but there are {len(names)} class names; {hint}"
+            )
         return y.astype(np.int64)
 
     def holdout(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,17 +236,22 @@ class RealClassification(DatasetTask):
         ``holdout_seed`` (sorted); the other rows keep the permutation's order, so a prefix of
         them is a random subset."""
         if n < 2:
-            raise DataError(f"task {self.name!r} needs at least 2 rows in its train split to hold out a "
-                            f"validation part, found {n}")
+            raise DataError(
+                f"task {self.name!r} needs at least 2 rows in its train split to hold out a "
+                f"validation part, found {n}"
+            )
         perm = np.random.default_rng(self.holdout_seed).permutation(n)
         n_val = min(self.max_val, max(1, int(round(self.val_fraction * n))), n - 1)
         return np.sort(perm[:n_val]), perm[n_val:]
 
-    def embed(self, ctx: EvalContext, table, split: str, column: str,
-              rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(
+        self, ctx: EvalContext, table, split: str, column: str, rows: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached embeddings of ``rows`` (all when None) and the mask of rows whose image decoded.
         The image column is named by dataset and split, not task, so tasks share the entry."""
-        images = self.images(ctx, table, column, split=split, rows=None if rows is None else [int(r) for r in rows])
+        images = self.images(
+            ctx, table, column, split=split, rows=None if rows is None else [int(r) for r in rows]
+        )
         return self.image_embeddings(ctx, images, table)
 
     @staticmethod
@@ -222,8 +284,11 @@ class RealZeroShot(RealClassification):
         self._nonempty(ok, f"{self.name} ({split})")
 
         names, templates = self.class_names(), self.prompt_templates()
-        w = zeroshot_classifier(lambda texts: ctx.cache.text(ctx.encoder, self.source.repo, "prompts", "zeroshot", texts),
-                                names, templates)
+        w = zeroshot_classifier(
+            lambda texts: ctx.cache.text(ctx.encoder, self.source.repo, "prompts", "zeroshot", texts),
+            names,
+            templates,
+        )
         keep = ok.numpy()
         logits = 100.0 * emb[ok].float() @ w.float()
         target = torch.from_numpy(y[rows][keep])
@@ -232,14 +297,21 @@ class RealZeroShot(RealClassification):
 
         pred = logits.argmax(dim=1).numpy()
         items = rows[keep]
-        predictions = [{"item": int(i), "true": names[int(t)], "pred": names[int(p)]}
-                       for i, t, p in zip(items, target.numpy(), pred)]
+        predictions = [
+            {"item": int(i), "true": names[int(t)], "pred": names[int(p)]}
+            for i, t, p in zip(items, target.numpy(), pred)
+        ]
         hits = (pred == target.numpy()).astype(float)
         prov = self.provenance(table)
         if ctx.validation:
             prov["dataset"] += f" ({split} split, held-out validation part)"
-        return metrics, dict(predictions=predictions, item_scores=hits.tolist(), n_items=len(items),
-                             protocol=self.naming_protocol(), **prov)
+        return metrics, dict(
+            predictions=predictions,
+            item_scores=hits.tolist(),
+            n_items=len(items),
+            protocol=self.naming_protocol(),
+            **prov,
+        )
 
 
 class CifarData:
@@ -323,8 +395,9 @@ class ImageNetZeroShot(RealZeroShot):
         if meta is not None:
             same = meta.classnames == names
             names = meta.classnames
-            self._naming["classnames"] = "open_clip-openai" if same else \
-                f"{WDS_CLASSNAMES} ({len(names)} names)"
+            self._naming["classnames"] = (
+                "open_clip-openai" if same else f"{WDS_CLASSNAMES} ({len(names)} names)"
+            )
             if meta.templates is not None:
                 same = meta.templates == templates
                 templates = meta.templates
@@ -355,13 +428,17 @@ class WdsZeroShot(RealZeroShot):
 
     def bind(self, options: DataOptions) -> None:
         local = options.local_path(self.name)
-        layout = (f"a CLIP_benchmark webdataset directory ({WDS_CLASSNAMES}, {WDS_TEMPLATES}, test/*.tar; "
-                  "e.g. `huggingface-cli download clip-benchmark/wds_cars --repo-type dataset "
-                  "--local-dir DIR`)")
+        layout = (
+            f"a CLIP_benchmark webdataset directory ({WDS_CLASSNAMES}, {WDS_TEMPLATES}, test/*.tar; "
+            "e.g. `huggingface-cli download clip-benchmark/wds_cars --repo-type dataset "
+            "--local-dir DIR`)"
+        )
         if local is None:
-            raise DatasetUnavailableError(f"task {self.name!r} evaluates a local webdataset: pass --data "
-                                          f"{self.name}=DIR (or set data.paths.{self.name}), DIR being "
-                                          f"{layout}")
+            raise DatasetUnavailableError(
+                f"task {self.name!r} evaluates a local webdataset: pass --data "
+                f"{self.name}=DIR (or set data.paths.{self.name}), DIR being "
+                f"{layout}"
+            )
         try:
             meta = read_wds_metadata(local)
         except ValueError as e:
@@ -369,18 +446,24 @@ class WdsZeroShot(RealZeroShot):
         if meta is None:
             raise DataError(f"dataset for {self.name!r} ({local}) has no {WDS_CLASSNAMES}; expected {layout}")
         if meta.templates is None:
-            raise DataError(f"dataset for {self.name!r} ({meta.root}) has no {WDS_TEMPLATES} (CLIP_benchmark "
-                            f"refuses a webdataset without templates too); expected {layout}")
+            raise DataError(
+                f"dataset for {self.name!r} ({meta.root}) has no {WDS_TEMPLATES} (CLIP_benchmark "
+                f"refuses a webdataset without templates too); expected {layout}"
+            )
         if meta.dataset_type != "classification":
-            raise DataError(f"dataset for {self.name!r} ({meta.root}) is a {meta.dataset_type!r} webdataset "
-                            "(dataset_type.txt); wds-zeroshot evaluates single-label classification sets "
-                            "only")
+            raise DataError(
+                f"dataset for {self.name!r} ({meta.root}) is a {meta.dataset_type!r} webdataset "
+                "(dataset_type.txt); wds-zeroshot evaluates single-label classification sets "
+                "only"
+            )
         self._names, self._templates = meta.classnames, meta.templates
         digest = hashlib.sha256("\n".join(meta.classnames + ("",) + meta.templates).encode()).hexdigest()[:16]
-        self._naming = {"classnames": f"{WDS_CLASSNAMES} ({len(meta.classnames)} names)",
-                        "templates": f"{WDS_TEMPLATES} ({len(meta.templates)})", "metadata": str(meta.root),
-                        "metadata_sha256": digest}
-
+        self._naming = {
+            "classnames": f"{WDS_CLASSNAMES} ({len(meta.classnames)} names)",
+            "templates": f"{WDS_TEMPLATES} ({len(meta.templates)})",
+            "metadata": str(meta.root),
+            "metadata_sha256": digest,
+        }
 
 
 class RealLinearProbe(RealClassification):
@@ -407,9 +490,17 @@ class RealLinearProbe(RealClassification):
     family = "linear_probe"
     version = "2"  # 2: L-BFGS preconditioned and run to its tolerance (1 stopped at 200 iterations)
     main_score = "acc1"
-    metrics = CLASSIFICATION_METRICS + ("weight_decay", "log10_weight_decay", "val_acc1", "n_fit", "n_val",
-                                        "n_undecodable", "probe_converged", "probe_iterations",
-                                        "probe_unconverged_fits")
+    metrics = CLASSIFICATION_METRICS + (
+        "weight_decay",
+        "log10_weight_decay",
+        "val_acc1",
+        "n_fit",
+        "n_val",
+        "n_undecodable",
+        "probe_converged",
+        "probe_iterations",
+        "probe_unconverged_fits",
+    )
     modality = "image"
     n_fit: ClassVar[int | None] = 10_000
     max_iter: ClassVar[int] = PROBE_MAX_ITER
@@ -421,12 +512,14 @@ class RealLinearProbe(RealClassification):
         device = getattr(ctx.encoder, "device", torch.device("cpu"))
         return F.normalize(emb[ok].float(), dim=-1).to(device)
 
-    def select(self, x_fit: torch.Tensor, y_fit: torch.Tensor, x_val: torch.Tensor,
-               y_val: torch.Tensor) -> tuple[LogisticRegression, float, list[float]]:
+    def select(
+        self, x_fit: torch.Tensor, y_fit: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor
+    ) -> tuple[LogisticRegression, float, list[float]]:
         """The probe with the best validation top-1 accuracy over :attr:`weight_decays` (ties: the
         larger weight decay), that accuracy and the weight decays whose fit did not converge."""
-        return select_probe(x_fit, y_fit, x_val, y_val, self.weight_decays, len(self.class_names()),
-                            self.max_iter, self.tol)
+        return select_probe(
+            x_fit, y_fit, x_val, y_val, self.weight_decays, len(self.class_names()), self.max_iter, self.tol
+        )
 
     def score(self, ctx: EvalContext, split: str):
         self.bind(ctx.data)
@@ -459,31 +552,47 @@ class RealLinearProbe(RealClassification):
 
         logits = probe.logits(x_eval)
         metrics: dict[str, Any] = probe_metrics(logits, y_eval)
-        metrics.update(weight_decay=probe.weight_decay, log10_weight_decay=float(np.log10(probe.weight_decay)),
-                       val_acc1=val_acc, n_fit=float(len(y_fit)), n_val=float(len(y_val)),
-                       n_undecodable=float(n_bad), probe_converged=float(probe.converged),
-                       probe_iterations=float(probe.n_iter), probe_unconverged_fits=float(len(unconverged)))
+        metrics.update(
+            weight_decay=probe.weight_decay,
+            log10_weight_decay=float(np.log10(probe.weight_decay)),
+            val_acc1=val_acc,
+            n_fit=float(len(y_fit)),
+            n_val=float(len(y_val)),
+            n_undecodable=float(n_bad),
+            probe_converged=float(probe.converged),
+            probe_iterations=float(probe.n_iter),
+            probe_unconverged_fits=float(len(unconverged)),
+        )
         names = self.class_names()
         pred = logits.argmax(dim=1).cpu().numpy()
         target = y_eval.numpy()
-        predictions = [{"item": int(i), "true": names[int(t)], "pred": names[int(p)]}
-                       for i, t, p in zip(items, target, pred)]
+        predictions = [
+            {"item": int(i), "true": names[int(t)], "pred": names[int(p)]}
+            for i, t, p in zip(items, target, pred)
+        ]
         prov = self.provenance(table)
         if ctx.validation:
             prov["dataset"] += f" ({self.train_split} split, held-out validation part)"
-        protocol = harness_protocol(self.weight_decays, self.max_iter, self.tol,
-                                    **fit_facts(probe, unconverged),
-                                    fit=f"at most {self.n_fit} other train rows",
-                                    validation=f"a seeded {self.val_fraction:.0%} of the train split "
-                                    f"(at most {self.max_val})")
-        return metrics, dict(predictions=predictions, item_scores=(pred == target).astype(float).tolist(),
-                             n_items=len(items), protocol=protocol, **prov)
+        protocol = harness_protocol(
+            self.weight_decays,
+            self.max_iter,
+            self.tol,
+            **fit_facts(probe, unconverged),
+            fit=f"at most {self.n_fit} other train rows",
+            validation=f"a seeded {self.val_fraction:.0%} of the train split (at most {self.max_val})",
+        )
+        return metrics, dict(
+            predictions=predictions,
+            item_scores=(pred == target).astype(float).tolist(),
+            n_items=len(items),
+            protocol=protocol,
+            **prov,
+        )
 
 
 class Cifar10Linear(Cifar10Data, RealLinearProbe):
     """CIFAR-10 linear probe: fit on (at most ``n_fit`` of) the train split minus a seeded
     validation part, weight decay chosen on that part, reported on the 10,000 test images."""
-
 
 
 class Cifar100Linear(Cifar100Data, RealLinearProbe):
@@ -511,8 +620,20 @@ class RealLinearProbeCB(RealClassification):
     family = "linear_probe"
     version = "1"
     main_score = "lp_acc1"
-    metrics = ("lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "weight_decay", "epochs", "seed",
-               "fewshot_k", "normalized", "val_acc1", "n_fit", "n_val", "n_undecodable")
+    metrics = (
+        "lp_acc1",
+        "lp_acc5",
+        "lp_mean_per_class_recall",
+        "weight_decay",
+        "epochs",
+        "seed",
+        "fewshot_k",
+        "normalized",
+        "val_acc1",
+        "n_fit",
+        "n_val",
+        "n_undecodable",
+    )
     modality = "image"
     val_proportion: ClassVar[float] = CB_VAL_PROPORTION
     check_splits = ("train", "test")
@@ -532,9 +653,16 @@ class RealLinearProbeCB(RealClassification):
         x = F.normalize(emb.float(), dim=-1)
         device = getattr(ctx.encoder, "device", torch.device("cpu"))
         amp = torch.device(device).type == "cuda"
-        probe = clip_benchmark_probe(x[fit_rows], torch.from_numpy(y_train[fit_rows]), x[val_rows],
-                                     torch.from_numpy(y_train[val_rows]), device=device, amp=amp,
-                                     refit=not ctx.validation, generator=g)
+        probe = clip_benchmark_probe(
+            x[fit_rows],
+            torch.from_numpy(y_train[fit_rows]),
+            x[val_rows],
+            torch.from_numpy(y_train[val_rows]),
+            device=device,
+            amp=amp,
+            refit=not ctx.validation,
+            generator=g,
+        )
         n_bad = int((~ok).sum())
 
         if ctx.validation:  # the searched probe on the validation part: the test split is never read
@@ -550,20 +678,39 @@ class RealLinearProbeCB(RealClassification):
             target, items = y_test[ok_test.numpy()], np.flatnonzero(ok_test.numpy())
 
         metrics: dict[str, Any] = cb_metrics(logits, torch.from_numpy(target))
-        metrics.update(weight_decay=probe.weight_decay, epochs=CB_EPOCHS, seed=CB_SEED, fewshot_k=-1,
-                       normalized=1.0, val_acc1=probe.val_acc1, n_fit=float(len(fit_rows)),
-                       n_val=float(len(val_rows)), n_undecodable=float(n_bad))
+        metrics.update(
+            weight_decay=probe.weight_decay,
+            epochs=CB_EPOCHS,
+            seed=CB_SEED,
+            fewshot_k=-1,
+            normalized=1.0,
+            val_acc1=probe.val_acc1,
+            n_fit=float(len(fit_rows)),
+            n_val=float(len(val_rows)),
+            n_undecodable=float(n_bad),
+        )
         names = self.class_names()
         pred = logits.argmax(dim=1).numpy()
-        predictions = [{"item": int(i), "true": names[int(t)], "pred": names[int(p)]}
-                       for i, t, p in zip(items, target, pred)]
+        predictions = [
+            {"item": int(i), "true": names[int(t)], "pred": names[int(p)]}
+            for i, t, p in zip(items, target, pred)
+        ]
         prov = self.provenance(table)
         if ctx.validation:
             prov["dataset"] += f" ({self.train_split} split, CLIP_benchmark validation part)"
-        protocol = cb_protocol(amp, f"random_split of the train split, proportion {self.val_proportion} "
-                               f"(generator seeded with {CB_SEED})", **cb_facts(probe))
-        return metrics, dict(predictions=predictions, item_scores=(pred == target).astype(float).tolist(),
-                             n_items=len(items), protocol=protocol, **prov)
+        protocol = cb_protocol(
+            amp,
+            f"random_split of the train split, proportion {self.val_proportion} "
+            f"(generator seeded with {CB_SEED})",
+            **cb_facts(probe),
+        )
+        return metrics, dict(
+            predictions=predictions,
+            item_scores=(pred == target).astype(float).tolist(),
+            n_items=len(items),
+            protocol=protocol,
+            **prov,
+        )
 
 
 class Cifar10LinearCB(Cifar10Data, RealLinearProbeCB):

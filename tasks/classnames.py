@@ -30,20 +30,119 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 CIFAR10_CLASSNAMES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 CIFAR100_CLASSNAMES: tuple[str, ...] = (
-    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn mower", "leopard", "lion", "lizard", "lobster", "man", "maple tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear", "pickup truck", "pine tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm tree",
+    "pear",
+    "pickup truck",
+    "pine tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow tree",
+    "wolf",
+    "woman",
+    "worm",
 )
 
 #: torchvision's ``CIFAR100.classes`` (the dataset's own meta file), which CLIP_benchmark 1.6.2 prompts
@@ -120,7 +219,8 @@ def same_classes(dataset_names: Sequence[str], names: Sequence[str]) -> bool:
     """Whether a dataset's ``ClassLabel`` names are ``names`` in the same order (up to
     :func:`normalise_name`)."""
     return len(dataset_names) == len(names) and all(
-        normalise_name(a) == normalise_name(b) for a, b in zip(dataset_names, names))
+        normalise_name(a) == normalise_name(b) for a, b in zip(dataset_names, names)
+    )
 
 
 #: the metadata files of a CLIP_benchmark webdataset (``clip_benchmark/datasets/builder.py``,
@@ -170,9 +270,12 @@ def read_wds_metadata(path: Path) -> WdsMetadata | None:
             except (KeyError, IndexError, ValueError):
                 ok = False
             if not ok:
-                raise ValueError(f"{root / WDS_TEMPLATES}, line {i}: template {t!r} must contain {{c}} (the "
-                                 "class name) and no other braces; fix the file")
+                raise ValueError(
+                    f"{root / WDS_TEMPLATES}, line {i}: template {t!r} must contain {{c}} (the "
+                    "class name) and no other braces; fix the file"
+                )
         templates = tuple(lines)
-    kind = (root / WDS_TYPE).read_text(encoding="utf-8").strip().lower() if (root / WDS_TYPE).is_file() \
-        else ""
+    kind = (
+        (root / WDS_TYPE).read_text(encoding="utf-8").strip().lower() if (root / WDS_TYPE).is_file() else ""
+    )
     return WdsMetadata(root, names, templates, kind or "classification")

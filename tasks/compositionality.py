@@ -12,8 +12,10 @@ from .base import EvalContext, ShapesTask
 #: The tie rule of every compositionality task, recorded in each result's ``protocol``: see
 #: docs/compositionality.md. A tie is exact (bit-identical scores): the encoder embeds each distinct
 #: text and image once, and every score is computed by :func:`caption_scores`.
-TIES = ("wrong: every comparison is strict (the true caption, or image, must score strictly higher "
-        "than the alternative); identical inputs get bit-identical embeddings and scores, so a tie is exact")
+TIES = (
+    "wrong: every comparison is strict (the true caption, or image, must score strictly higher "
+    "than the alternative); identical inputs get bit-identical embeddings and scores, so a tie is exact"
+)
 
 
 def caption_scores(image_emb: torch.Tensor, candidates: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -23,8 +25,12 @@ def caption_scores(image_emb: torch.Tensor, candidates: torch.Tensor, chunk: int
     differently); in chunks of rows to bound the N x m x d product."""
     if len(image_emb) == 0:
         return candidates.new_zeros(candidates.shape[:2])
-    return torch.cat([(image_emb[i:i + chunk, None, :] * candidates[i:i + chunk]).sum(-1)
-                      for i in range(0, len(image_emb), chunk)])
+    return torch.cat(
+        [
+            (image_emb[i : i + chunk, None, :] * candidates[i : i + chunk]).sum(-1)
+            for i in range(0, len(image_emb), chunk)
+        ]
+    )
 
 
 def caption_choice(image_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor) -> torch.Tensor:
@@ -58,8 +64,10 @@ class ShapesCompositionality(ShapesTask):
     family = "compositionality"
     version = "1"
     main_score = "test/macro_acc"
-    metrics = tuple("{split:test|heldout}/" + m
-                    for m in ("n_ties", _NEGATIVE + "/acc", "all/acc", "macro_acc", "single/{negative}/acc"))
+    metrics = tuple(
+        "{split:test|heldout}/" + m
+        for m in ("n_ties", _NEGATIVE + "/acc", "all/acc", "macro_acc", "single/{negative}/acc")
+    )
     breakdown = "{split}/" + _NEGATIVE + "/acc"  # plots: accuracy by negative type
     citation = "Yuksekgonul et al. 2023 (ARO); Hsieh et al. 2023 (SugarCrepe)"
     splits = ("test", "heldout")
@@ -86,14 +94,27 @@ class ShapesCompositionality(ShapesTask):
                 for j, t in enumerate(NEGATIVE_TYPES):
                     metrics[f"{split}/{t}/acc"] = float(ok[two, j].mean())
                 metrics[f"{split}/all/acc"] = float(ok[two].all(axis=1).mean())
-                metrics[f"{split}/macro_acc"] = float(np.mean([metrics[f"{split}/{t}/acc"] for t in NEGATIVE_TYPES]))
+                metrics[f"{split}/macro_acc"] = float(
+                    np.mean([metrics[f"{split}/{t}/acc"] for t in NEGATIVE_TYPES])
+                )
             for t in np.unique(sp.negative_types[~two]):
                 sel = sp.negative_types[~two] == t
                 metrics[f"{split}/single/{t}/acc"] = float(ok[~two][sel].mean())
-            preds += [{"split": split, "item": i, "caption": str(sp.full_captions[i]),
-                       **{str(sp.negative_types[i, j]): bool(ok[i, j]) for j in range(k)}}
-                      for i in range(n)]
+            preds += [
+                {
+                    "split": split,
+                    "item": i,
+                    "caption": str(sp.full_captions[i]),
+                    **{str(sp.negative_types[i, j]): bool(ok[i, j]) for j in range(k)},
+                }
+                for i in range(n)
+            ]
         if ctx.validation:  # report the main score under its usual name
             metrics = {k.replace("val/", "test/", 1): v for k, v in metrics.items()}
-        return metrics, dict(predictions=preds, item_scores=item_scores, n_items=len(preds),
-                             protocol={"ties": TIES}, **self.provenance(ctx, "+".join(scored)))
+        return metrics, dict(
+            predictions=preds,
+            item_scores=item_scores,
+            n_items=len(preds),
+            protocol={"ties": TIES},
+            **self.provenance(ctx, "+".join(scored)),
+        )

@@ -53,8 +53,12 @@ from .compositionality import TIES, caption_scores
 # ------------------------------------------------------------------------------ metric helpers
 
 
-def macro_accuracy(correct: Sequence[bool], groups: Sequence[str], exclude: frozenset[str] | set[str] = frozenset(),
-                   min_count: int = 1) -> tuple[float, dict[str, float], dict[str, int], np.ndarray]:
+def macro_accuracy(
+    correct: Sequence[bool],
+    groups: Sequence[str],
+    exclude: frozenset[str] | set[str] = frozenset(),
+    min_count: int = 1,
+) -> tuple[float, dict[str, float], dict[str, int], np.ndarray]:
     """ARO's macro accuracy: the mean over groups (relation types, attribute pairs) of the
     accuracy within the group, over the groups not in ``exclude`` that have ``>= min_count`` items
     (``VG_Relation`` / ``VG_Attribution.evaluate_scores`` and the replication notebook).
@@ -71,8 +75,10 @@ def macro_accuracy(correct: Sequence[bool], groups: Sequence[str], exclude: froz
     names, counts = np.unique(groups, return_counts=True) if len(groups) else (np.array([]), np.array([]))
     kept = {str(g): int(c) for g, c in zip(names, counts) if g not in exclude and c >= min_count}
     if not kept:
-        raise DataError(f"no group is left for the macro accuracy (after excluding {len(exclude)} names and "
-                        f"requiring >= {min_count} items per group; {len(names)} groups present)")
+        raise DataError(
+            f"no group is left for the macro accuracy (after excluding {len(exclude)} names and "
+            f"requiring >= {min_count} items per group; {len(names)} groups present)"
+        )
     acc = {g: float(correct[groups == g].mean()) for g in kept}
     macro = float(np.mean(list(acc.values())))
     mask = np.array([g in kept for g in groups], dtype=bool)
@@ -107,8 +113,10 @@ def sugarcrepe_captions(table) -> tuple[list[str], list[str]]:
         labels = [str(x) for x in labels]
         true = decode(t)
         if len(labels) != 2 or true not in labels:
-            raise DataError(f"SugarCrepe row {i}: tested_labels must hold the true caption {true!r} and one "
-                            f"negative, got {labels!r}")
+            raise DataError(
+                f"SugarCrepe row {i}: tested_labels must hold the true caption {true!r} and one "
+                f"negative, got {labels!r}"
+            )
         others = [x for j, x in enumerate(labels) if j != labels.index(true)]
         pos.append(true)
         neg.append(others[0])
@@ -123,9 +131,11 @@ def _true_label_decoder(table):
         return lambda v: feature.int2str(int(v))
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
         return str
-    raise DataError(f"SugarCrepe column 'true_label' must be a ClassLabel whose names are the captions (as in "
-                    f"HuggingFaceM4/SugarCrepe_*) or the caption text; found {feature!r}. Keep the dataset's "
-                    "features when copying it (parquet files written by `datasets` carry them).")
+    raise DataError(
+        f"SugarCrepe column 'true_label' must be a ClassLabel whose names are the captions (as in "
+        f"HuggingFaceM4/SugarCrepe_*) or the caption text; found {feature!r}. Keep the dataset's "
+        "features when copying it (parquet files written by `datasets` carry them)."
+    )
 
 
 def attribute_pair(true_caption: str, false_caption: str) -> str:
@@ -147,11 +157,15 @@ def attribute_pair(true_caption: str, false_caption: str) -> str:
         s = 0
         while s < len(a) - p and a[-1 - s] == b[-1 - s]:
             s += 1
-        am, bm = a[p:len(a) - s], b[p:len(b) - s]
+        am, bm = a[p : len(a) - s], b[p : len(b) - s]
         for i in range(1, len(am)):
             for j in range(1, len(am) - i + 1):
-                if am[:i] == bm[len(bm) - i:] and am[len(am) - j:] == bm[:j] and am[i:len(am) - j] == bm[j:len(bm) - i]:
-                    return f"{' '.join(am[:i])}_{' '.join(am[len(am) - j:])}"
+                if (
+                    am[:i] == bm[len(bm) - i :]
+                    and am[len(am) - j :] == bm[:j]
+                    and am[i : len(am) - j] == bm[j : len(bm) - i]
+                ):
+                    return f"{' '.join(am[:i])}_{' '.join(am[len(am) - j :])}"
     return true_caption
 
 
@@ -159,31 +173,167 @@ def attribute_pair(true_caption: str, false_caption: str) -> str:
 # ambiguous, where the swapped caption may also be true): the ``symmetric`` list of
 # ``notebooks/Replicate ARO! VG-Relation, VG-Attribution.ipynb`` in
 # mertyg/vision-language-models-are-bows (commit 42dbb5e), in that order.
-ARO_EXCLUDED_RELATIONS: frozenset[str] = frozenset([
-    'adjusting', 'attached to', 'between', 'bigger than', 'biting', 'boarding', 'brushing', 'chewing',
-    'cleaning', 'climbing', 'close to', 'coming from', 'coming out of', 'contain', 'crossing', 'dragging',
-    'draped over', 'drinking', 'drinking from', 'driving', 'driving down', 'driving on', 'eating from',
-    'eating in', 'enclosing', 'exiting', 'facing', 'filled with', 'floating in', 'floating on', 'flying',
-    'flying above', 'flying in', 'flying over', 'flying through', 'full of', 'going down', 'going into',
-    'going through', 'grazing in', 'growing in', 'growing on', 'guiding', 'hanging from', 'hanging in',
-    'hanging off', 'hanging over', 'higher than', 'holding onto', 'hugging', 'in between', 'jumping off',
-    'jumping on', 'jumping over', 'kept in', 'larger than', 'leading', 'leaning over', 'leaving', 'licking',
-    'longer than', 'looking in', 'looking into', 'looking out', 'looking over', 'looking through',
-    'lying next to', 'lying on top of', 'making', 'mixed with', 'mounted on', 'moving', 'on the back of',
-    'on the edge of', 'on the front of', 'on the other side of', 'opening', 'painted on', 'parked at',
-    'parked beside', 'parked by', 'parked in', 'parked in front of', 'parked near', 'parked next to',
-    'perched on', 'petting', 'piled on', 'playing', 'playing in', 'playing on', 'playing with', 'pouring',
-    'reaching for', 'reading', 'reflected on', 'riding on', 'running in', 'running on', 'running through',
-    'seen through', 'sitting behind', 'sitting beside', 'sitting by', 'sitting in front of', 'sitting near',
-    'sitting next to', 'sitting under', 'skiing down', 'skiing on', 'sleeping in', 'sleeping on',
-    'smiling at', 'sniffing', 'splashing', 'sprinkled on', 'stacked on', 'standing against',
-    'standing around', 'standing behind', 'standing beside', 'standing in front of', 'standing near',
-    'standing next to', 'staring at', 'stuck in', 'surrounding', 'swimming in', 'swinging', 'talking to',
-    'topped with', 'touching', 'traveling down', 'traveling on', 'tying', 'typing on', 'underneath',
-    'wading in', 'waiting for', 'walking across', 'walking by', 'walking down', 'walking next to',
-    'walking through', 'working in', 'working on', 'worn on', 'wrapped around', 'wrapped in', 'by', 'of',
-    'near', 'next to', 'with', 'beside', 'on the side of', 'around',
-])
+ARO_EXCLUDED_RELATIONS: frozenset[str] = frozenset(
+    [
+        "adjusting",
+        "attached to",
+        "between",
+        "bigger than",
+        "biting",
+        "boarding",
+        "brushing",
+        "chewing",
+        "cleaning",
+        "climbing",
+        "close to",
+        "coming from",
+        "coming out of",
+        "contain",
+        "crossing",
+        "dragging",
+        "draped over",
+        "drinking",
+        "drinking from",
+        "driving",
+        "driving down",
+        "driving on",
+        "eating from",
+        "eating in",
+        "enclosing",
+        "exiting",
+        "facing",
+        "filled with",
+        "floating in",
+        "floating on",
+        "flying",
+        "flying above",
+        "flying in",
+        "flying over",
+        "flying through",
+        "full of",
+        "going down",
+        "going into",
+        "going through",
+        "grazing in",
+        "growing in",
+        "growing on",
+        "guiding",
+        "hanging from",
+        "hanging in",
+        "hanging off",
+        "hanging over",
+        "higher than",
+        "holding onto",
+        "hugging",
+        "in between",
+        "jumping off",
+        "jumping on",
+        "jumping over",
+        "kept in",
+        "larger than",
+        "leading",
+        "leaning over",
+        "leaving",
+        "licking",
+        "longer than",
+        "looking in",
+        "looking into",
+        "looking out",
+        "looking over",
+        "looking through",
+        "lying next to",
+        "lying on top of",
+        "making",
+        "mixed with",
+        "mounted on",
+        "moving",
+        "on the back of",
+        "on the edge of",
+        "on the front of",
+        "on the other side of",
+        "opening",
+        "painted on",
+        "parked at",
+        "parked beside",
+        "parked by",
+        "parked in",
+        "parked in front of",
+        "parked near",
+        "parked next to",
+        "perched on",
+        "petting",
+        "piled on",
+        "playing",
+        "playing in",
+        "playing on",
+        "playing with",
+        "pouring",
+        "reaching for",
+        "reading",
+        "reflected on",
+        "riding on",
+        "running in",
+        "running on",
+        "running through",
+        "seen through",
+        "sitting behind",
+        "sitting beside",
+        "sitting by",
+        "sitting in front of",
+        "sitting near",
+        "sitting next to",
+        "sitting under",
+        "skiing down",
+        "skiing on",
+        "sleeping in",
+        "sleeping on",
+        "smiling at",
+        "sniffing",
+        "splashing",
+        "sprinkled on",
+        "stacked on",
+        "standing against",
+        "standing around",
+        "standing behind",
+        "standing beside",
+        "standing in front of",
+        "standing near",
+        "standing next to",
+        "staring at",
+        "stuck in",
+        "surrounding",
+        "swimming in",
+        "swinging",
+        "talking to",
+        "topped with",
+        "touching",
+        "traveling down",
+        "traveling on",
+        "tying",
+        "typing on",
+        "underneath",
+        "wading in",
+        "waiting for",
+        "walking across",
+        "walking by",
+        "walking down",
+        "walking next to",
+        "walking through",
+        "working in",
+        "working on",
+        "worn on",
+        "wrapped around",
+        "wrapped in",
+        "by",
+        "of",
+        "near",
+        "next to",
+        "with",
+        "beside",
+        "on the side of",
+        "around",
+    ]
+)
 
 
 def bbox_box(bbox: dict[str, float]) -> tuple[float, float, float, float]:
@@ -221,9 +371,13 @@ class _CaptionChoice(DatasetTask):
         true, negatives = self.captions(table)
         rows, correct, scores, bad, ties = self._choose(ctx, table, true, negatives)
         metrics = {"acc": float(correct.mean()), "n_undecodable": float(bad), "n_ties": float(ties)}
-        return metrics, dict(predictions=self._predictions(rows, true, negatives, scores, correct),
-                             item_scores=correct.astype(float).tolist(), n_items=len(rows),
-                             protocol={"ties": TIES}, **self.provenance(table))
+        return metrics, dict(
+            predictions=self._predictions(rows, true, negatives, scores, correct),
+            item_scores=correct.astype(float).tolist(),
+            n_items=len(rows),
+            protocol={"ties": TIES},
+            **self.provenance(table),
+        )
 
     def _choose(self, ctx: EvalContext, table, true: list[str], negatives: list[list[str]], crop=None):
         """Scores (true caption first), strict correctness and the number of tied items (the true
@@ -246,10 +400,17 @@ class _CaptionChoice(DatasetTask):
 
     @staticmethod
     def _predictions(rows, true, negatives, scores, correct, **extra) -> list[dict[str, Any]]:
-        return [{"item": r, "caption": true[r], "negatives": list(negatives[r]),
-                 "scores": [float(s) for s in scores[j]], "correct": bool(correct[j]),
-                 **{k: v[r] for k, v in extra.items()}}
-                for j, r in enumerate(rows)]
+        return [
+            {
+                "item": r,
+                "caption": true[r],
+                "negatives": list(negatives[r]),
+                "scores": [float(s) for s in scores[j]],
+                "correct": bool(correct[j]),
+                **{k: v[r] for k, v in extra.items()},
+            }
+            for j, r in enumerate(rows)
+        ]
 
 
 class SugarCrepe(_CaptionChoice):
@@ -260,10 +421,14 @@ class SugarCrepe(_CaptionChoice):
 
     category: ClassVar[str] = ""
     columns = ("image", "tested_labels", "true_label")
-    license = ("SugarCrepe annotations MIT; images COCO val2017 (COCO annotations CC BY 4.0, "
-               "images under the Flickr terms of use)")
-    citation = ("Hsieh et al., SugarCrepe: Fixing Hackable Benchmarks for Vision-Language "
-                "Compositionality, NeurIPS 2023 Datasets and Benchmarks (arXiv 2306.14610)")
+    license = (
+        "SugarCrepe annotations MIT; images COCO val2017 (COCO annotations CC BY 4.0, "
+        "images under the Flickr terms of use)"
+    )
+    citation = (
+        "Hsieh et al., SugarCrepe: Fixing Hackable Benchmarks for Vision-Language "
+        "Compositionality, NeurIPS 2023 Datasets and Benchmarks (arXiv 2306.14610)"
+    )
 
     def check_data(self, options) -> None:
         table = load_table(self.name, self.source, options, self.columns)
@@ -279,9 +444,18 @@ def _sugarcrepe(category: str) -> type[SugarCrepe]:
     point names the task ``sugarcrepe-<category>`` when the class is defined)."""
     name = "SugarCrepe" + category.title().replace("_", "")
     source = HubSource(f"HuggingFaceM4/SugarCrepe_{category}", split="test")
-    return type(SugarCrepe)(name, (SugarCrepe,), {
-        "__module__": __name__, "__qualname__": name, "category": category, "source": source,
-        "dataset": source.repo, "__doc__": f"SugarCrepe ``{category}``. " + SugarCrepe.__doc__})
+    return type(SugarCrepe)(
+        name,
+        (SugarCrepe,),
+        {
+            "__module__": __name__,
+            "__qualname__": name,
+            "category": category,
+            "source": source,
+            "dataset": source.repo,
+            "__doc__": f"SugarCrepe ``{category}``. " + SugarCrepe.__doc__,
+        },
+    )
 
 
 SugarCrepeAddObj = _sugarcrepe("add_obj")
@@ -299,12 +473,21 @@ class SugarCrepeSuite(Suite):
 
     default_train_data = "coco"
     dataset = "HuggingFaceM4/SugarCrepe_*"
-    members = ("sugarcrepe-add-obj", "sugarcrepe-add-att", "sugarcrepe-replace-obj", "sugarcrepe-replace-att",
-               "sugarcrepe-replace-rel", "sugarcrepe-swap-obj", "sugarcrepe-swap-att")
+    members = (
+        "sugarcrepe-add-obj",
+        "sugarcrepe-add-att",
+        "sugarcrepe-replace-obj",
+        "sugarcrepe-replace-att",
+        "sugarcrepe-replace-rel",
+        "sugarcrepe-swap-obj",
+        "sugarcrepe-swap-att",
+    )
 
 
-_ARO_CITATION = ("Yuksekgonul et al., When and Why Vision-Language Models Behave like Bags-of-Words, and "
-                 "What to Do About It?, ICLR 2023")
+_ARO_CITATION = (
+    "Yuksekgonul et al., When and Why Vision-Language Models Behave like Bags-of-Words, and "
+    "What to Do About It?, ICLR 2023"
+)
 
 
 class _AROVisualGenome(_CaptionChoice):
@@ -335,14 +518,26 @@ class _AROVisualGenome(_CaptionChoice):
         negatives = [[c] for c in false]
         rows, correct, scores, bad, ties = self._choose(ctx, table, true, negatives, crop=lambda r: boxes[r])
         macro, per_group, counts, item_scores = macro_accuracy(
-            correct, [groups[r] for r in rows], self._exclude(), self._min_count())
-        metrics = {"macro_acc": macro, "acc": float(correct.mean()), "n_groups": float(len(per_group)),
-                   "n_scored": float(sum(counts.values())), "n_undecodable": float(bad),
-                   "n_ties": float(ties), **extra_metrics}
+            correct, [groups[r] for r in rows], self._exclude(), self._min_count()
+        )
+        metrics = {
+            "macro_acc": macro,
+            "acc": float(correct.mean()),
+            "n_groups": float(len(per_group)),
+            "n_scored": float(sum(counts.values())),
+            "n_undecodable": float(bad),
+            "n_ties": float(ties),
+            **extra_metrics,
+        }
         metrics.update({f"acc/{g}": a for g, a in sorted(per_group.items())})
         preds = self._predictions(rows, true, negatives, scores, correct, group=groups)
-        return metrics, dict(predictions=preds, item_scores=item_scores.tolist(), n_items=len(rows),
-                             protocol={"ties": TIES}, **self.provenance(table))
+        return metrics, dict(
+            predictions=preds,
+            item_scores=item_scores.tolist(),
+            n_items=len(rows),
+            protocol={"ties": TIES},
+            **self.provenance(table),
+        )
 
 
 class ARORelation(_AROVisualGenome):
@@ -391,8 +586,10 @@ class AROAttribution(_AROVisualGenome):
             for i, attrs in enumerate(table[self.attributes_column]):
                 attrs = list(attrs) if not isinstance(attrs, str) else [attrs]
                 if len(attrs) < 2:
-                    raise DataError(f"{self.name}: row {i} has {len(attrs)} attribute(s) in "
-                                    f"{self.attributes_column!r}; ARO pairs two")
+                    raise DataError(
+                        f"{self.name}: row {i} has {len(attrs)} attribute(s) in "
+                        f"{self.attributes_column!r}; ARO pairs two"
+                    )
                 pairs.append(f"{attrs[0]}_{attrs[1]}")
             return pairs, {"pairs_from_captions": 0.0}
         return [attribute_pair(t, f) for t, f in zip(true, false)], {"pairs_from_captions": 1.0}
@@ -418,8 +615,10 @@ class AROCocoOrder(_CaptionChoice):
     citation = _ARO_CITATION
 
     def captions(self, table):
-        return ([str(x) for x in table["correct_caption"]],
-                [list(map(str, row)) for row in zip(*(table[c] for c in self.negative_columns))])
+        return (
+            [str(x) for x in table["correct_caption"]],
+            [list(map(str, row)) for row in zip(*(table[c] for c in self.negative_columns))],
+        )
 
 
 class AROSuite(Suite):
@@ -456,11 +655,19 @@ class Winoground(DatasetTask):
     modality = "image-text"
     version = "1"
     main_score = "group_score"
-    metrics = ("{kind:text|image|group}_score", "n_undecodable", "n_ties",
-               "{kind:text|image|group}_score/{tag:.+}")
-    license = "gated (accept the terms on the Hugging Face Hub); images Getty Images licence, research use only"
-    citation = ("Thrush et al., Winoground: Probing Vision and Language Models for Visio-Linguistic "
-                "Compositionality, CVPR 2022")
+    metrics = (
+        "{kind:text|image|group}_score",
+        "n_undecodable",
+        "n_ties",
+        "{kind:text|image|group}_score/{tag:.+}",
+    )
+    license = (
+        "gated (accept the terms on the Hugging Face Hub); images Getty Images licence, research use only"
+    )
+    citation = (
+        "Thrush et al., Winoground: Probing Vision and Language Models for Visio-Linguistic "
+        "Compositionality, CVPR 2022"
+    )
 
     def score(self, ctx: EvalContext, split: str):
         table = self.table(ctx, split)
@@ -469,8 +676,10 @@ class Winoground(DatasetTask):
         # both images of every example in one encoder call, and both captions in one: equal inputs
         # then get bit-identical embeddings, so a tie between them is exact
         images = self.images(ctx, self._both_images(table), "image_0")
-        emb = ctx.cache.get((id(ctx.encoder), fingerprint(table), "image_0+image_1", "image"),
-                            lambda: ctx.encoder.encode_image(images))
+        emb = ctx.cache.get(
+            (id(ctx.encoder), fingerprint(table), "image_0+image_1", "image"),
+            lambda: ctx.encoder.encode_image(images),
+        )
         ok = ~torch.isnan(emb).any(dim=1)
         texts = self.text_embeddings(ctx, table, "caption_0+caption_1", caps[0] + caps[1])
         rows = torch.nonzero(ok[:n] & ok[n:]).flatten()
@@ -491,12 +700,27 @@ class Winoground(DatasetTask):
                 for k, v in ok.items():
                     metrics[f"{k}_score/{tag}"] = float(v[tags == tag].mean())
         ids = list(table["id"]) if "id" in table.column_names else list(range(len(table)))
-        preds = [{"item": r, "id": ids[r], "caption_0": caps[0][r], "caption_1": caps[1][r],
-                  "scores": sim[j].tolist(), "text": bool(ok["text"][j]), "image": bool(ok["image"][j]),
-                  "group": bool(ok["group"][j]), "correct": bool(ok["group"][j])}
-                 for j, r in enumerate(rows)]
-        return metrics, dict(predictions=preds, item_scores=ok["group"].astype(float).tolist(),
-                             n_items=len(rows), protocol={"ties": TIES}, **self.provenance(table))
+        preds = [
+            {
+                "item": r,
+                "id": ids[r],
+                "caption_0": caps[0][r],
+                "caption_1": caps[1][r],
+                "scores": sim[j].tolist(),
+                "text": bool(ok["text"][j]),
+                "image": bool(ok["image"][j]),
+                "group": bool(ok["group"][j]),
+                "correct": bool(ok["group"][j]),
+            }
+            for j, r in enumerate(rows)
+        ]
+        return metrics, dict(
+            predictions=preds,
+            item_scores=ok["group"].astype(float).tolist(),
+            n_items=len(rows),
+            protocol={"ties": TIES},
+            **self.provenance(table),
+        )
 
     @staticmethod
     def _both_images(table):

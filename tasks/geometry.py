@@ -78,11 +78,21 @@ class ShapesGeometry(ShapesTask):
     family = "geometry"
     version = "1"
     main_score = "modality_gap"
-    metrics = ("alignment", "uniformity_image", "uniformity_text", "modality_gap", "effective_rank_image",
-               "effective_rank_text", "mean_cosine_positive", "mean_cosine_negative")
+    metrics = (
+        "alignment",
+        "uniformity_image",
+        "uniformity_text",
+        "modality_gap",
+        "effective_rank_image",
+        "effective_rank_text",
+        "mean_cosine_positive",
+        "mean_cosine_negative",
+    )
     higher_is_better = False
-    citation = ("Wang & Isola 2020 (alignment and uniformity); Liang et al. 2022 (Mind the Gap); "
-                "Roy & Vetterli 2007 (effective rank)")
+    citation = (
+        "Wang & Isola 2020 (alignment and uniformity); Liang et al. 2022 (Mind the Gap); "
+        "Roy & Vetterli 2007 (effective rank)"
+    )
     modality = "image-text"
 
     def score(self, ctx: EvalContext, split: str):
@@ -101,5 +111,7 @@ class ShapesGeometry(ShapesTask):
             "mean_cosine_negative": neg,
         }
         cos = (img * txt).sum(-1)
-        preds = [{"item": i, "caption": str(sp.full_captions[i]), "cosine": float(cos[i])} for i in range(len(sp))]
+        preds = [
+            {"item": i, "caption": str(sp.full_captions[i]), "cosine": float(cos[i])} for i in range(len(sp))
+        ]
         return metrics, dict(predictions=preds, n_items=len(sp), **self.provenance(ctx, split))

@@ -29,8 +29,9 @@ def average_precision(scores: torch.Tensor, positives: torch.Tensor, chunk: int 
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
 
-def intra_modal_metrics(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10)
-                        ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+def intra_modal_metrics(
+    scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10)
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """``recall@k`` (a hit if any positive is in the top k), ``map``, ``mean_rank`` and
     ``median_rank`` of the first positive, over queries that all have a positive.
     Returns (metrics, first-positive ranks, average precisions)."""
@@ -63,16 +64,26 @@ class _IntraModal(ShapesTask):
         if len(query_ids):
             metrics, ranks, ap = intra_modal_metrics(scores[query_ids], positives[query_ids])
         else:  # no query has a positive: nothing can be measured
-            metrics = {k: float("nan") for k in ("recall@1", "recall@5", "recall@10", "map",
-                                                  "mean_rank", "median_rank")}
+            metrics = {
+                k: float("nan")
+                for k in ("recall@1", "recall@5", "recall@10", "map", "mean_rank", "median_rank")
+            }
             ranks, ap = torch.empty(0), torch.empty(0)
         metrics["n_queries"] = float(len(query_ids))
         metrics["n_skipped"] = float(n_all - len(query_ids))
-        preds = [{"item": int(q), **({"query": str(texts[q])} if texts is not None else {}),
-                  "n_positives": int(positives[q].sum()), "rank": int(r), "ap": float(a)}
-                 for q, r, a in zip(query_ids.tolist(), ranks.tolist(), ap.tolist())]
-        return metrics, dict(predictions=preds, item_scores=ap.tolist(), n_items=len(query_ids),
-                             **self.provenance(ctx, split))
+        preds = [
+            {
+                "item": int(q),
+                **({"query": str(texts[q])} if texts is not None else {}),
+                "n_positives": int(positives[q].sum()),
+                "rank": int(r),
+                "ap": float(a),
+            }
+            for q, r, a in zip(query_ids.tolist(), ranks.tolist(), ap.tolist())
+        ]
+        return metrics, dict(
+            predictions=preds, item_scores=ap.tolist(), n_items=len(query_ids), **self.provenance(ctx, split)
+        )
 
 
 class ShapesI2I(_IntraModal):

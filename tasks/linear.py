@@ -86,10 +86,17 @@ def principal_axes(x: torch.Tensor, dtype: torch.dtype = torch.float64) -> tuple
     return mu, var.clamp_min(0), axes
 
 
-def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, weight_decay: float, n_classes: int | None = None,
-                            max_iter: int = PROBE_MAX_ITER, tol: float = PROBE_TOL, history_size: int = 20,
-                            dtype: torch.dtype = torch.float64,
-                            axes: tuple[torch.Tensor, ...] | None = None) -> LogisticRegression:
+def fit_logistic_regression(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight_decay: float,
+    n_classes: int | None = None,
+    max_iter: int = PROBE_MAX_ITER,
+    tol: float = PROBE_TOL,
+    history_size: int = 20,
+    dtype: torch.dtype = torch.float64,
+    axes: tuple[torch.Tensor, ...] | None = None,
+) -> LogisticRegression:
     """Multinomial logistic regression by full-batch L-BFGS (strong-Wolfe line search), to convergence.
 
     Minimises ``mean_i CE(x_i W^T + b, y_i) + weight_decay / 2 * ||W||_F^2`` (the bias is not
@@ -107,14 +114,15 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, weight_decay: floa
     iterations; an unconverged fit is logged as a warning. ``tol`` = 1e-6 is about where a line
     search on the float64 loss stalls (2-5e-7 on nearly separable data). Converged fits are
     reproducible: features re-normalised in float32 (a ~1e-7 relative change) give the same
-    predictions and weights within 1e-4 (tests/test_linear_probe.py; within ~1e-4 of the largest
+    predictions and weights within 1e-4 (tests/unit/test_linear_probe.py; within ~1e-4 of the largest
     weight where nearly separable data make the optimum itself that flat). docs/linear-probe.md.
     """
     if not np.isfinite(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"need features (n, d) and n labels with n >= 1, got shapes {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+        raise ValueError(
+            f"need features (n, d) and n labels with n >= 1, got shapes {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     x = x.detach().to(dtype)
     y = y.detach().to(x.device, torch.long)
     n, d = x.shape
@@ -129,8 +137,16 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, weight_decay: floa
     s2 = scale * scale
     v = torch.zeros(c, d, dtype=dtype, device=x.device, requires_grad=True)
     b = torch.zeros(c, dtype=dtype, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS([v, b], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, tolerance_grad=tol,
-                            tolerance_change=1e-12, history_size=history_size, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [v, b],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=2 * max_iter,
+        tolerance_grad=tol,
+        tolerance_change=1e-12,
+        history_size=history_size,
+        line_search_fn="strong_wolfe",
+    )
 
     def objective() -> torch.Tensor:  # W~ = v * scale (rotated W): ||W||^2 = sum (v * scale)^2
         return F.cross_entropy(z @ v.T + b, y) + 0.5 * weight_decay * (v * v * s2).sum()
@@ -150,19 +166,34 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, weight_decay: floa
     n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
     converged = grad_max <= tol
     if not converged:
-        log.warning("logistic regression at weight decay %g did not converge: largest gradient entry %.2g > "
-                    "tolerance %g after %d L-BFGS iterations (cap %d); its predictions may depend on the "
-                    "features' last bits", weight_decay, grad_max, tol, n_iter, max_iter)
+        log.warning(
+            "logistic regression at weight decay %g did not converge: largest gradient entry %.2g > "
+            "tolerance %g after %d L-BFGS iterations (cap %d); its predictions may depend on the "
+            "features' last bits",
+            weight_decay,
+            grad_max,
+            tol,
+            n_iter,
+            max_iter,
+        )
     with torch.no_grad():
         w = (v * scale) @ rot.T
         bias = b - w @ mu
-    return LogisticRegression(w.detach(), bias.detach(), float(weight_decay), n_iter, float(loss.detach()),
-                              grad_max, converged)
+    return LogisticRegression(
+        w.detach(), bias.detach(), float(weight_decay), n_iter, float(loss.detach()), grad_max, converged
+    )
 
 
-def select_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-                 weight_decays, n_classes: int, max_iter: int = PROBE_MAX_ITER,
-                 tol: float = PROBE_TOL) -> tuple[LogisticRegression, float, list[float]]:
+def select_probe(
+    x_fit: torch.Tensor,
+    y_fit: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    weight_decays,
+    n_classes: int,
+    max_iter: int = PROBE_MAX_ITER,
+    tol: float = PROBE_TOL,
+) -> tuple[LogisticRegression, float, list[float]]:
     """Fit one probe per weight decay on (x_fit, y_fit) and keep the one with the best top-1 accuracy
     on (x_val, y_val); ties keep the larger weight decay (the strongest regularisation). Returns the
     probe, its validation accuracy and the weight decays whose fit did not converge. The test split
@@ -171,8 +202,9 @@ def select_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_val: torch.Tensor, 
     axes = principal_axes(x_fit)  # shared by every weight decay
     best, best_acc, unconverged = None, -1.0, []
     for wd in sorted(weight_decays, reverse=True):  # strongest first: ties keep it
-        probe = fit_logistic_regression(x_fit, y_fit, wd, n_classes=n_classes, max_iter=max_iter, tol=tol,
-                                        axes=axes)
+        probe = fit_logistic_regression(
+            x_fit, y_fit, wd, n_classes=n_classes, max_iter=max_iter, tol=tol, axes=axes
+        )
         if not probe.converged:
             unconverged.append(float(wd))
         acc = float((probe.predict(x_val) == y_val).double().mean())
@@ -183,17 +215,28 @@ def select_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_val: torch.Tensor, 
 
 def harness_protocol(weight_decays, max_iter: int, tol: float, **extra) -> dict:
     """The ``protocol`` record of the harness probe: solver, stopping rule, grid, selection."""
-    return {"linear_probe": "harness", "solver": "L-BFGS (strong Wolfe), full batch, float64, preconditioned "
-            "on the features' principal axes", "tol": tol, "max_iter": max_iter,
-            "weight_decays": [float(w) for w in weight_decays],
-            "selection": "best validation acc1, ties to the larger weight decay",
-            "refit": "none (the fit set's probe is reported)", **extra}
+    return {
+        "linear_probe": "harness",
+        "solver": "L-BFGS (strong Wolfe), full batch, float64, preconditioned "
+        "on the features' principal axes",
+        "tol": tol,
+        "max_iter": max_iter,
+        "weight_decays": [float(w) for w in weight_decays],
+        "selection": "best validation acc1, ties to the larger weight decay",
+        "refit": "none (the fit set's probe is reported)",
+        **extra,
+    }
 
 
 def fit_facts(probe: LogisticRegression, unconverged: list[float]) -> dict:
     """The chosen fit's facts for ``protocol``: weight decay, convergence, iterations."""
-    return {"weight_decay": probe.weight_decay, "converged": probe.converged, "iterations": probe.n_iter,
-            "grad_max": probe.grad_max, "unconverged_weight_decays": unconverged}
+    return {
+        "weight_decay": probe.weight_decay,
+        "converged": probe.converged,
+        "iterations": probe.n_iter,
+        "grad_max": probe.grad_max,
+        "unconverged_weight_decays": unconverged,
+    }
 
 
 def probe_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -214,8 +257,9 @@ CB_LR, CB_EPOCHS, CB_BATCH_SIZE, CB_SEED, CB_VAL_PROPORTION = 0.1, 10, 64, 0, 0.
 #: its weight-decay grid, ``np.logspace(-6, 2, num=97)``, and the indices of the 7-point coarse grid
 #: ``np.logspace(-6, 2, num=7)`` its search starts from (found by float equality, as it does)
 CB_WEIGHT_DECAYS: tuple[float, ...] = tuple(np.logspace(-6, 2, num=97).tolist())
-CB_INIT_INDICES: tuple[int, ...] = tuple(i for i, v in enumerate(CB_WEIGHT_DECAYS)
-                                         if v in np.logspace(-6, 2, num=7).tolist())
+CB_INIT_INDICES: tuple[int, ...] = tuple(
+    i for i, v in enumerate(CB_WEIGHT_DECAYS) if v in np.logspace(-6, 2, num=7).tolist()
+)
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -237,9 +281,18 @@ def _batches(batch):
     return batch
 
 
-def cb_train(x: torch.Tensor, y: torch.Tensor, n_out: int, weight_decay: float, lr: float = CB_LR,
-             epochs: int = CB_EPOCHS, batch_size: int = CB_BATCH_SIZE, seed: int = CB_SEED,
-             device: torch.device | str = "cpu", amp: bool = False) -> torch.nn.Linear:
+def cb_train(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_out: int,
+    weight_decay: float,
+    lr: float = CB_LR,
+    epochs: int = CB_EPOCHS,
+    batch_size: int = CB_BATCH_SIZE,
+    seed: int = CB_SEED,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> torch.nn.Linear:
     """CLIP_benchmark's ``train``: ``torch.manual_seed(seed)``, ``torch.nn.Linear(d, n_out)``
     (its default init), ``AdamW(lr, weight_decay)`` on weight and bias, cross-entropy, ``epochs``
     passes of a shuffling DataLoader (``batch_size``, last batch kept) and the cosine schedule
@@ -251,8 +304,9 @@ def cb_train(x: torch.Tensor, y: torch.Tensor, n_out: int, weight_decay: float, 
     torch.manual_seed(seed)
     model = torch.nn.Linear(x.shape[1], n_out).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loader = torch.utils.data.DataLoader(_Rows(x, y), batch_size=batch_size, shuffle=True,
-                                         collate_fn=_batches)
+    loader = torch.utils.data.DataLoader(
+        _Rows(x, y), batch_size=batch_size, shuffle=True, collate_fn=_batches
+    )
     steps = epochs * len(loader)
     with torch.enable_grad():
         for epoch in range(epochs):
@@ -269,8 +323,9 @@ def cb_train(x: torch.Tensor, y: torch.Tensor, n_out: int, weight_decay: float, 
 
 
 @torch.no_grad()
-def cb_logits(model: torch.nn.Linear, x: torch.Tensor, amp: bool = False,
-              batch_size: int = 4096) -> torch.Tensor:
+def cb_logits(
+    model: torch.nn.Linear, x: torch.Tensor, amp: bool = False, batch_size: int = 4096
+) -> torch.Tensor:
     """The probe's logits of ``x`` (float32, on the CPU), in ``x``'s order."""
     device = model.weight.device
     out = []
@@ -296,17 +351,19 @@ def cb_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     if int(target.max()) >= 5 and logits.shape[1] >= 5:
         m["lp_acc1"], m["lp_acc5"] = cb_accuracy(logits, target, (1, 5))
     else:
-        m["lp_acc1"], = cb_accuracy(logits, target, (1,))
+        (m["lp_acc1"],) = cb_accuracy(logits, target, (1,))
     m["lp_mean_per_class_recall"] = float(balanced_accuracy_score(target.numpy(), logits.argmax(1).numpy()))
     return m
 
 
-def cb_search(score: Callable[[int], float], n: int = len(CB_WEIGHT_DECAYS),
-              init: Sequence[int] = CB_INIT_INDICES) -> int:
+def cb_search(
+    score: Callable[[int], float], n: int = len(CB_WEIGHT_DECAYS), init: Sequence[int] = CB_INIT_INDICES
+) -> int:
     """CLIP_benchmark's weight-decay search (its ``find_peak`` loop), over grid indices: the peak of
     the coarse indices ``init``, then for spans 8, 4, 2, 1 the peak of ``[peak - span, peak, peak +
     span]`` (clipped to the grid). ``find_peak`` starts from index 0 at accuracy 0 and moves only on
     a strictly better score, so ties keep the earlier index (left, then the peak, then right)."""
+
     def find_peak(idxs):
         best, best_acc = 0, 0
         for i in idxs:
@@ -328,8 +385,9 @@ def cb_split(n: int, val_proportion: float, generator: torch.Generator) -> tuple
     p])`` (rows of the train part, rows of the validation part, in the split's order)."""
     if not 0 < val_proportion < 1:
         raise ValueError(f"val_proportion must lie in (0, 1), got {val_proportion}")
-    train, val = torch.utils.data.random_split(range(n), [1 - val_proportion, val_proportion],
-                                               generator=generator)
+    train, val = torch.utils.data.random_split(
+        range(n), [1 - val_proportion, val_proportion], generator=generator
+    )
     return np.asarray(train.indices, dtype=np.int64), np.asarray(val.indices, dtype=np.int64)
 
 
@@ -346,11 +404,21 @@ class CBProbe:
     refit: bool = True
 
 
-def clip_benchmark_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
-                         y_val: torch.Tensor, *, lr: float = CB_LR, epochs: int = CB_EPOCHS,
-                         batch_size: int = CB_BATCH_SIZE, seed: int = CB_SEED,
-                         device: torch.device | str = "cpu", amp: bool = False, refit: bool = True,
-                         generator: torch.Generator | None = None) -> CBProbe:
+def clip_benchmark_probe(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    lr: float = CB_LR,
+    epochs: int = CB_EPOCHS,
+    batch_size: int = CB_BATCH_SIZE,
+    seed: int = CB_SEED,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    refit: bool = True,
+    generator: torch.Generator | None = None,
+) -> CBProbe:
     """CLIP_benchmark's ``linear_probe.evaluate`` after featurisation (``fewshot_k = -1``).
 
     The train rows are put in the order of ``torch.randperm`` (its few-shot selection, which with
@@ -366,8 +434,9 @@ def clip_benchmark_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_val: to
     """
     device = torch.device(device)
     if len(x_train) == 0 or len(x_val) == 0:
-        raise ValueError(f"the CLIP_benchmark probe needs train and validation rows, got {len(x_train)} and "
-                         f"{len(x_val)}")
+        raise ValueError(
+            f"the CLIP_benchmark probe needs train and validation rows, got {len(x_train)} and {len(x_val)}"
+        )
     x_train, x_val = x_train.detach().float().cpu(), x_val.detach().float().cpu()
     y_train, y_val = y_train.detach().long().cpu(), y_val.detach().long().cpu()
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
@@ -394,28 +463,45 @@ def clip_benchmark_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_val: to
         peak = cb_search(score)
         score(peak)  # find_peak may return index 0 without having scored it (every accuracy 0)
         if refit:
-            final = cb_train(torch.cat([x_train, x_val]), torch.cat([y_train, y_val]), n_out,
-                             CB_WEIGHT_DECAYS[peak], **kw)
+            final = cb_train(
+                torch.cat([x_train, x_val]), torch.cat([y_train, y_val]), n_out, CB_WEIGHT_DECAYS[peak], **kw
+            )
         else:
             final = models[peak]
-    return CBProbe(final, CB_WEIGHT_DECAYS[peak], peak, searched[peak], val_logits[peak], dict(searched),
-                   refit)
+    return CBProbe(
+        final, CB_WEIGHT_DECAYS[peak], peak, searched[peak], val_logits[peak], dict(searched), refit
+    )
 
 
 def cb_protocol(amp: bool, validation: str, **extra) -> dict:
     """The ``protocol`` record of CLIP_benchmark's probe: solver, hyperparameters, search, refit."""
-    return {"linear_probe": "clip_benchmark", "solver": "torch.nn.Linear + AdamW, cross-entropy, cosine LR "
-            "without warm-up (CLIP_benchmark metrics/linear_probe.py)", "lr": CB_LR, "epochs": CB_EPOCHS,
-            "batch_size": CB_BATCH_SIZE, "seed": CB_SEED, "amp": amp, "normalize": True, "fewshot_k": -1,
-            "weight_decays": "np.logspace(-6, 2, 97)", "search": "find_peak on the 7-point grid "
-            "np.logspace(-6, 2, 7), then spans 8, 4, 2, 1 around the peak; ties to the smaller weight decay",
-            "validation": validation, **extra}
+    return {
+        "linear_probe": "clip_benchmark",
+        "solver": "torch.nn.Linear + AdamW, cross-entropy, cosine LR "
+        "without warm-up (CLIP_benchmark metrics/linear_probe.py)",
+        "lr": CB_LR,
+        "epochs": CB_EPOCHS,
+        "batch_size": CB_BATCH_SIZE,
+        "seed": CB_SEED,
+        "amp": amp,
+        "normalize": True,
+        "fewshot_k": -1,
+        "weight_decays": "np.logspace(-6, 2, 97)",
+        "search": "find_peak on the 7-point grid "
+        "np.logspace(-6, 2, 7), then spans 8, 4, 2, 1 around the peak; ties to the smaller weight decay",
+        "validation": validation,
+        **extra,
+    }
 
 
 def cb_facts(probe: CBProbe) -> dict:
     """The chosen probe's facts for ``protocol``: weight decay, validation accuracy, fits, refit."""
-    return {"weight_decay": probe.weight_decay, "val_acc1": probe.val_acc1, "n_fits": len(probe.searched),
-            "refit": "train + validation" if probe.refit else "none (validation mode: val stays unseen)"}
+    return {
+        "weight_decay": probe.weight_decay,
+        "val_acc1": probe.val_acc1,
+        "n_fits": len(probe.searched),
+        "refit": "train + validation" if probe.refit else "none (validation mode: val stays unseen)",
+    }
 
 
 class ShapesLinear(ShapesTask):
@@ -441,11 +527,16 @@ class ShapesLinear(ShapesTask):
     family = "linear_probe"
     version = "2"  # 2: L-BFGS preconditioned and run to its tolerance (1 stopped at 200 iterations)
     main_score = "acc1"
-    metrics = ("acc1", "mean_per_class_recall",
-               "{target:shape|colour|layout}/{metric:acc1|acc5|mean_per_class_recall|weight_decay|"
-               "log10_weight_decay|val_acc1|probe_converged|probe_iterations}")
-    citation = ("CLIP_benchmark linear probe (LAION-AI/CLIP_benchmark); Radford et al. 2021 (CLIP) "
-                "logistic-regression probe")
+    metrics = (
+        "acc1",
+        "mean_per_class_recall",
+        "{target:shape|colour|layout}/{metric:acc1|acc5|mean_per_class_recall|weight_decay|"
+        "log10_weight_decay|val_acc1|probe_converged|probe_iterations}",
+    )
+    citation = (
+        "CLIP_benchmark linear probe (LAION-AI/CLIP_benchmark); Radford et al. 2021 (CLIP) "
+        "logistic-regression probe"
+    )
     modality = "image"
     n_fit = 5000
     #: L-BFGS iteration cap per fit (sklearn's default is 100, OpenAI's CLIP probe used 1000); the
@@ -459,8 +550,11 @@ class ShapesLinear(ShapesTask):
     @staticmethod
     def target_values(sp) -> dict[str, tuple[np.ndarray, int]]:
         layout = np.where(sp.n_objects == 1, 0, 1 + np.maximum(sp.axis, 0))
-        return {"shape": (sp.shape[:, 0], len(SHAPES)), "colour": (sp.colour[:, 0], len(COLOUR_NAMES)),
-                "layout": (layout, len(LAYOUTS))}
+        return {
+            "shape": (sp.shape[:, 0], len(SHAPES)),
+            "colour": (sp.colour[:, 0], len(COLOUR_NAMES)),
+            "layout": (layout, len(LAYOUTS)),
+        }
 
     def features(self, ctx: EvalContext, split: str) -> tuple[torch.Tensor, dict]:
         sp = ctx.world.split(split)
@@ -483,9 +577,16 @@ class ShapesLinear(ShapesTask):
         protocol = harness_protocol(self.weight_decays, self.max_iter, self.tol, targets={})
         for target in self.targets:
             (yf, n_classes), (yv, _) = y_fit[target], y_val[target]
-            best, best_acc, unconverged = select_probe(x_fit, torch.from_numpy(yf), x_val,
-                                                       torch.from_numpy(yv), self.weight_decays, n_classes,
-                                                       self.max_iter, self.tol)
+            best, best_acc, unconverged = select_probe(
+                x_fit,
+                torch.from_numpy(yf),
+                x_val,
+                torch.from_numpy(yv),
+                self.weight_decays,
+                n_classes,
+                self.max_iter,
+                self.tol,
+            )
             chosen[target] = best
             selection[f"{target}/weight_decay"] = best.weight_decay
             selection[f"{target}/log10_weight_decay"] = float(np.log10(best.weight_decay))
@@ -505,19 +606,31 @@ class ShapesLinear(ShapesTask):
             metrics.update({f"{target}/{k}": v for k, v in m.items()})
             preds[target] = logits.argmax(1).cpu().numpy()
         metrics["acc1"] = float(np.mean([metrics[f"{t}/acc1"] for t in self.targets]))
-        metrics["mean_per_class_recall"] = float(np.mean([metrics[f"{t}/mean_per_class_recall"]
-                                                          for t in self.targets]))
+        metrics["mean_per_class_recall"] = float(
+            np.mean([metrics[f"{t}/mean_per_class_recall"] for t in self.targets])
+        )
         metrics.update(selection)
         return metrics, self._extras(ctx, preds, y_test, len(x_test), protocol)
 
     def _extras(self, ctx: EvalContext, preds, y_test, n: int, protocol: dict) -> dict:
         names = self.names
-        items = [{"item": i, **{f"{t}": names[t][int(y_test[t][0][i])] for t in self.targets},
-                  **{f"pred_{t}": names[t][int(preds[t][i])] for t in self.targets}} for i in range(n)]
+        items = [
+            {
+                "item": i,
+                **{f"{t}": names[t][int(y_test[t][0][i])] for t in self.targets},
+                **{f"pred_{t}": names[t][int(preds[t][i])] for t in self.targets},
+            }
+            for i in range(n)
+        ]
         hits = np.mean([preds[t] == y_test[t][0] for t in self.targets], axis=0)
         # named test even under validation (where it is val), as it always was
-        return dict(predictions=items, item_scores=hits.tolist(), n_items=n, protocol=protocol,
-                    **self.provenance(ctx, "test"))
+        return dict(
+            predictions=items,
+            item_scores=hits.tolist(),
+            n_items=n,
+            protocol=protocol,
+            **self.provenance(ctx, "test"),
+        )
 
 
 class ShapesLinearCB(ShapesLinear):
@@ -540,9 +653,16 @@ class ShapesLinearCB(ShapesLinear):
 
     version = "1"
     main_score = "lp_acc1"
-    metrics = ("lp_acc1", "lp_mean_per_class_recall", "epochs", "seed", "fewshot_k", "normalized",
-               "{target:shape|colour|layout}/"
-               "{metric:lp_acc1|lp_acc5|lp_mean_per_class_recall|weight_decay|val_acc1}")
+    metrics = (
+        "lp_acc1",
+        "lp_mean_per_class_recall",
+        "epochs",
+        "seed",
+        "fewshot_k",
+        "normalized",
+        "{target:shape|colour|layout}/"
+        "{metric:lp_acc1|lp_acc5|lp_mean_per_class_recall|weight_decay|val_acc1}",
+    )
     citation = "CLIP_benchmark linear probe, metrics/linear_probe.py (LAION-AI/CLIP_benchmark)"
 
     def score(self, ctx: EvalContext, split: str):
@@ -556,9 +676,15 @@ class ShapesLinearCB(ShapesLinear):
         preds: dict[str, np.ndarray] = {}
         per_target = {}
         for target in self.targets:
-            probe = clip_benchmark_probe(x_fit, torch.from_numpy(y_fit[target][0]), x_val,
-                                         torch.from_numpy(y_val[target][0]), device=device, amp=amp,
-                                         refit=refit)
+            probe = clip_benchmark_probe(
+                x_fit,
+                torch.from_numpy(y_fit[target][0]),
+                x_val,
+                torch.from_numpy(y_val[target][0]),
+                device=device,
+                amp=amp,
+                refit=refit,
+            )
             logits = probe.val_logits if not refit else cb_logits(probe.model, x_test, amp)
             yt = torch.from_numpy(y_test[target][0])
             metrics.update({f"{target}/{k}": v for k, v in cb_metrics(logits, yt).items()})
@@ -569,6 +695,7 @@ class ShapesLinearCB(ShapesLinear):
         for k in ("lp_acc1", "lp_mean_per_class_recall"):
             metrics[k] = float(np.mean([metrics[f"{t}/{k}"] for t in self.targets]))
         metrics.update(epochs=CB_EPOCHS, seed=CB_SEED, fewshot_k=-1, normalized=1.0)
-        protocol = cb_protocol(amp, "the world's val split", fit=f"the first {len(x_fit)} train scenes",
-                               targets=per_target)
+        protocol = cb_protocol(
+            amp, "the world's val split", fit=f"the first {len(x_fit)} train scenes", targets=per_target
+        )
         return metrics, self._extras(ctx, preds, y_test, len(x_test), protocol)

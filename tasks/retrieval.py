@@ -7,9 +7,16 @@ import torch
 from .base import EvalContext, ShapesTask
 
 #: the keys :func:`metrics_from_ranks` reports for ks = (1, 5, 10)
-RETRIEVAL_METRICS = ("image_retrieval_recall@{k:1|5|10}", "text_retrieval_recall@{k:1|5|10}",
-                     "image_retrieval_mean_rank", "image_retrieval_median_rank", "text_retrieval_mean_rank",
-                     "text_retrieval_median_rank", "mean_recall@{k:1|5|10}", "rsum")
+RETRIEVAL_METRICS = (
+    "image_retrieval_recall@{k:1|5|10}",
+    "text_retrieval_recall@{k:1|5|10}",
+    "image_retrieval_mean_rank",
+    "image_retrieval_median_rank",
+    "text_retrieval_mean_rank",
+    "text_retrieval_median_rank",
+    "mean_recall@{k:1|5|10}",
+    "rsum",
+)
 
 
 def first_positive_rank(scores: torch.Tensor, positives: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -39,8 +46,9 @@ def _positive_lists(text_to_image: torch.Tensor, n_images: int) -> torch.Tensor:
     return out
 
 
-def count_ranks(scores: torch.Tensor, best: torch.Tensor, first: torch.Tensor,
-                buffer: torch.Tensor | None = None) -> torch.Tensor:
+def count_ranks(
+    scores: torch.Tensor, best: torch.Tensor, first: torch.Tensor, buffer: torch.Tensor | None = None
+) -> torch.Tensor:
     """1-based rank of each row's best positive, counted instead of sorted.
 
     ``best`` is the row's best positive score and ``first`` the lowest column index holding a
@@ -74,8 +82,9 @@ def _dense_best(scores: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, 
     return best, first
 
 
-def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor,
-                    chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def retrieval_ranks(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor, chunk: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(t2i, i2t): 1-based rank of the first positive for every text (over images) and every image
     (over texts), computed ``chunk`` query rows at a time without a full score matrix.
 
@@ -91,11 +100,15 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: 
     dense = positives.dtype == torch.bool
     if dense:
         if tuple(positives.shape) != (n_t, n_i):
-            raise ValueError(f"positives must be (N_texts, N_images) = {(n_t, n_i)}, got {tuple(positives.shape)}")
+            raise ValueError(
+                f"positives must be (N_texts, N_images) = {(n_t, n_i)}, got {tuple(positives.shape)}"
+            )
     else:
         positives = positives.long()
         if positives.shape != (n_t,):
-            raise ValueError(f"text_to_image must have one entry per text ({n_t}), got {tuple(positives.shape)}")
+            raise ValueError(
+                f"text_to_image must have one entry per text ({n_t}), got {tuple(positives.shape)}"
+            )
         if n_t and (int(positives.min()) < 0 or int(positives.max()) >= n_i):
             raise ValueError(f"text_to_image values must index the {n_i} images")
         caps = _positive_lists(positives, n_i)
@@ -126,7 +139,9 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: 
             vals = s.gather(1, c.clamp(min=0)).masked_fill(c < 0, float("-inf"))
             best = vals.max(dim=1).values
             # captions are listed in ascending index order: the first maximum is the lowest index
-            first = c.gather(1, (vals == best[:, None]).to(torch.uint8).argmax(dim=1, keepdim=True)).squeeze(1)
+            first = c.gather(1, (vals == best[:, None]).to(torch.uint8).argmax(dim=1, keepdim=True)).squeeze(
+                1
+            )
         i2t[a : a + chunk] = count_ranks(s, best, first, cmp_buf)
     return t2i, i2t
 
@@ -146,8 +161,9 @@ def metrics_from_ranks(t2i: torch.Tensor, i2t: torch.Tensor, ks=(1, 5, 10)) -> d
     return m
 
 
-def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor,
-                      ks=(1, 5, 10), chunk: int = 512) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+def retrieval_metrics(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10), chunk: int = 512
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """CLIP_benchmark's zero-shot retrieval metrics (``metrics/zeroshot_retrieval.py``).
 
     ``positives`` is a (N_texts x N_images) boolean matrix or ``text_to_image`` (LongTensor of the
@@ -190,5 +206,6 @@ class ShapesRetrieval(ShapesTask):
         ]
         # each scene is one image and one caption: its R@1 hits in both directions, averaged
         items = (((t2i <= 1).float() + (i2t <= 1).float()) / 2).tolist()
-        return metrics, dict(predictions=preds, item_scores=items, n_items=len(sp),
-                             **self.provenance(ctx, split))
+        return metrics, dict(
+            predictions=preds, item_scores=items, n_items=len(sp), **self.provenance(ctx, split)
+        )

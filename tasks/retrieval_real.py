@@ -56,8 +56,10 @@ from .retrieval import RETRIEVAL_METRICS, retrieval_metrics
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "webp", "png")
 #: caption columns: nlphuji's list of captions, CLIP_benchmark's newline-separated text
 CAPTION_COLUMNS = ("caption", "txt")
-LAYOUTS = ("'image' + 'caption' (list of captions; nlphuji parquet) or 'jpg'/'webp'/'png' + 'txt' "
-           "(newline-separated captions; CLIP_benchmark webdataset)")
+LAYOUTS = (
+    "'image' + 'caption' (list of captions; nlphuji parquet) or 'jpg'/'webp'/'png' + 'txt' "
+    "(newline-separated captions; CLIP_benchmark webdataset)"
+)
 
 
 def caption_layout(table, what: str) -> tuple[str, str]:
@@ -68,8 +70,10 @@ def caption_layout(table, what: str) -> tuple[str, str]:
     caption = next((c for c in CAPTION_COLUMNS if c in found), None)
     if image is None or caption is None:
         lacking = [x for x, c in (("an image column", image), ("a caption column", caption)) if c is None]
-        raise MissingColumnsError(f"dataset {what} lacks {' and '.join(lacking)}: expected {LAYOUTS}; "
-                                  f"found {', '.join(found) or '(none)'}")
+        raise MissingColumnsError(
+            f"dataset {what} lacks {' and '.join(lacking)}: expected {LAYOUTS}; "
+            f"found {', '.join(found) or '(none)'}"
+        )
     return image, caption
 
 
@@ -99,8 +103,9 @@ def _column(table, name: str) -> list:
     return list(table.select_columns([name])[name])
 
 
-def retrieval_item_scores(t2i: torch.Tensor, i2t: torch.Tensor, text_to_image: torch.Tensor,
-                          k: int = 5) -> list[float]:
+def retrieval_item_scores(
+    t2i: torch.Tensor, i2t: torch.Tensor, text_to_image: torch.Tensor, k: int = 5
+) -> list[float]:
     """Per image: ``0.5 * hit_i2t + 0.5 * (n_i * N_images / N_texts) * mean hit_t2i`` over its
     captions (see the module docstring); the mean over images is ``mean_recall@k`` exactly."""
     n_img, n_txt = len(i2t), len(t2i)
@@ -118,8 +123,10 @@ class _CaptionRetrieval(DatasetTask):
     main_score: ClassVar[str] = "mean_recall@5"
     metrics = RETRIEVAL_METRICS + ("n_images", "n_captions", "n_undecodable", "n_without_captions")
     modality: ClassVar[str] = "image-text"
-    citation: ClassVar[str] = ("Radford et al. 2021 (CLIP), zero-shot retrieval; metrics as "
-                               "LAION-AI/CLIP_benchmark zeroshot_retrieval; Karpathy & Fei-Fei 2015 splits")
+    citation: ClassVar[str] = (
+        "Radford et al. 2021 (CLIP), zero-shot retrieval; metrics as "
+        "LAION-AI/CLIP_benchmark zeroshot_retrieval; Karpathy & Fei-Fei 2015 splits"
+    )
     ks: ClassVar[tuple[int, ...]] = (1, 5, 10)
     #: rows of score matrix per step of the rank computation
     chunk: ClassVar[int] = 512
@@ -136,14 +143,17 @@ class _CaptionRetrieval(DatasetTask):
                 raise ValueError(
                     f"task {self.name!r} has no validation split in this layout: validation mode needs a "
                     f"table with a 'split' column holding '{want}' rows (the full nlphuji/flickr30k layout); "
-                    "the 1k test set and the webdataset shards hold test images only")
+                    "the 1k test set and the webdataset shards hold test images only"
+                )
             return None
         values = [str(v) for v in _column(table, "split")]
         rows = [i for i, v in enumerate(values) if v == want]
         if not rows:
             kind = DataError if not ctx.validation else ValueError
-            raise kind(f"task {self.name!r}: the table's 'split' column has no {want!r} rows "
-                       f"(values: {', '.join(sorted(set(values))[:8])})")
+            raise kind(
+                f"task {self.name!r}: the table's 'split' column has no {want!r} rows "
+                f"(values: {', '.join(sorted(set(values))[:8])})"
+            )
         return rows
 
     def score(self, ctx: EvalContext, split: str):
@@ -170,15 +180,28 @@ class _CaptionRetrieval(DatasetTask):
         img, txt = img[ok], txt[keep_txt]
 
         metrics, t2i, i2t = retrieval_metrics(img, txt, text_to_image, ks=self.ks, chunk=self.chunk)
-        metrics.update(n_images=float(len(img)), n_captions=float(len(txt)),
-                       n_undecodable=float((~ok).sum()), n_without_captions=float(len(rows) - len(kept)))
+        metrics.update(
+            n_images=float(len(img)),
+            n_captions=float(len(txt)),
+            n_undecodable=float((~ok).sum()),
+            n_without_captions=float(len(rows) - len(kept)),
+        )
 
         image_rows = [r for r, good in zip(kept, ok.tolist()) if good]
         kept_texts = [t for t, good in zip(texts, keep_txt.tolist()) if good]
         preds: list[dict[str, Any]] = [
-            {"kind": "image", "item": i, "row": r, "i2t_rank": int(i2t[i])} for i, r in enumerate(image_rows)]
-        preds += [{"kind": "caption", "item": j, "image": int(text_to_image[j]), "caption": kept_texts[j],
-                   "t2i_rank": int(t2i[j])} for j in range(len(kept_texts))]
+            {"kind": "image", "item": i, "row": r, "i2t_rank": int(i2t[i])} for i, r in enumerate(image_rows)
+        ]
+        preds += [
+            {
+                "kind": "caption",
+                "item": j,
+                "image": int(text_to_image[j]),
+                "caption": kept_texts[j],
+                "t2i_rank": int(t2i[j]),
+            }
+            for j in range(len(kept_texts))
+        ]
         items = retrieval_item_scores(t2i, i2t, text_to_image, k=5)
         return metrics, dict(predictions=preds, item_scores=items, n_items=len(img), **self.provenance(table))
 
@@ -188,8 +211,13 @@ class CocoRetrieval(_CaptionRetrieval):
     Fei-Fei 2015), as ``nlphuji/mscoco_2014_5k_test_image_text_retrieval`` (parquet conversion) or
     CLIP_benchmark's ``clip-benchmark/wds_mscoco_captions`` given locally. No validation split."""
 
-    source = HubSource("nlphuji/mscoco_2014_5k_test_image_text_retrieval", config="TEST", split="test",
-                       revision="refs/convert/parquet", data_files="TEST/test/*.parquet")
+    source = HubSource(
+        "nlphuji/mscoco_2014_5k_test_image_text_retrieval",
+        config="TEST",
+        split="test",
+        revision="refs/convert/parquet",
+        data_files="TEST/test/*.parquet",
+    )
     dataset = "nlphuji/mscoco_2014_5k_test_image_text_retrieval"
     validation_split = None
     default_train_data = "coco"
@@ -202,8 +230,13 @@ class Flickr30kRetrieval(_CaptionRetrieval):
     ``nlphuji/flickr30k`` with its ``split`` column (test rows; ``val`` rows under validation) or
     CLIP_benchmark's ``clip-benchmark/wds_flickr30k`` given locally."""
 
-    source = HubSource("nlphuji/flickr_1k_test_image_text_retrieval", config="TEST", split="test",
-                       revision="refs/convert/parquet", data_files="TEST/test/*.parquet")
+    source = HubSource(
+        "nlphuji/flickr_1k_test_image_text_retrieval",
+        config="TEST",
+        split="test",
+        revision="refs/convert/parquet",
+        data_files="TEST/test/*.parquet",
+    )
     dataset = "nlphuji/flickr_1k_test_image_text_retrieval"
     #: the ``split`` column value read under validation (full ``nlphuji/flickr30k`` layout only)
     validation_split = "val"

@@ -52,7 +52,9 @@ class Description:
         return sum(len(o) for o in self.objects) + (self.axis is not None)
 
 
-_RELATION_WORDS = {r: (i // 2, i % 2 == 0) for i, r in enumerate(RELATIONS)}  # word -> (axis, first is left/top)
+_RELATION_WORDS = {
+    r: (i // 2, i % 2 == 0) for i, r in enumerate(RELATIONS)
+}  # word -> (axis, first is left/top)
 
 
 def _parse_object(words: list[str]) -> dict:
@@ -130,8 +132,12 @@ def sts_pairs(sp, seed: int = 0) -> dict[str, np.ndarray]:
     kind = np.repeat(np.arange(3), n)
     right = np.concatenate([np.arange(n), neg_slot, other])
     full = [parse_caption(c) for c in sp.full_captions]
-    gold = np.array([gold_similarity(full[i], full[r] if kd == 2 else pair_text(sp, i, kd, r))
-                     for i, kd, r in zip(left, kind, right)])
+    gold = np.array(
+        [
+            gold_similarity(full[i], full[r] if kd == 2 else pair_text(sp, i, kd, r))
+            for i, kd, r in zip(left, kind, right)
+        ]
+    )
     return {"left": left, "kind": kind, "right": right, "gold": gold}
 
 
@@ -162,8 +168,10 @@ class ShapesSTS(ShapesTask):
     version = "1"
     main_score = "spearman"
     metrics = ("spearman", "pearson", "{kind:" + "|".join(KINDS) + "}/{stat:mean_cosine|mean_gold}")
-    citation = ("Gao et al. 2021 (SimCSE) STS protocol; Muennighoff et al. 2023 (MTEB) STS evaluator; "
-                "Cer et al. 2017 (STS-B 0-5 scale)")
+    citation = (
+        "Gao et al. 2021 (SimCSE) STS protocol; Muennighoff et al. 2023 (MTEB) STS evaluator; "
+        "Cer et al. 2017 (STS-B 0-5 scale)"
+    )
     modality = "text"
     seed = 0
 
@@ -191,7 +199,15 @@ class ShapesSTS(ShapesTask):
         def kind_name(p: int) -> str:
             return f"negative:{sp.negative_types[left[p], right[p]]}" if kind[p] == 1 else KINDS[kind[p]]
 
-        preds = [{"pair": p, "kind": kind_name(p), "text1": str(sp.full_captions[left[p]]),
-                  "text2": pair_text(sp, left[p], kind[p], right[p]), "gold": float(gold[p]),
-                  "cosine": float(cos[p])} for p in range(len(gold))]
+        preds = [
+            {
+                "pair": p,
+                "kind": kind_name(p),
+                "text1": str(sp.full_captions[left[p]]),
+                "text2": pair_text(sp, left[p], kind[p], right[p]),
+                "gold": float(gold[p]),
+                "cosine": float(cos[p]),
+            }
+            for p in range(len(gold))
+        ]
         return metrics, dict(predictions=preds, n_items=len(gold), **self.provenance(ctx, split))

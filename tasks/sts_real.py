@@ -53,9 +53,11 @@ from harness.data.sources import DataError, DataOptions, HubSource
 from .base import DatasetTask, EvalContext, Suite, Task
 from .sts import sts_metrics
 
-SIMCSE_CITATION = ("Gao et al. 2021, SimCSE: Simple Contrastive Learning of Sentence Embeddings (STS "
-                   "protocol: cosine, Spearman x100, 'all' setting); Conneau & Kiela 2018 (SentEval); "
-                   "Muennighoff et al. 2023 (MTEB STS)")
+SIMCSE_CITATION = (
+    "Gao et al. 2021, SimCSE: Simple Contrastive Learning of Sentence Embeddings (STS "
+    "protocol: cosine, Spearman x100, 'all' setting); Conneau & Kiela 2018 (SentEval); "
+    "Muennighoff et al. 2023 (MTEB STS)"
+)
 SEMEVAL_LICENSE = "research use; see SemEval task pages (unverified)"
 
 
@@ -103,10 +105,13 @@ class RealSTS(DatasetTask):
 
     def score(self, ctx: EvalContext, split: str):
         table = self.table(ctx, split)
-        s1, s2, gold = sts_pairs_from_table(table, f"{self.name} ({self.source_for(ctx.data).repo}, split {split})")
+        s1, s2, gold = sts_pairs_from_table(
+            table, f"{self.name} ({self.source_for(ctx.data).repo}, split {split})"
+        )
         if len(gold) < 2:
-            raise InvalidPairError(f"dataset {self.name}, split {split}: {len(gold)} pair(s); a "
-                                   "correlation needs at least 2")
+            raise InvalidPairError(
+                f"dataset {self.name}, split {split}: {len(gold)} pair(s); a correlation needs at least 2"
+            )
         distinct = list(dict.fromkeys(s1 + s2))
         emb = self.text_embeddings(ctx, table, "sentences", distinct)
         pos = {s: i for i, s in enumerate(distinct)}
@@ -114,8 +119,10 @@ class RealSTS(DatasetTask):
         e2 = emb[torch.tensor([pos[s] for s in s2])]
         metrics = sts_metrics(e1, e2, gold)
         cos = (F.normalize(e1.double(), dim=-1) * F.normalize(e2.double(), dim=-1)).sum(-1).tolist()
-        preds = [{"pair": i, "sentence1": a, "sentence2": b, "gold": float(y), "cosine": float(c)}
-                 for i, (a, b, y, c) in enumerate(zip(s1, s2, gold, cos))]
+        preds = [
+            {"pair": i, "sentence1": a, "sentence2": b, "gold": float(y), "cosine": float(c)}
+            for i, (a, b, y, c) in enumerate(zip(s1, s2, gold, cos))
+        ]
         prov = self.provenance(table)
         prov["dataset"] = f"{prov['dataset']} [{split}]"
         return metrics, dict(predictions=preds, n_items=len(gold), **prov)
@@ -125,10 +132,12 @@ class STSB(RealSTS):
     """STS Benchmark (Cer et al. 2017), test split, 1,379 pairs; ``validation`` (1,500) for
     checkpoint selection, as SimCSE (``--metric_for_best_model stsb_spearman``)."""
 
-    source = HubSource("sentence-transformers/stsb", split="test",
-                       revision="d999f12281623b0925506817d9bd85e88289218a")
-    alternatives = (HubSource("mteb/stsbenchmark-sts", split="test",
-                              revision="b0fddb56ed78048fa8b90373c8a3cfc37b684831"),)
+    source = HubSource(
+        "sentence-transformers/stsb", split="test", revision="d999f12281623b0925506817d9bd85e88289218a"
+    )
+    alternatives = (
+        HubSource("mteb/stsbenchmark-sts", split="test", revision="b0fddb56ed78048fa8b90373c8a3cfc37b684831"),
+    )
     validation_split = "validation"
     dataset = "sentence-transformers/stsb"
     license = "CC BY-SA 4.0 (derived; see sentence-transformers/stsb)"
@@ -148,11 +157,22 @@ def _semeval(year: int, revision: str, reference: str) -> type[RealSTS]:
     """The class of SemEval 20``year``'s STS set, named ``STS<year>`` in this module (its entry point
     names the task ``sts<year>`` when the class is defined)."""
     source = HubSource(f"mteb/sts{year}-sts", split="test", revision=revision)
-    return type(RealSTS)(f"STS{year}", (RealSTS,), {
-        "__module__": __name__, "__qualname__": f"STS{year}", "source": source, "dataset": source.repo,
-        "__doc__": (f"SemEval 20{year} STS ({reference}), test split: every sub-dataset pooled into one "
-                    "correlation (the 'all' setting of SimCSE / SentEval); test only."),
-        "license": SEMEVAL_LICENSE, "citation": f"{reference}; " + SIMCSE_CITATION})
+    return type(RealSTS)(
+        f"STS{year}",
+        (RealSTS,),
+        {
+            "__module__": __name__,
+            "__qualname__": f"STS{year}",
+            "source": source,
+            "dataset": source.repo,
+            "__doc__": (
+                f"SemEval 20{year} STS ({reference}), test split: every sub-dataset pooled into one "
+                "correlation (the 'all' setting of SimCSE / SentEval); test only."
+            ),
+            "license": SEMEVAL_LICENSE,
+            "citation": f"{reference}; " + SIMCSE_CITATION,
+        },
+    )
 
 
 # revisions: MTEB's task metadata (mteb/tasks/STS/eng/STS1xSTS.py)
@@ -163,8 +183,15 @@ STS15 = _semeval(15, "ae752c7c21bf194d8b67fd573edf7ae58183cbe3", "Agirre et al. 
 STS16 = _semeval(16, "4d8694f8f0e0100860b497b999b3dbed754a0513", "Agirre et al. 2016, SemEval-2016 Task 1")
 
 #: SimCSE Table 5's seven sets, in its column order
-STS_TASKS: dict[str, type[RealSTS]] = {"sts12": STS12, "sts13": STS13, "sts14": STS14, "sts15": STS15,
-                                       "sts16": STS16, "stsb": STSB, "sickr": SICKR}
+STS_TASKS: dict[str, type[RealSTS]] = {
+    "sts12": STS12,
+    "sts13": STS13,
+    "sts14": STS14,
+    "sts15": STS15,
+    "sts16": STS16,
+    "stsb": STSB,
+    "sickr": SICKR,
+}
 
 
 class STSSuite(Suite):
@@ -209,20 +236,33 @@ class STSAverage(Task):
     def score(self, ctx: EvalContext, split: str):
         if ctx.validation:
             refuse = [n for n in self.members if STS_TASKS[n].validation_split is None]
-            raise ValueError(f"task {self.name!r} averages test splits; {', '.join(refuse)} have no "
-                             "validation split, so it cannot be used for tuning or checkpoint "
-                             "selection (use 'stsb', STS-B dev, as SimCSE does)")
+            raise ValueError(
+                f"task {self.name!r} averages test splits; {', '.join(refuse)} have no "
+                "validation split, so it cannot be used for tuning or checkpoint "
+                "selection (use 'stsb', STS-B dev, as SimCSE does)"
+            )
         metrics: dict[str, float] = {}
         preds, fps, n = [], [], 0
         for name in self.members:
             r = STS_TASKS[name]().evaluate(ctx)
             metrics[f"{name}/spearman"] = r.metrics["spearman"]
             metrics[f"{name}/pearson"] = r.metrics["pearson"]
-            preds.append({"task": name, "spearman": r.metrics["spearman"], "pearson": r.metrics["pearson"],
-                          "n_pairs": r.n_items, "dataset": r.dataset})
+            preds.append(
+                {
+                    "task": name,
+                    "spearman": r.metrics["spearman"],
+                    "pearson": r.metrics["pearson"],
+                    "n_pairs": r.n_items,
+                    "dataset": r.dataset,
+                }
+            )
             fps.append(f"{name}:{r.dataset_fingerprint}")
             n += r.n_items
         metrics["avg"] = float(np.mean([metrics[f"{m}/spearman"] for m in self.members]))
         metrics["avg_pearson"] = float(np.mean([metrics[f"{m}/pearson"] for m in self.members]))
-        return metrics, dict(predictions=preds, n_items=n, dataset=self.dataset,
-                             dataset_fingerprint=hashlib.sha256("|".join(fps).encode()).hexdigest()[:16])
+        return metrics, dict(
+            predictions=preds,
+            n_items=n,
+            dataset=self.dataset,
+            dataset_fingerprint=hashlib.sha256("|".join(fps).encode()).hexdigest()[:16],
+        )

@@ -8,5 +8,13 @@ class ShapesSuite(Suite):
     image-to-image and text-to-text retrieval, and geometry diagnostics."""
 
     dataset = "shapes-world"
-    members = ("shapes-retrieval", "shapes-zeroshot", "shapes-linear", "shapes-sts",
-               "shapes-compositionality", "shapes-i2i", "shapes-t2t", "shapes-geometry")
+    members = (
+        "shapes-retrieval",
+        "shapes-zeroshot",
+        "shapes-linear",
+        "shapes-sts",
+        "shapes-compositionality",
+        "shapes-i2i",
+        "shapes-t2t",
+        "shapes-geometry",
+    )

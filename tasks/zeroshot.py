@@ -51,8 +51,11 @@ class ShapesZeroShot(ShapesTask):
     family = "zeroshot"
     version = "1"
     main_score = "acc1"
-    metrics = ("{attribute:shape|colour}/{metric:acc1|acc5|mean_per_class_recall}", "acc1",
-               "mean_per_class_recall")
+    metrics = (
+        "{attribute:shape|colour}/{metric:acc1|acc5|mean_per_class_recall}",
+        "acc1",
+        "mean_per_class_recall",
+    )
     citation = "CLIP_benchmark zero-shot classification (LAION-AI/CLIP_benchmark)"
     splits = ("zeroshot",)
 
@@ -74,13 +77,22 @@ class ShapesZeroShot(ShapesTask):
             preds[attr] = logits.argmax(1).numpy()
         metrics["acc1"] = (metrics["shape/acc1"] + metrics["colour/acc1"]) / 2
         metrics["mean_per_class_recall"] = (
-            metrics["shape/mean_per_class_recall"] + metrics["colour/mean_per_class_recall"]) / 2
+            metrics["shape/mean_per_class_recall"] + metrics["colour/mean_per_class_recall"]
+        ) / 2
         idx = np.flatnonzero(single)
         items = [
-            {"item": int(i), "shape": SHAPES[sp.shape[i, 0]], "pred_shape": SHAPES[preds["shape"][r]],
-             "colour": COLOUR_NAMES[sp.colour[i, 0]], "pred_colour": COLOUR_NAMES[preds["colour"][r]]}
+            {
+                "item": int(i),
+                "shape": SHAPES[sp.shape[i, 0]],
+                "pred_shape": SHAPES[preds["shape"][r]],
+                "colour": COLOUR_NAMES[sp.colour[i, 0]],
+                "pred_colour": COLOUR_NAMES[preds["colour"][r]],
+            }
             for r, i in enumerate(idx)
         ]
-        hits = ((preds["shape"] == sp.shape[idx, 0]).astype(float) + (preds["colour"] == sp.colour[idx, 0])) / 2
-        return metrics, dict(predictions=items, item_scores=hits.tolist(), n_items=len(idx),
-                             **self.provenance(ctx, split))
+        hits = (
+            (preds["shape"] == sp.shape[idx, 0]).astype(float) + (preds["colour"] == sp.colour[idx, 0])
+        ) / 2
+        return metrics, dict(
+            predictions=items, item_scores=hits.tolist(), n_items=len(idx), **self.provenance(ctx, split)
+        )

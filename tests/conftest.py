@@ -89,4 +89,3 @@ def make(name: str, num_samples: int = 20, **params):
     if name == "isogclr":
         obj.setup(num_samples=num_samples, batch_size=8, steps=10)
     return obj.double()
-

@@ -42,11 +42,20 @@ def _interrupted(rep: Reporter, e: KeyboardInterrupt, resume: str = "") -> int:
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config file (strict: unknown keys fail)")
-    p.add_argument("--budget", choices=sorted(BUDGET_PRESETS), default=None,
-                   help="budget preset (default: 'default', the embedded default on a 2-core CPU)")
+    p.add_argument(
+        "--budget",
+        choices=sorted(BUDGET_PRESETS),
+        default=None,
+        help="budget preset (default: 'default', the embedded default on a 2-core CPU)",
+    )
     p.add_argument("--objective", "-o", help="objective or weighted sum, e.g. 'clip + 0.1*tic'")
-    p.add_argument("--task", "-t", action="append", dest="tasks",
-                   help="task to evaluate (repeatable, or comma-separated)")
+    p.add_argument(
+        "--task",
+        "-t",
+        action="append",
+        dest="tasks",
+        help="task to evaluate (repeatable, or comma-separated)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
@@ -55,32 +64,58 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", help="open_clip pretrained tag or local checkpoint")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--experiment", help="MLflow experiment name (default: harness)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                   "sqlite:///.harness/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///.harness/mlflow.db)",
+    )
     p.add_argument("--run-name")
     p.add_argument("--output-dir", help="where the cache, checkpoints and results go (default .harness)")
     p.add_argument("--no-checkpoint", action="store_true")
-    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
-                   help="read a real dataset from a local path: NAME is a task (coco-retrieval) or a "
-                   "dataset id (repeatable)")
-    p.add_argument("--train-data", help="training data (see `harness list train-data`); default: what the "
-                   "first task implies (coco-retrieval: coco, stsb: nli, shapes tasks: shapes)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="read a real dataset from a local path: NAME is a task (coco-retrieval) or a "
+        "dataset id (repeatable)",
+    )
+    p.add_argument(
+        "--train-data",
+        help="training data (see `harness list train-data`); default: what the "
+        "first task implies (coco-retrieval: coco, stsb: nli, shapes tasks: shapes)",
+    )
     p.add_argument("--train-samples", type=int, help="use only the first N samples of a real training set")
-    p.add_argument("--select-on", metavar="TASK", help="checkpoint selection: evaluate TASK's validation "
-                   "split every --select-every steps and keep the best state (SimCSE: stsb)")
+    p.add_argument(
+        "--select-on",
+        metavar="TASK",
+        help="checkpoint selection: evaluate TASK's validation "
+        "split every --select-every steps and keep the best state (SimCSE: stsb)",
+    )
     p.add_argument("--select-every", type=int, default=None, help="steps between selection evaluations (125)")
-    p.add_argument("--strict-images", action="store_true", default=None,
-                   help="an undecodable image is an error (default: skipped and counted)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set budget.warmup_steps=10 (repeatable)")
+    p.add_argument(
+        "--strict-images",
+        action="store_true",
+        default=None,
+        help="an undecodable image is an error (default: skipped and counted)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set budget.warmup_steps=10 (repeatable)",
+    )
 
 
 def _flags(a: argparse.Namespace) -> dict[str, Any]:
     tasks = None
     if a.tasks:
         tasks = [t.strip() for item in a.tasks for t in item.split(",") if t.strip()]
-    selection = {"task": a.select_on, **({"every": a.select_every} if a.select_every else {})} \
-        if a.select_on else None
+    selection = (
+        {"task": a.select_on, **({"every": a.select_every} if a.select_every else {})}
+        if a.select_on
+        else None
+    )
     return {
         "objective": a.objective,
         "tasks": tasks,
@@ -88,15 +123,26 @@ def _flags(a: argparse.Namespace) -> dict[str, Any]:
         "train_data": a.train_data,
         "train_samples": a.train_samples,
         "selection": selection,
-        "budget": {k: v for k, v in {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
-                                      "device": a.device}.items() if v is not None},
+        "budget": {
+            k: v
+            for k, v in {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "device": a.device}.items()
+            if v is not None
+        },
         "model": {k: v for k, v in {"name": a.model, "pretrained": a.pretrained}.items() if v is not None},
-        "data": {k: v for k, v in {"paths": _data_paths(a.data),
-                                     "strict_images": a.strict_images}.items() if v},
-        "tracking": {k: v for k, v in {"experiment": a.experiment, "tracking_uri": a.tracking_uri,
-                                        "run_name": a.run_name, "output_dir": a.output_dir,
-                                        "checkpoint": False if a.no_checkpoint else None}.items()
-                     if v is not None},
+        "data": {
+            k: v for k, v in {"paths": _data_paths(a.data), "strict_images": a.strict_images}.items() if v
+        },
+        "tracking": {
+            k: v
+            for k, v in {
+                "experiment": a.experiment,
+                "tracking_uri": a.tracking_uri,
+                "run_name": a.run_name,
+                "output_dir": a.output_dir,
+                "checkpoint": False if a.no_checkpoint else None,
+            }.items()
+            if v is not None
+        },
     }
 
 
@@ -121,8 +167,10 @@ def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
     if not is_main():  # torchrun: rank 0 prints and records
         return 0
     tr = outcome.train
-    title = (f"{cfg.objective} | seed {cfg.seed} | {cfg.budget_preset} budget | "
-             f"{tr.wall_seconds:.0f}s train, {tr.samples_per_second:.0f} samples/s")
+    title = (
+        f"{cfg.objective} | seed {cfg.seed} | {cfg.budget_preset} budget | "
+        f"{tr.wall_seconds:.0f}s train, {tr.samples_per_second:.0f} samples/s"
+    )
     rep.print(rep.results_table(outcome.results, title))
     rep.info(f"MLflow run {outcome.run_id} ({outcome.status}); results: {outcome.results_path}")
     return 0
@@ -177,16 +225,32 @@ def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
     flags = _flags(a)
     flags["objective"] = objectives[0] if objectives else None
     cfg = resolve_config(a.budget, a.config, flags, a.set)
-    summaries = tune(cfg, objectives, tasks[0], a.trials, rep, storage=a.storage, study=a.study,
-                     workers=a.workers, tune_lr=a.tune_lr, validate_every=a.validate_every,
-                     seed=a.sampler_seed)
+    summaries = tune(
+        cfg,
+        objectives,
+        tasks[0],
+        a.trials,
+        rep,
+        storage=a.storage,
+        study=a.study,
+        workers=a.workers,
+        tune_lr=a.tune_lr,
+        validate_every=a.validate_every,
+        seed=a.sampler_seed,
+    )
     table = Table(title="tuning (validation split)", title_justify="left")
     for c in ("objective", "study", "trials", "states", "best value", "best parameters"):
         table.add_column(c, overflow="fold")
     for s in summaries:
         best = "-" if s.best_value is None else f"{s.best_value:.4f}"
-        table.add_row(escape(s.objective), escape(s.study_name), str(s.n_trials),
-                      escape(json.dumps(s.states)), best, escape(json.dumps(s.best_params)))
+        table.add_row(
+            escape(s.objective),
+            escape(s.study_name),
+            str(s.n_trials),
+            escape(json.dumps(s.states)),
+            best,
+            escape(json.dumps(s.best_params)),
+        )
     rep.print(table)
     return 0
 
@@ -203,8 +267,15 @@ def cmd_list(a: argparse.Namespace, rep: Reporter) -> int:
 
         rows = [cls.describe() for _, cls in TRAIN_SETS.items()]
         if a.json:
-            print(json.dumps({"entries": rows, "failed": [vars(f) | {"traceback": None}
-                                                          for f in TRAIN_SETS.failures.values()]}, indent=1))
+            print(
+                json.dumps(
+                    {
+                        "entries": rows,
+                        "failed": [vars(f) | {"traceback": None} for f in TRAIN_SETS.failures.values()],
+                    },
+                    indent=1,
+                )
+            )
             return 0
         table = Table(title=f"{len(rows)} training sets", title_justify="left")
         cols = ("name", "kind", "dataset", "provides", "license", "doc")
@@ -248,14 +319,18 @@ def cmd_validate(a: argparse.Namespace, rep: Reporter) -> int:
 
     cfg = resolve_config(a.budget, a.config, None, a.set)
     prepare(cfg)
-    rep.info(f"[green]valid[/]: objective {escape(cfg.objective)}, tasks {', '.join(cfg.tasks)}, "
-             f"{cfg.budget.steps} steps x {cfg.budget.batch_size}, identity {cfg.identity}")
+    rep.info(
+        f"[green]valid[/]: objective {escape(cfg.objective)}, tasks {', '.join(cfg.tasks)}, "
+        f"{cfg.budget.steps} steps x {cfg.budget.batch_size}, identity {cfg.identity}"
+    )
     return 0
 
 
 #: what to say after an interruption, per command
-RESUME = {"compare": "; rerun the same command to resume",
-          "tune": "; rerun the same command to resume the study"}
+RESUME = {
+    "compare": "; rerun the same command to resume",
+    "tune": "; rerun the same command to resume the study",
+}
 
 
 def dispatch(a: argparse.Namespace, rep: Reporter) -> int:
@@ -292,8 +367,9 @@ def _output_args(p: argparse.ArgumentParser, default: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness",
-                                     description="Benchmark contrastive objectives under identical budgets.")
+    parser = argparse.ArgumentParser(
+        prog="harness", description="Benchmark contrastive objectives under identical budgets."
+    )
     _output_args(parser, False)
     # -q / -v are accepted after the subcommand too; SUPPRESS keeps an absent flag from resetting
     # one given before it
@@ -303,37 +379,56 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="train one objective and evaluate its tasks")
     _add_config_args(p)
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("eval", parents=[common],
-                       help="evaluate an open_clip model (pretrained tag or checkpoint) without training")
+    p = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="evaluate an open_clip model (pretrained tag or checkpoint) without training",
+    )
     _add_config_args(p)
     p.set_defaults(fn=cmd_eval)
-    p = sub.add_parser("compare", parents=[common],
-                       help="train every objective x seed under one budget and rank them")
+    p = sub.add_parser(
+        "compare", parents=[common], help="train every objective x seed under one budget and rank them"
+    )
     _add_config_args(p)
     p.add_argument("--objectives", help="comma-separated objectives, e.g. clip,siglip,supcon")
     p.add_argument("--tasks", dest="tasks", action="append", help="tasks or suites (comma-separated)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per objective (default 3)")
-    p.add_argument("--tuned", action="store_true", help="retrain each objective's best tuned "
-                   "configuration (from `harness tune`), as the 'tuned' leaderboard track")
+    p.add_argument(
+        "--tuned",
+        action="store_true",
+        help="retrain each objective's best tuned "
+        "configuration (from `harness tune`), as the 'tuned' leaderboard track",
+    )
     p.add_argument("--tuned-on", help="the task the studies optimised (default: the first task)")
     p.add_argument("--storage", help="Optuna storage of the studies (default .harness/optuna.db)")
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("tune", parents=[common],
-                       help="equal-budget Optuna tuning of objectives on the validation split")
+    p = sub.add_parser(
+        "tune", parents=[common], help="equal-budget Optuna tuning of objectives on the validation split"
+    )
     _add_config_args(p)
     p.add_argument("--objectives", help="several objectives, each given the same number of trials")
-    p.add_argument("--trials", type=int, default=20, help="trials per objective, counted study-wide "
-                   "including pruned and failed ones (default 20)")
-    p.add_argument("--storage", help="Optuna storage: sqlite:///PATH (default .harness/optuna.db), "
-                   "journal:PATH (default with --workers), or a database URL")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=20,
+        help="trials per objective, counted study-wide including pruned and failed ones (default 20)",
+    )
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: sqlite:///PATH (default .harness/optuna.db), "
+        "journal:PATH (default with --workers), or a database URL",
+    )
     p.add_argument("--study", help="study name (default OBJECTIVE__TASK__BUDGETID)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     p.add_argument("--tune-lr", action="store_true", help="also tune the shared learning rate")
     p.add_argument("--validate-every", type=int, help="steps between validation reports to the pruner")
     p.add_argument("--sampler-seed", type=int, default=0)
     p.set_defaults(fn=cmd_tune)
-    p = sub.add_parser("leaderboard", parents=[common],
-                       help="rank objectives from MLflow: terminal, Markdown, HTML, JSON, CSV")
+    p = sub.add_parser(
+        "leaderboard",
+        parents=[common],
+        help="rank objectives from MLflow: terminal, Markdown, HTML, JSON, CSV",
+    )
     from harness import leaderboard
 
     leaderboard.add_arguments(p)
@@ -341,10 +436,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[common], help="list registered objectives, tasks or training sets")
     p.add_argument("what", choices=["objectives", "tasks", "train-data"])
     p.add_argument("--json", action="store_true", help="the same as --format json")
-    p.add_argument("--format", choices=["table", "json", "md"], default="table",
-                   help="a terminal table (default), JSON, or the docs' Markdown table (objectives, tasks)")
-    p.add_argument("--refresh", action="store_true", help="rebuild the cached list of objectives or tasks "
-                   "(it is rebuilt by itself when an installed plugin or a module of theirs changes)")
+    p.add_argument(
+        "--format",
+        choices=["table", "json", "md"],
+        default="table",
+        help="a terminal table (default), JSON, or the docs' Markdown table (objectives, tasks)",
+    )
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="rebuild the cached list of objectives or tasks "
+        "(it is rebuilt by itself when an installed plugin or a module of theirs changes)",
+    )
     p.set_defaults(fn=cmd_list)
     p = sub.add_parser("validate", parents=[common], help="check a config file without running it")
     p.add_argument("config")
@@ -367,8 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     else:  # no process group can exist: torch is not imported for it (`harness list` stays fast)
         world, cleanup, is_main = 1, (lambda: None), (lambda: True)
     if world > 1 and a.command in ("compare", "tune"):
-        print(f"error: `harness {a.command}` runs in one process; launch each training run with "
-              "`torchrun ... -m harness run` instead", file=sys.stderr)
+        print(
+            f"error: `harness {a.command}` runs in one process; launch each training run with "
+            "`torchrun ... -m harness run` instead",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     rep = Reporter(quiet=a.quiet or not is_main())
     previous = _handle_sigterm()

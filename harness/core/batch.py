@@ -42,15 +42,19 @@ def register_field(name: str, tower: str | None = None, doc: str = "") -> BatchF
     """Declare batch field ``name``, encoded by ``tower`` (``"image"``, ``"text"`` or None: passed to
     the objective as is). Declaring a field again with the same tower is a no-op."""
     if not name.isidentifier() or name.startswith("_") or name in _RESERVED:
-        raise ValueError(f"batch field name {name!r} must be an identifier, not private nor one of "
-                         f"{', '.join(sorted(_RESERVED))}")
+        raise ValueError(
+            f"batch field name {name!r} must be an identifier, not private nor one of "
+            f"{', '.join(sorted(_RESERVED))}"
+        )
     if tower not in (None, "image", "text"):
         raise ValueError(f"batch field {name!r}: tower must be 'image', 'text' or None, not {tower!r}")
     old = BATCH_FIELDS.get(name)
     if old is not None:
         if old.tower != tower:
-            raise ValueError(f"batch field {name!r} is declared for the {old.tower or 'no'} tower already, "
-                             f"not {tower or 'no'} tower")
+            raise ValueError(
+                f"batch field {name!r} is declared for the {old.tower or 'no'} tower already, "
+                f"not {tower or 'no'} tower"
+            )
         return old
     BATCH_FIELDS[name] = f = BatchField(name, tower, doc)
     FIELDS[name] = doc
@@ -70,12 +74,20 @@ for _args in (
     ("text", "text", "every dataset with captions"),
     ("image_view", "image", "a second augmented view of each image (shapes world: truth-preserving jitter)"),
     ("text_view", "text", "a second phrasing of each caption (shapes world: the other mention order)"),
-    ("hard_negative_text", "text", "generated hard-negative captions, (B, k) (shapes world: attribute swap, "
-     "relation swap, object replacement)"),
+    (
+        "hard_negative_text",
+        "text",
+        "generated hard-negative captions, (B, k) (shapes world: attribute swap, "
+        "relation swap, object replacement)",
+    ),
     ("labels", None, "class labels (shapes world: the id of each scene's complete description)"),
     ("index", None, "the sample's index in the training set (per-sample state, e.g. learned temperatures)"),
-    ("concepts", None, "multi-hot caption concepts, (B, C) float (shapes world: the colour, shape, size and "
-     "relation words of the caption; CatLIP-style classification targets)"),
+    (
+        "concepts",
+        None,
+        "multi-hot caption concepts, (B, C) float (shapes world: the colour, shape, size and "
+        "relation words of the caption; CatLIP-style classification targets)",
+    ),
 ):
     register_field(*_args)
 BUILTIN_FIELDS = frozenset(BATCH_FIELDS)
@@ -151,8 +163,10 @@ def open_fields(cls):
         object.__setattr__(self, "more", dict(self.more))
         for k, v in extra.items():
             if k not in BATCH_FIELDS:
-                raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {k!r} (not a batch "
-                                "field: declare it with harness.core.batch.register_field)")
+                raise TypeError(
+                    f"{cls.__name__}() got an unexpected keyword argument {k!r} (not a batch "
+                    "field: declare it with harness.core.batch.register_field)"
+                )
             self[k] = v
 
     __init__.__doc__ = init.__doc__

@@ -44,8 +44,10 @@ class DataOptions:
             if n and n in self.paths:
                 p = Path(self.paths[n]).expanduser()
                 if not p.exists():
-                    raise DatasetUnavailableError(f"local data for {n!r} does not exist: {p}; fix the path "
-                                                  f"given with --data {n}=PATH (or data.paths.{n})")
+                    raise DatasetUnavailableError(
+                        f"local data for {n!r} does not exist: {p}; fix the path "
+                        f"given with --data {n}=PATH (or data.paths.{n})"
+                    )
                 return p
         root = os.environ.get("HARNESS_DATA_DIR")
         if root:

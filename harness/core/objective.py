@@ -43,7 +43,9 @@ class HParam:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         lo = "-inf" if self.low is None else f"{self.low:g}"
         hi = "inf" if self.high is None else f"{self.high:g}"
-        return f"{'(' if self.low_open or self.low is None else '['}{lo}, {hi}{')' if self.high_open or self.high is None else ']'}"
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open or self.high is None else "]"
+        return f"{left}{lo}, {hi}{right}"
 
     def validate(self, objective: str, name: str, value: Any) -> Any:
         if self.choices is not None:
@@ -139,8 +141,17 @@ class Objective(nn.Module):
         return LearnableScale(1.0 / t, learnable=bool(self.params.get("learnable_temperature", True)))
 
     # -- hooks ---------------------------------------------------------------------------------
-    def setup(self, *, num_samples: int, batch_size: int, steps: int, embed_dim: int | None = None,
-              loss_chunk_size: int | None = None, num_concepts: int | None = None, **kw: Any) -> None:
+    def setup(
+        self,
+        *,
+        num_samples: int,
+        batch_size: int,
+        steps: int,
+        embed_dim: int | None = None,
+        loss_chunk_size: int | None = None,
+        num_concepts: int | None = None,
+        **kw: Any,
+    ) -> None:
         """Called once before the optimiser is built, with what the run knows: the training set size,
         the budget, the model's embedding width, the tiled-loss chunk (``budget.loss_chunk_size``)
         and, for training sets with concept labels, their number. The place to create per-sample
@@ -178,8 +189,12 @@ class Objective(nn.Module):
     def describe(cls) -> dict[str, Any]:
         # ``requires``/``modality`` may be instance properties that depend on hyperparameters:
         # describe the default configuration then
-        proto = cls() if isinstance(cls.__dict__.get("requires"), property) or isinstance(
-            cls.__dict__.get("modality"), property) else cls
+        proto = (
+            cls()
+            if isinstance(cls.__dict__.get("requires"), property)
+            or isinstance(cls.__dict__.get("modality"), property)
+            else cls
+        )
         return {
             "name": cls.name,
             "family": cls.family,
@@ -220,7 +235,9 @@ class ObjectiveExpressionError(UserError):
     """A malformed ``--objective`` expression."""
 
 
-_TERM = re.compile(r"^\s*(?:(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[A-Za-z][\w\-]*)\s*$")
+_TERM = re.compile(
+    r"^\s*(?:(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[A-Za-z][\w\-]*)\s*$"
+)
 
 
 def parse_expression(expr: str) -> list[tuple[float, str]]:

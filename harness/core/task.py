@@ -17,8 +17,16 @@ from harness.core.data import DataOptions, HubSource
 from harness.core.registry import Registry
 
 #: the families of the built-in tasks; a plugin may declare another (any non-empty name)
-FAMILIES = ("retrieval", "zeroshot", "linear_probe", "sts", "compositionality", "intra_modal_retrieval",
-            "geometry", "suite")
+FAMILIES = (
+    "retrieval",
+    "zeroshot",
+    "linear_probe",
+    "sts",
+    "compositionality",
+    "intra_modal_retrieval",
+    "geometry",
+    "suite",
+)
 #: the towers a task evaluates
 MODALITIES = ("image-text", "text", "image")
 
@@ -49,7 +57,7 @@ def metric_pattern(pattern: str) -> re.Pattern:
     ``{split:test|heldout}/macro_acc``, ``{kind:text|image|group}_score/{tag}``)."""
     parts, pos = [], 0
     for hit in _PLACEHOLDER.finditer(pattern):
-        parts += [re.escape(pattern[pos:hit.start()]), f"(?:{hit[2] or '[^/]+'})"]
+        parts += [re.escape(pattern[pos : hit.start()]), f"(?:{hit[2] or '[^/]+'})"]
         pos = hit.end()
     rest = pattern[pos:]
     if "{" in rest or "}" in rest or any("{" in p or "}" in p for p in parts[::2]):
@@ -144,32 +152,54 @@ class TaskMeta:
             out.append(f"metrics must be a tuple of metric keys, got {self.metrics!r}")
             return out
         bad = [p for p in self.metrics if not _valid_pattern(p)]
-        out += [f"metric key {p!r} must be a non-empty string with balanced {{level}} placeholders"
-                for p in bad]
-        if self.metrics and not bad and isinstance(self.main_score, str) and self.main_score \
-                and not declares(self.metrics, self.main_score):
-            out.append(f"main_score {self.main_score!r} is not among the metrics it declares "
-                       f"({', '.join(self.metrics)})")
+        out += [
+            f"metric key {p!r} must be a non-empty string with balanced {{level}} placeholders" for p in bad
+        ]
+        if (
+            self.metrics
+            and not bad
+            and isinstance(self.main_score, str)
+            and self.main_score
+            and not declares(self.metrics, self.main_score)
+        ):
+            out.append(
+                f"main_score {self.main_score!r} is not among the metrics it declares "
+                f"({', '.join(self.metrics)})"
+            )
         return out
 
     def check_metrics(self, metrics: dict[str, Any]) -> None:
         """Refuse a metrics dict without the main score or, when metrics are declared, with a key the
         task does not declare (a typo in a key, or a declaration out of date)."""
         if self.main_score not in metrics:
-            raise ValueError(f"task {self.name!r} reported no {self.main_score!r} (its main score); it "
-                             f"reported: {', '.join(metrics) or '(nothing)'}")
+            raise ValueError(
+                f"task {self.name!r} reported no {self.main_score!r} (its main score); it "
+                f"reported: {', '.join(metrics) or '(nothing)'}"
+            )
         extra = [k for k in metrics if self.metrics and not declares(self.metrics, k)]
         if extra:
-            raise ValueError(f"task {self.name!r} reported metrics it does not declare: {', '.join(extra)}; "
-                             f"it declares: {', '.join(self.metrics)}")
+            raise ValueError(
+                f"task {self.name!r} reported metrics it does not declare: {', '.join(extra)}; "
+                f"it declares: {', '.join(self.metrics)}"
+            )
 
     def describe(self) -> dict[str, Any]:
         """What ``harness list tasks`` shows of the task."""
-        return {"name": self.name, "family": self.family, "version": self.version,
-                "main_score": self.main_score, "higher_is_better": self.higher_is_better,
-                "dataset": self.dataset, "revision": self.revision, "modality": self.modality,
-                "default_train_data": self.default_train_data, "license": self.license,
-                "citation": self.citation, "requires": sorted(self.requires), "metrics": list(self.metrics)}
+        return {
+            "name": self.name,
+            "family": self.family,
+            "version": self.version,
+            "main_score": self.main_score,
+            "higher_is_better": self.higher_is_better,
+            "dataset": self.dataset,
+            "revision": self.revision,
+            "modality": self.modality,
+            "default_train_data": self.default_train_data,
+            "license": self.license,
+            "citation": self.citation,
+            "requires": sorted(self.requires),
+            "metrics": list(self.metrics),
+        }
 
 
 @dataclass
@@ -231,9 +261,17 @@ def breakdown_of(pattern: str | None, metrics: dict[str, float]) -> dict[str, An
 def task_meta(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
     """Per task, what a leaderboard reads about it: the run tag ``harness.task_meta`` (JSON), so a
     board needs no artifact download and no installed task to rank the run."""
-    return {r.task: {"family": r.family, "main_metric": r.main_metric, "higher_is_better": r.higher_is_better,
-                     "diagnostic": r.diagnostic, "aggregate": r.aggregate, "breakdown": r.breakdown}
-            for r in results}
+    return {
+        r.task: {
+            "family": r.family,
+            "main_metric": r.main_metric,
+            "higher_is_better": r.higher_is_better,
+            "diagnostic": r.diagnostic,
+            "aggregate": r.aggregate,
+            "breakdown": r.breakdown,
+        }
+        for r in results
+    }
 
 
 class EmbeddingCache:
@@ -380,11 +418,17 @@ class Task:
         undeclared keys (:meth:`TaskMeta.check_metrics`)."""
         self.meta.check_metrics(metrics)
         return TaskResult(
-            task=self.name, metrics={k: float(v) for k, v in metrics.items()},
-            main_score=float(metrics[self.main_score]), main_metric=self.main_score,
-            higher_is_better=self.higher_is_better, version=self.version, family=self.family,
-            aggregate=bool(self.aggregate), diagnostic=self.family == "geometry" or bool(self.aggregate),
-            breakdown=breakdown_of(self.breakdown, metrics), **kw,
+            task=self.name,
+            metrics={k: float(v) for k, v in metrics.items()},
+            main_score=float(metrics[self.main_score]),
+            main_metric=self.main_score,
+            higher_is_better=self.higher_is_better,
+            version=self.version,
+            family=self.family,
+            aggregate=bool(self.aggregate),
+            diagnostic=self.family == "geometry" or bool(self.aggregate),
+            breakdown=breakdown_of(self.breakdown, metrics),
+            **kw,
         )
 
 

@@ -114,11 +114,16 @@ class TrainSet:
     def check_objective(self, objective, objective_name: str, ctx: TrainContext) -> None:
         """The objective trains only towers this data feeds, and needs only fields it provides."""
         if not TOWERS[objective.modality] <= TOWERS[self.modality]:
-            hint = "a text objective (e.g. simcse)" if self.modality == "text" else \
-                f"an objective of the {self.modality} tower(s)"
-            raise UserError(f"training data {self.name!r} is {self.modality} only, but objective "
-                            f"{objective_name!r} trains the {objective.modality} tower(s); pick {hint} or "
-                            "image-text data")
+            hint = (
+                "a text objective (e.g. simcse)"
+                if self.modality == "text"
+                else f"an objective of the {self.modality} tower(s)"
+            )
+            raise UserError(
+                f"training data {self.name!r} is {self.modality} only, but objective "
+                f"{objective_name!r} trains the {objective.modality} tower(s); pick {hint} or "
+                "image-text data"
+            )
         check_fields(objective.requires, self.provides, objective_name, self.name)
 
     def check_data(self, ctx: TrainContext) -> None:
@@ -137,9 +142,15 @@ class TrainSet:
 
     @classmethod
     def describe(cls) -> dict:
-        return {"name": cls.name, "kind": cls.kind, "modality": cls.modality,
-                "dataset": cls.source.describe() if cls.source else "(generated)", "license": cls.license,
-                "doc": cls.doc, "provides": sorted(cls.provides)}
+        return {
+            "name": cls.name,
+            "kind": cls.kind,
+            "modality": cls.modality,
+            "dataset": cls.source.describe() if cls.source else "(generated)",
+            "license": cls.license,
+            "doc": cls.doc,
+            "provides": sorted(cls.provides),
+        }
 
 
 #: every training set, by name: the entry points of ``harness.train_data`` (built-ins in pyproject.toml)

@@ -23,8 +23,9 @@ from harness.core.train_set import MissingFieldError, check_fields
 from harness.data.shapes import COLOUR_NAMES, SHAPES, SIZES, ShapesSplit, ShapesWorld, flip_caption
 
 #: fields the shapes world supplies to objectives
-SHAPES_FIELDS = frozenset({"image", "text", "image_view", "text_view", "hard_negative_text", "labels",
-                           "index", "concepts"})
+SHAPES_FIELDS = frozenset(
+    {"image", "text", "image_view", "text_view", "hard_negative_text", "labels", "index", "concepts"}
+)
 __all__ = ["Batch", "MissingFieldError", "check_fields", "ShapesTrainData", "shard", "Prefetcher", "jitter"]
 
 
@@ -142,7 +143,7 @@ def shard(full: Batch, batch_size: int) -> Batch:
     if batch_size % world:
         raise UserError(f"global batch {batch_size} is not divisible by the world size {world}")
     b = batch_size // world
-    return full.map(lambda t: t[rank * b:(rank + 1) * b])
+    return full.map(lambda t: t[rank * b : (rank + 1) * b])
 
 
 _TEXT_CACHE: dict[tuple, tuple[torch.Tensor, ...]] = {}
@@ -157,8 +158,9 @@ def _tokenise(sp: ShapesSplit, tokenizer, concept_names: list[str]) -> tuple[tor
     views = torch.stack([tok(sp.alt_captions), tok(flip(sp.alt_captions))])
     negs = sp.negatives.reshape(-1)
     negatives = torch.stack([tok(negs), tok(flip(negs))]).view(2, n, k, -1)
-    concepts = torch.stack([multi_hot(sp.captions, concept_names),
-                            multi_hot(flip(sp.captions), concept_names)])
+    concepts = torch.stack(
+        [multi_hot(sp.captions, concept_names), multi_hot(flip(sp.captions), concept_names)]
+    )
     return tokens, views, negatives, concepts
 
 
@@ -169,8 +171,9 @@ class Prefetcher:
     Batches depend only on the step, so prefetching changes nothing in what is trained on.
     """
 
-    def __init__(self, data, steps: int, batch_size: int, fields, workers: int = 1, depth: int = 2,
-                 pin: bool = False):
+    def __init__(
+        self, data, steps: int, batch_size: int, fields, workers: int = 1, depth: int = 2, pin: bool = False
+    ):
         from concurrent.futures import ThreadPoolExecutor
 
         self.data, self.steps, self.batch_size, self.fields, self.pin = data, steps, batch_size, fields, pin

@@ -32,6 +32,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
 from harness.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -233,8 +234,14 @@ def _sample_scenes(spec: ShapesSpec, split: str, n: int) -> tuple[dict[str, np.n
     centre = _place(rng, spec.image_size, n_objects, axis, size)
     background = rng.integers(40, 90, n).astype(np.uint8)
     scenes = dict(
-        n_objects=n_objects, colour=colour, shape=shape, size=size, centre=centre,
-        axis=axis, first=first, background=background,
+        n_objects=n_objects,
+        colour=colour,
+        shape=shape,
+        size=size,
+        centre=centre,
+        axis=axis,
+        first=first,
+        background=background,
     )
     return scenes, rng
 
@@ -368,8 +375,11 @@ def _captions(spec: ShapesSpec, split: str, sc: dict, rng) -> dict[str, np.ndarr
         negs.append([neg_a, neg_r, neg_o])
         neg_types.append(types)
     return dict(
-        captions=np.array(captions), full_captions=np.array(full), alt_captions=np.array(alt),
-        negatives=np.array(negs), negative_types=np.array(neg_types),
+        captions=np.array(captions),
+        full_captions=np.array(full),
+        alt_captions=np.array(alt),
+        negatives=np.array(negs),
+        negative_types=np.array(neg_types),
     )
 
 
@@ -396,9 +406,17 @@ def build_split(spec: ShapesSpec, split: str) -> ShapesSplit:
     caps = _captions(spec, split, sc, rng)
     labels = scene_labels(spec, sc["colour"], sc["shape"], sc["size"], sc["axis"], sc["n_objects"])
     return ShapesSplit(
-        name=split, images=images, n_objects=sc["n_objects"], colour=sc["colour"],
-        shape=sc["shape"], size=sc["size"], centre=sc["centre"], axis=sc["axis"],
-        first=sc["first"], labels=labels, **caps,
+        name=split,
+        images=images,
+        n_objects=sc["n_objects"],
+        colour=sc["colour"],
+        shape=sc["shape"],
+        size=sc["size"],
+        centre=sc["centre"],
+        axis=sc["axis"],
+        first=sc["first"],
+        labels=labels,
+        **caps,
     )
 
 

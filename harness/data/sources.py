@@ -35,18 +35,35 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
 from harness.core.data import DataOptions, HubSource
-from harness.core.errors import (DataError, DatasetUnavailableError, EmptyDatasetError, MissingColumnsError,
-                                 UndecodableImageError, UnreadableDataError, UserError)
+from harness.core.errors import (
+    DataError as DataError,  # re-exported: the data errors are raised and caught here
+)
+from harness.core.errors import (
+    DatasetUnavailableError,
+    EmptyDatasetError,
+    MissingColumnsError,
+    UndecodableImageError,
+    UnreadableDataError,
+)
 
 #: file suffix -> ``datasets`` packaged builder
-BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json",
-            ".json.gz": "json", ".jsonl.gz": "json", ".tar": "webdataset", ".arrow": "arrow"}
+BUILDERS = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".json.gz": "json",
+    ".jsonl.gz": "json",
+    ".tar": "webdataset",
+    ".arrow": "arrow",
+}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -55,8 +72,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 _TABLES: dict[tuple, Any] = {}
 
 
-def load_table(name: str, source: HubSource, options: DataOptions | None = None,
-               columns: Iterable[str] = (), split: str | None = None):
+def load_table(
+    name: str,
+    source: HubSource,
+    options: DataOptions | None = None,
+    columns: Iterable[str] = (),
+    split: str | None = None,
+):
     """The ``datasets.Dataset`` of ``source`` (``split`` overrides its split), from a local path
     when one is given (see the module docstring), else from the Hub. ``columns`` must all be present.
 
@@ -73,11 +95,16 @@ def load_table(name: str, source: HubSource, options: DataOptions | None = None,
         else:
             table = _load_hub(name, source, split)
             if len(table) == 0:
-                raise EmptyDatasetError(f"dataset for {name!r}, {source.describe()}, has no rows on the Hub; "
-                                        f"provide a copy that has rows with --data {name}=PATH")
+                raise EmptyDatasetError(
+                    f"dataset for {name!r}, {source.describe()}, has no rows on the Hub; "
+                    f"provide a copy that has rows with --data {name}=PATH"
+                )
         _TABLES[key] = table
-        _ORIGINS[id(table)] = str(local) if local is not None else \
-            f"hf://datasets/{source.repo}@{_resolved_revision(source) or source.revision or 'main'}"
+        _ORIGINS[id(table)] = (
+            str(local)
+            if local is not None
+            else f"hf://datasets/{source.repo}@{_resolved_revision(source) or source.revision or 'main'}"
+        )
     table = _TABLES[key]
     check_columns(table, columns, f"{name} ({local or source.describe()})")
     return table
@@ -98,7 +125,8 @@ def check_columns(table, expected: Iterable[str], what: str) -> None:
     if missing:
         raise MissingColumnsError(
             f"dataset {what} lacks column(s) {', '.join(map(repr, missing))}: expected "
-            f"{', '.join(expected)}; found {', '.join(found) or '(none)'}")
+            f"{', '.join(expected)}; found {', '.join(found) or '(none)'}"
+        )
 
 
 def _resolved_revision(source: HubSource) -> str | None:
@@ -124,6 +152,7 @@ _HUB_STATE: dict[str, str | None] = {}  # endpoint -> why it cannot be reached (
 def offline_mode() -> bool:
     """Whether Hugging Face offline mode is on: ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` set
     to a true value now, or read so by ``huggingface_hub`` / ``datasets`` at import."""
+
     def true(v: str | None) -> bool:
         return (v or "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
@@ -176,14 +205,18 @@ def hub_unreachable() -> str | None:
 def _unavailable(name: str, source: HubSource, lead: str) -> DatasetUnavailableError:
     """The one-paragraph error for a Hub dataset that cannot be loaded: why, and the three ways
     to provide it locally."""
-    cmd = (f"hf download {source.repo} --repo-type dataset"
-           + (f" --revision {source.revision}" if source.revision else "")
-           + (f" --include '{source.data_files}'" if source.data_files else "") + " --local-dir DIR")
+    cmd = (
+        f"hf download {source.repo} --repo-type dataset"
+        + (f" --revision {source.revision}" if source.revision else "")
+        + (f" --include '{source.data_files}'" if source.data_files else "")
+        + " --local-dir DIR"
+    )
     return DatasetUnavailableError(
         f"dataset for {name!r}, {source.describe()}, {lead}. To provide it locally: download it where "
         f"you have access (`{cmd}`) and pass `--data {name}=DIR` (or set data.paths.{name} in the config, or "
         f"put it under $HARNESS_DATA_DIR/{source.repo}). parquet, arrow, save_to_disk, CSV/JSONL, webdataset "
-        ".tar and image folders are read.")
+        ".tar and image folders are read."
+    )
 
 
 def _load_hub(name: str, source: HubSource, split: str):
@@ -194,26 +227,33 @@ def _load_hub(name: str, source: HubSource, split: str):
     if not offline:
         down = hub_unreachable()
         if down:
-            raise _unavailable(name, source, ("is gated and " if source.gated else "")
-                               + f"cannot be loaded: the Hugging Face Hub cannot be reached ({down}); if it "
-                               "is in your Hugging Face cache, set HF_HUB_OFFLINE=1 to read it from there")
+            raise _unavailable(
+                name,
+                source,
+                ("is gated and " if source.gated else "")
+                + f"cannot be loaded: the Hugging Face Hub cannot be reached ({down}); if it "
+                "is in your Hugging Face cache, set HF_HUB_OFFLINE=1 to read it from there",
+            )
     import datasets
 
     kw: dict[str, Any] = {"revision": source.revision}
     if source.data_files:
         kw["data_files"] = {split: source.data_files}
     try:
-        return datasets.load_dataset(source.repo, source.config if not source.data_files else None,
-                                     split=split, **kw)
+        return datasets.load_dataset(
+            source.repo, source.config if not source.data_files else None, split=split, **kw
+        )
     except Exception as e:  # gating, unknown id, not in the cache: all need the same advice
         text, reason = str(e), _first_line(e)
         gated = source.gated or "gated" in text.lower() or "401" in text or "403" in text
         if offline:
-            lead = (gated_lead + " or " if gated else "") + \
-                f"is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE=1; {reason})"
+            lead = (
+                gated_lead + " or " if gated else ""
+            ) + f"is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE=1; {reason})"
         else:
-            lead = (gated_lead + " or unreachable" if gated else
-                    "could not be loaded from the Hugging Face Hub") + f" ({reason})"
+            lead = (
+                gated_lead + " or unreachable" if gated else "could not be loaded from the Hugging Face Hub"
+            ) + f" ({reason})"
         raise _unavailable(name, source, lead) from None
 
 
@@ -230,6 +270,7 @@ def _suffix(p: Path) -> str:
 
 def _select_split(files: list[Path], root: Path, split: str, config: str | None, what: str) -> list[Path]:
     """Files of ``split`` (and ``config``) when the names say which split a file holds."""
+
     def parts(f: Path) -> list[str]:
         rel = f.relative_to(root) if f != root else Path(f.name)
         return [x.lower() for x in re.split(r"[/\\._-]+", str(rel))]
@@ -238,24 +279,31 @@ def _select_split(files: list[Path], root: Path, split: str, config: str | None,
     named = [f for f in files if splits & set(parts(f))]
     if not named:  # no split in any name: the files are the split
         return files
-    want = {split.lower()} | ({"validation", "val", "dev", "valid"} if split.lower() in ("validation", "val", "dev") else set())
+    want = {split.lower()} | (
+        {"validation", "val", "dev", "valid"} if split.lower() in ("validation", "val", "dev") else set()
+    )
     chosen = [f for f in files if want & set(parts(f))]
     if config:
         in_config = [f for f in chosen if config.lower() in parts(f)]
         chosen = in_config or chosen
     if not chosen:
-        raise DatasetUnavailableError(f"{what} has no files for split {split!r} "
-                                      f"(found: {', '.join(sorted(str(f.relative_to(root)) for f in files)[:8])}); "
-                                      f"name the files by split (e.g. {split}-00000.parquet or {split}/0.tar), or "
-                                      f"point --data at the {split!r} files alone")
+        raise DatasetUnavailableError(
+            f"{what} has no files for split {split!r} "
+            f"(found: {', '.join(sorted(str(f.relative_to(root)) for f in files)[:8])}); "
+            f"name the files by split (e.g. {split}-00000.parquet or {split}/0.tar), or "
+            f"point --data at the {split!r} files alone"
+        )
     return chosen
 
 
 def _open_text(f: Path):
     import gzip
 
-    return gzip.open(f, "rt", encoding="utf-8", errors="replace") if f.name.lower().endswith(".gz") \
+    return (
+        gzip.open(f, "rt", encoding="utf-8", errors="replace")
+        if f.name.lower().endswith(".gz")
         else open(f, encoding="utf-8", errors="replace")
+    )
 
 
 def _nonblank_lines(f: Path, at_most: int) -> int:
@@ -278,10 +326,14 @@ def _check_files(data: list[Path], root: Path, kind: str, what: str) -> None:
     import tarfile
 
     def unreadable(f: Path, fmt: str, e: Exception) -> UnreadableDataError:
-        which, rest = (what, "") if f == root else \
-            (f"{what}: {f.relative_to(root)}", ", or remove it and point --data at the rest")
-        return UnreadableDataError(f"{which} is not a readable {fmt} file ({_first_line(e)}); replace it "
-                                   f"with a good copy{rest}")
+        which, rest = (
+            (what, "")
+            if f == root
+            else (f"{what}: {f.relative_to(root)}", ", or remove it and point --data at the rest")
+        )
+        return UnreadableDataError(
+            f"{which} is not a readable {fmt} file ({_first_line(e)}); replace it with a good copy{rest}"
+        )
 
     rows = 0
     for f in data:
@@ -303,12 +355,19 @@ def _check_files(data: list[Path], root: Path, kind: str, what: str) -> None:
             raise unreadable(f, {"webdataset": "tar (webdataset)"}.get(kind, kind), e) from None
     if rows:
         return
-    files = "" if data == [root] else ": " + ", ".join(str(f.relative_to(root)) for f in data[:4]) + (
-        f" and {len(data) - 4} more" if len(data) > 4 else "")
+    files = (
+        ""
+        if data == [root]
+        else ": "
+        + ", ".join(str(f.relative_to(root)) for f in data[:4])
+        + (f" and {len(data) - 4} more" if len(data) > 4 else "")
+    )
     plural = "s" if len(data) > 1 else ""
-    raise EmptyDatasetError(f"{what} has no rows (empty {kind} file{plural}{files}); point --data at the "
-                            "dataset's files with their rows (an empty file is often left by an interrupted "
-                            "download or export)")
+    raise EmptyDatasetError(
+        f"{what} has no rows (empty {kind} file{plural}{files}); point --data at the "
+        "dataset's files with their rows (an empty file is often left by an interrupted "
+        "download or export)"
+    )
 
 
 def _load_local(path: Path, split: str, config: str | None, what: str | None = None):
@@ -322,32 +381,53 @@ def _load_local(path: Path, split: str, config: str | None, what: str | None = N
         except Exception as e:
             state = path / "state.json"
             if state.exists() and not json.loads(state.read_text()).get("_data_files", [None]):
-                raise EmptyDatasetError(f"{what} has no rows (a save_to_disk copy of 0 rows); save a copy "
-                                        "that has rows") from None
-            raise UnreadableDataError(f"{what}: the save_to_disk directory cannot be read "
-                                      f"({_first_line(e)}); save it again") from None
+                raise EmptyDatasetError(
+                    f"{what} has no rows (a save_to_disk copy of 0 rows); save a copy that has rows"
+                ) from None
+            raise UnreadableDataError(
+                f"{what}: the save_to_disk directory cannot be read ({_first_line(e)}); save it again"
+            ) from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
-                raise DatasetUnavailableError(f"{what}: the save_to_disk copy has splits {list(ds)}, "
-                                              f"not {split!r}; save a copy that holds the {split!r} split "
-                                              "and pass that with --data")
+                raise DatasetUnavailableError(
+                    f"{what}: the save_to_disk copy has splits {list(ds)}, "
+                    f"not {split!r}; save a copy that holds the {split!r} split "
+                    "and pass that with --data"
+                )
             ds = ds[split]
         return _nonempty(ds, what)
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file() and not any(
-        part.startswith(".") for part in f.relative_to(path).parts))
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            f
+            for f in path.rglob("*")
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+        )
+    )
     data = [f for f in files if _suffix(f) in BUILDERS]
     if not data:
         if any(_suffix(f) in IMAGE_SUFFIXES for f in files):
-            return _nonempty(_load_files(lambda: datasets.load_dataset("imagefolder", data_dir=str(path),
-                                                                       split="train"), what), what)
-        expected = ("parquet, arrow, CSV/TSV, JSON(L), webdataset .tar, a save_to_disk directory or an image "
-                    "folder (class_name/image.jpg)")
+            return _nonempty(
+                _load_files(
+                    lambda: datasets.load_dataset("imagefolder", data_dir=str(path), split="train"), what
+                ),
+                what,
+            )
+        expected = (
+            "parquet, arrow, CSV/TSV, JSON(L), webdataset .tar, a save_to_disk directory or an image "
+            "folder (class_name/image.jpg)"
+        )
         if not files:
-            raise EmptyDatasetError(f"{what} is empty: it holds no files (expected {expected}); point --data "
-                                    "at the directory the dataset was downloaded to")
+            raise EmptyDatasetError(
+                f"{what} is empty: it holds no files (expected {expected}); point --data "
+                "at the directory the dataset was downloaded to"
+            )
         found = sorted({_suffix(f) or f.name for f in files})
-        raise UnreadableDataError(f"{what} holds no data file of a format the harness reads (found "
-                                  f"{', '.join(found[:8])}); expected {expected}")
+        raise UnreadableDataError(
+            f"{what} holds no data file of a format the harness reads (found "
+            f"{', '.join(found[:8])}); expected {expected}"
+        )
     if path.is_dir():
         data = _select_split(data, path, split, config, what)
     kinds = {BUILDERS[_suffix(f)] for f in data}
@@ -356,13 +436,22 @@ def _load_local(path: Path, split: str, config: str | None, what: str | None = N
     kind = kinds.pop()
     _check_files(data, path, kind, what)
     if kind == "arrow":
-        return _nonempty(_load_files(lambda: datasets.concatenate_datasets(
-            [datasets.Dataset.from_file(str(f)) for f in data]), what), what)
+        return _nonempty(
+            _load_files(
+                lambda: datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in data]),
+                what,
+            ),
+            what,
+        )
     kw: dict[str, Any] = {}
     if kind == "csv" and all(_suffix(f) == ".tsv" for f in data):
         kw["delimiter"] = "\t"
-    return _nonempty(_load_files(lambda: datasets.load_dataset(kind, data_files=[str(f) for f in data],
-                                                               split="train", **kw), what), what)
+    return _nonempty(
+        _load_files(
+            lambda: datasets.load_dataset(kind, data_files=[str(f) for f in data], split="train", **kw), what
+        ),
+        what,
+    )
 
 
 def _load_files(load: Callable[[], Any], what: str):
@@ -374,10 +463,13 @@ def _load_files(load: Callable[[], Any], what: str):
         while cause.__cause__ is not None and type(cause).__name__ == "DatasetGenerationError":
             cause = cause.__cause__
         if "corresponds to no data" in str(cause):  # datasets' word for a split of 0 rows
-            raise EmptyDatasetError(f"{what} has no rows; point --data at the dataset's files with their "
-                                    "rows") from None
-        raise UnreadableDataError(f"{what} cannot be read ({_first_line(cause)}); check that the files are "
-                                  "complete and in the format their names say") from None
+            raise EmptyDatasetError(
+                f"{what} has no rows; point --data at the dataset's files with their rows"
+            ) from None
+        raise UnreadableDataError(
+            f"{what} cannot be read ({_first_line(cause)}); check that the files are "
+            "complete and in the format their names say"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -439,16 +531,24 @@ class ImageColumn:
     them NaN embeddings and records them in :attr:`undecodable` (or raises under ``strict``).
     """
 
-    def __init__(self, table, column: str | Sequence[str], name: str = "", strict: bool = False,
-                 crop: Callable[[int], tuple[float, float, float, float] | None] | None = None,
-                 rows: Sequence[int] | None = None):
+    def __init__(
+        self,
+        table,
+        column: str | Sequence[str],
+        name: str = "",
+        strict: bool = False,
+        crop: Callable[[int], tuple[float, float, float, float] | None] | None = None,
+        rows: Sequence[int] | None = None,
+    ):
         import datasets
 
         candidates = [column] if isinstance(column, str) else list(column)
         present = [c for c in candidates if c in table.column_names]
         if not present:
-            raise MissingColumnsError(f"dataset {name or '?'} has no image column: expected one of "
-                                      f"{', '.join(candidates)}; found {', '.join(table.column_names)}")
+            raise MissingColumnsError(
+                f"dataset {name or '?'} has no image column: expected one of "
+                f"{', '.join(candidates)}; found {', '.join(table.column_names)}"
+            )
         self.column = present[0]
         self.keys_from = table  # for webdataset keys in messages (:meth:`where`)
         table = table.select_columns([self.column])  # reading a row must not decode other image columns
@@ -464,8 +564,11 @@ class ImageColumn:
     def key(self) -> str:
         """Identifies the images within their table (the embedding cache adds the table's
         fingerprint): the column, the rows and whether they are cropped."""
-        rows = "all" if self.rows == list(range(len(self.table))) else hashlib.sha1(
-            np.asarray(self.rows, dtype=np.int64).tobytes()).hexdigest()[:12]
+        rows = (
+            "all"
+            if self.rows == list(range(len(self.table)))
+            else hashlib.sha1(np.asarray(self.rows, dtype=np.int64).tobytes()).hexdigest()[:12]
+        )
         return f"{self.column}:{len(self.rows)}:{rows}:{'cropped' if self.crop is not None else 'whole'}"
 
     def _open(self, i: int, draft: bool = False):
@@ -503,7 +606,8 @@ class ImageColumn:
             if self.strict:
                 raise UndecodableImageError(
                     f"image {i} (row {row}) of {self.name or 'the dataset'} cannot be decoded "
-                    f"({type(e).__name__}: {e}); drop --strict-images to skip and count such images") from None
+                    f"({type(e).__name__}: {e}); drop --strict-images to skip and count such images"
+                ) from None
             self.undecodable.append(i)
             return None
 
@@ -522,8 +626,9 @@ class ImageColumn:
         row = self.rows[i]
         value = self.table[row][self.column]
         cols = self.keys_from.column_names
-        shard = f" in {self.keys_from.select_columns(['__url__'])[row]['__url__']}" \
-            if "__url__" in cols else ""
+        shard = (
+            f" in {self.keys_from.select_columns(['__url__'])[row]['__url__']}" if "__url__" in cols else ""
+        )
         if isinstance(value, dict) and value.get("path"):
             return f"{value['path']}{shard}"
         if isinstance(value, str) and len(value) < 500:
@@ -545,8 +650,11 @@ def pil_transform(preprocess_cfg: dict | None, image_size: int):
     cfg.setdefault("size", (image_size, image_size))
     keys = set(PreprocessCfg.__dataclass_fields__)
     t = image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in keys}), is_train=False)
-    steps = [s for s in getattr(t, "transforms", [t])
-             if type(s).__name__ not in ("ToTensor", "MaybeToTensor", "Normalize")]
+    steps = [
+        s
+        for s in getattr(t, "transforms", [t])
+        if type(s).__name__ not in ("ToTensor", "MaybeToTensor", "Normalize")
+    ]
 
     def apply(img):
         for s in steps:

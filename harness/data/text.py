@@ -98,9 +98,11 @@ class TextTrainData:
         rank draws it identically and keeps rows ``rank*B/W .. (rank+1)*B/W``."""
         unknown = set(fields) - set(self.provides)
         if unknown:
-            raise MissingFieldError(f"training data {self.name!r} does not supply "
-                                    f"{', '.join(sorted(unknown))} "
-                                    f"(it supplies {', '.join(sorted(self.provides))})")
+            raise MissingFieldError(
+                f"training data {self.name!r} does not supply "
+                f"{', '.join(sorted(unknown))} "
+                f"(it supplies {', '.join(sorted(self.provides))})"
+            )
         return shard(self._global_batch(step, batch_size, fields), batch_size)
 
     def _global_batch(self, step: int, batch_size: int, fields) -> Batch:
@@ -125,8 +127,9 @@ def tokenise(tokenizer, texts: Sequence[str]) -> torch.Tensor:
     memory of int64 for a 10^6-sentence corpus; batches are returned as int64)."""
     tok = torch.as_tensor(tokenizer(list(texts)))
     if tok.ndim != 2 or len(tok) != len(texts):
-        raise ValueError(f"tokenizer returned shape {tuple(tok.shape)} for {len(texts)} texts; "
-                         "expected (N, L)")
+        raise ValueError(
+            f"tokenizer returned shape {tuple(tok.shape)} for {len(texts)} texts; expected (N, L)"
+        )
     if tok.numel() and int(tok.max()) < 2**31 and int(tok.min()) >= -(2**31):
         tok = tok.to(torch.int32)
     return tok
@@ -140,8 +143,14 @@ class SentenceTrainData(TextTrainData):
     name = "sentences"
     provides = frozenset({"text", "text_view", "index"})
 
-    def __init__(self, sentences: Sequence[str], tokenizer, seed: int, views: Sequence[str] | None = None,
-                 name: str | None = None):
+    def __init__(
+        self,
+        sentences: Sequence[str],
+        tokenizer,
+        seed: int,
+        views: Sequence[str] | None = None,
+        name: str | None = None,
+    ):
         sentences = _check_texts(sentences, f"training data {name or self.name!r}")
         super().__init__(len(sentences), seed, name)
         self.sentences = sentences
@@ -176,14 +185,24 @@ class NLITrainData(TextTrainData):
     name = "nli"
     provides = frozenset({"text", "text_view", "hard_negative_text", "index"})
 
-    def __init__(self, anchor: Sequence[str], positive: Sequence[str], negative: Sequence[str], tokenizer,
-                 seed: int, name: str | None = None):
+    def __init__(
+        self,
+        anchor: Sequence[str],
+        positive: Sequence[str],
+        negative: Sequence[str],
+        tokenizer,
+        seed: int,
+        name: str | None = None,
+    ):
         what = f"training data {name or self.name!r}"
-        anchor, positive, negative = (_check_texts(x, f"{what} ({col})") for x, col in
-                                      ((anchor, "anchor"), (positive, "positive"), (negative, "negative")))
+        anchor, positive, negative = (
+            _check_texts(x, f"{what} ({col})")
+            for x, col in ((anchor, "anchor"), (positive, "positive"), (negative, "negative"))
+        )
         if not len(anchor) == len(positive) == len(negative):
-            raise ValueError(f"{what}: {len(anchor)} anchors, {len(positive)} positives, "
-                             f"{len(negative)} negatives")
+            raise ValueError(
+                f"{what}: {len(anchor)} anchors, {len(positive)} positives, {len(negative)} negatives"
+            )
         super().__init__(len(anchor), seed, name)
         self.triplets = (anchor, positive, negative)
         self.tensors["text"] = tokenise(tokenizer, anchor)
@@ -198,8 +217,14 @@ class NLITrainData(TextTrainData):
         shapes variant of the ``simcse`` objective describes."""
         sp = world.split(split)
         negs = [str(c) for c in sp.negatives[:, negative]]
-        return cls([str(c) for c in sp.captions], [str(c) for c in sp.alt_captions], negs, tokenizer, seed,
-                   name=f"shapes-triplets-{negative}")
+        return cls(
+            [str(c) for c in sp.captions],
+            [str(c) for c in sp.alt_captions],
+            negs,
+            tokenizer,
+            seed,
+            name=f"shapes-triplets-{negative}",
+        )
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -209,8 +234,9 @@ def _local(name: str, options: DataOptions, source: HubSource | None, path: str 
     if path is not None:
         p = Path(path).expanduser()
         if not p.exists():
-            raise DatasetUnavailableError(f"local data for {name!r} does not exist: {p}; fix the path "
-                                          f"(--data {name}=PATH)")
+            raise DatasetUnavailableError(
+                f"local data for {name!r} does not exist: {p}; fix the path (--data {name}=PATH)"
+            )
         return p
     return options.local_path(name, source.repo if source else "")
 
@@ -220,11 +246,15 @@ def _txt_files(p: Path, source: HubSource | None) -> list[Path]:
     directory mirroring the source's repository is narrowed to its ``data_files`` glob)."""
     if p.is_file():
         return [p] if p.suffix.lower() == ".txt" else []
-    files = [f for f in sorted(p.rglob("*")) if f.is_file() and not any(
-        x.startswith(".") for x in f.relative_to(p).parts)]
+    files = [
+        f
+        for f in sorted(p.rglob("*"))
+        if f.is_file() and not any(x.startswith(".") for x in f.relative_to(p).parts)
+    ]
     if source is not None and source.data_files:
-        chosen = [f for f in files
-                  if f.match(source.data_files) or f.relative_to(p).as_posix() == source.data_files]
+        chosen = [
+            f for f in files if f.match(source.data_files) or f.relative_to(p).as_posix() == source.data_files
+        ]
         files = chosen or files
     txt = [f for f in files if f.suffix.lower() == ".txt"]
     tables = [f for f in files if _suffix(f) in BUILDERS]
@@ -251,9 +281,13 @@ def _check_max_samples(max_samples: int | None) -> None:
         raise ValueError(f"max_samples must be a positive integer or None, not {max_samples!r}")
 
 
-def load_sentence_corpus(name: str = "wiki1m", options: DataOptions | None = None,
-                         source: HubSource | None = WIKI1M, path: str | Path | None = None,
-                         max_samples: int | None = None) -> list[str]:
+def load_sentence_corpus(
+    name: str = "wiki1m",
+    options: DataOptions | None = None,
+    source: HubSource | None = WIKI1M,
+    path: str | Path | None = None,
+    max_samples: int | None = None,
+) -> list[str]:
     """Sentences for unsupervised SimCSE, from (in order) ``path``, a local path in ``options`` for
     ``name`` or the source's id, ``$HARNESS_DATA_DIR/<id>``, or the Hub (``source``; None = local
     only). A ``.txt`` file (or a directory of them) holds one sentence per line, like SimCSE's
@@ -269,29 +303,40 @@ def load_sentence_corpus(name: str = "wiki1m", options: DataOptions | None = Non
         if local is None and source is None:
             raise DatasetUnavailableError(
                 f"no sentences for {name!r}: pass a path (one sentence per line, e.g. SimCSE's "
-                f"wiki1m_for_simcse.txt from {WIKI1M.repo}) or a table with a 'text' column")
+                f"wiki1m_for_simcse.txt from {WIKI1M.repo}) or a table with a 'text' column"
+            )
         src = source or HubSource(name, split="train")
-        opts = DataOptions(paths={**options.paths, name: str(local)}, strict_images=options.strict_images) \
-            if local is not None else options
+        opts = (
+            DataOptions(paths={**options.paths, name: str(local)}, strict_images=options.strict_images)
+            if local is not None
+            else options
+        )
         table = load_table(name, src, opts, split=src.split)
         col = next((c for c in SENTENCE_COLUMNS if c in table.column_names), None)
         if col is None:
             raise MissingColumnsError(
                 f"sentence corpus {name} ({local or src.describe()}) has no sentence column: expected one of "
-                f"{', '.join(SENTENCE_COLUMNS)}; found {', '.join(table.column_names) or '(none)'}")
+                f"{', '.join(SENTENCE_COLUMNS)}; found {', '.join(table.column_names) or '(none)'}"
+            )
         sentences = [s.strip() for s in table[col] if isinstance(s, str) and s.strip()]
         if max_samples is not None:
             sentences = sentences[:max_samples]
     if not sentences:
-        raise EmptyDatasetError(f"sentence corpus {name!r} ({local or source and source.describe()}) has no "
-                                "sentences: give a .txt file with one sentence per line or a table with a "
-                                "non-empty 'text' or 'sentence' column")
+        raise EmptyDatasetError(
+            f"sentence corpus {name!r} ({local or source and source.describe()}) has no "
+            "sentences: give a .txt file with one sentence per line or a table with a "
+            "non-empty 'text' or 'sentence' column"
+        )
     return sentences
 
 
-def load_nli_triplets(name: str = "nli-for-simcse", options: DataOptions | None = None,
-                      source: HubSource = NLI_FOR_SIMCSE, path: str | Path | None = None,
-                      max_samples: int | None = None) -> tuple[list[str], list[str], list[str]]:
+def load_nli_triplets(
+    name: str = "nli-for-simcse",
+    options: DataOptions | None = None,
+    source: HubSource = NLI_FOR_SIMCSE,
+    path: str | Path | None = None,
+    max_samples: int | None = None,
+) -> tuple[list[str], list[str], list[str]]:
     """``(anchor, positive, negative)`` lists for supervised SimCSE, from ``path``, a local path for
     ``name`` / the source id, ``$HARNESS_DATA_DIR/<id>`` or the Hub. Columns ``anchor``,
     ``positive``, ``negative`` (sentence-transformers ``nli-for-simcse`` / ``all-nli`` config
@@ -299,8 +344,11 @@ def load_nli_triplets(name: str = "nli-for-simcse", options: DataOptions | None 
     error naming the row. ``max_samples`` keeps the first N rows."""
     options = options or DataOptions()
     local = _local(name, options, source, path)
-    opts = DataOptions(paths={**options.paths, name: str(local)}, strict_images=options.strict_images) \
-        if local is not None else options
+    opts = (
+        DataOptions(paths={**options.paths, name: str(local)}, strict_images=options.strict_images)
+        if local is not None
+        else options
+    )
     table = load_table(name, source, opts, split=source.split)
     found = table.column_names
     if not all(c in found for c in NLI_COLUMNS) and all(c in found for c in NLI_ALIASES):
@@ -315,10 +363,22 @@ def load_nli_triplets(name: str = "nli-for-simcse", options: DataOptions | None 
     for i, row in enumerate(zip(*out)):
         for c, s in zip(NLI_COLUMNS, row):
             if not isinstance(s, str) or not s.strip():
-                raise ValueError(f"NLI triplets {name} ({local or source.describe()}): row {i} has an empty "
-                                 f"or missing {c} ({s!r})")
+                raise ValueError(
+                    f"NLI triplets {name} ({local or source.describe()}): row {i} has an empty "
+                    f"or missing {c} ({s!r})"
+                )
     return out  # type: ignore[return-value]
 
 
-__all__ = ["TextTrainData", "SentenceTrainData", "NLITrainData", "load_sentence_corpus", "load_nli_triplets",
-           "read_lines", "tokenise", "WIKI1M", "NLI_FOR_SIMCSE", "ALL_NLI"]
+__all__ = [
+    "TextTrainData",
+    "SentenceTrainData",
+    "NLITrainData",
+    "load_sentence_corpus",
+    "load_nli_triplets",
+    "read_lines",
+    "tokenise",
+    "WIKI1M",
+    "NLI_FOR_SIMCSE",
+    "ALL_NLI",
+]

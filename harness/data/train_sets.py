@@ -73,11 +73,16 @@ def resolve_name(train_data: str | None, tasks: Sequence) -> str:
 
 def _enough(name: str, n: int, batch_size: int | None, max_samples: int | None) -> None:
     if batch_size is not None and n < batch_size:
-        cut = f" (--train-samples {max_samples} keeps only the first {max_samples})" \
-            if max_samples is not None and n == max_samples else ""
-        raise TooFewSamplesError(f"the training set {name!r} has {n} samples{cut}, fewer than one batch of "
-                                 f"{batch_size}: lower --batch-size or provide more data"
-                                 + (" (or raise --train-samples)" if cut else ""))
+        cut = (
+            f" (--train-samples {max_samples} keeps only the first {max_samples})"
+            if max_samples is not None and n == max_samples
+            else ""
+        )
+        raise TooFewSamplesError(
+            f"the training set {name!r} has {n} samples{cut}, fewer than one batch of "
+            f"{batch_size}: lower --batch-size or provide more data"
+            + (" (or raise --train-samples)" if cut else "")
+        )
 
 
 _DECODABLE: dict[str, tuple[np.ndarray, str]] = {}
@@ -88,8 +93,11 @@ def _decodable_file(cache_dir: Path | None, name: str, key: str) -> Path | None:
 
 
 def _decodable_key(table, rows: Sequence[int]) -> str:
-    return hashlib.sha256(json.dumps([fingerprint(table), hashlib.sha256(
-        np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()]).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps(
+            [fingerprint(table), hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()]
+        ).encode()
+    ).hexdigest()[:16]
 
 
 def _cached_decodable(name: str, key: str, cache_dir: Path | None) -> tuple[np.ndarray, str] | None:
@@ -112,8 +120,9 @@ def _store_decodable(name: str, key: str, cache_dir: Path | None, ok: np.ndarray
         os.replace(tmp, f)
 
 
-def decodable(name: str, table, column: ImageColumn, cache_dir: Path | None = None,
-              workers: int = 4) -> tuple[np.ndarray, str]:
+def decodable(
+    name: str, table, column: ImageColumn, cache_dir: Path | None = None, workers: int = 4
+) -> tuple[np.ndarray, str]:
     """Which images of ``column`` decode (a bool mask) and the first that does not (``where:
     reason``, "" if none), from the cache when this data was scanned or built before, else by
     decoding each once (:meth:`ImageColumn.error`)."""
@@ -139,11 +148,13 @@ def _texts(s: type[TrainSet], options: DataOptions, max_samples: int | None) -> 
     key = (s.name, tuple(sorted(options.paths.items())), os.environ.get("HARNESS_DATA_DIR"), max_samples)
     if key not in _TEXTS:
         if s.kind == "sentences":
-            _TEXTS[key] = [text_data.load_sentence_corpus(s.name, options, source=s.source,
-                                                          max_samples=max_samples)]
+            _TEXTS[key] = [
+                text_data.load_sentence_corpus(s.name, options, source=s.source, max_samples=max_samples)
+            ]
         else:
-            _TEXTS[key] = list(text_data.load_nli_triplets(s.name, options, source=s.source,
-                                                           max_samples=max_samples))
+            _TEXTS[key] = list(
+                text_data.load_nli_triplets(s.name, options, source=s.source, max_samples=max_samples)
+            )
     return _TEXTS[key]
 
 
@@ -154,7 +165,8 @@ def image_text_columns(table, name: str) -> tuple[str, str]:
     if image is None or caption is None:
         raise MissingColumnsError(
             f"training data {name!r} needs an image column (one of {', '.join(IMAGE_COLUMNS)}) and a caption "
-            f"column (one of {', '.join(CAPTION_COLUMNS)}); found {', '.join(cols)}")
+            f"column (one of {', '.join(CAPTION_COLUMNS)}); found {', '.join(cols)}"
+        )
     return image, caption
 
 
@@ -185,8 +197,10 @@ def _training_rows(table, name: str, split_value: str | None, max_samples: int |
     rows = np.arange(len(table))
     if split_value is not None:
         if "split" not in table.column_names:
-            raise MissingColumnsError(f"training data {name!r} needs a 'split' column to keep its "
-                                      f"{split_value!r} rows; found {', '.join(table.column_names)}")
+            raise MissingColumnsError(
+                f"training data {name!r} needs a 'split' column to keep its "
+                f"{split_value!r} rows; found {', '.join(table.column_names)}"
+            )
         rows = np.flatnonzero(np.asarray(table["split"]) == split_value)
     if max_samples is not None:
         rows = rows[:max_samples]
@@ -194,9 +208,11 @@ def _training_rows(table, name: str, split_value: str | None, max_samples: int |
     keep = [i for i, c in enumerate(captions) if c]
     rows, captions = rows[keep], [captions[i] for i in keep]
     if not len(rows):
-        raise DataError(f"training data {name!r} has no rows with captions in column {caption_col!r}"
-                        + (f" among its {split_value!r} rows" if split_value else "")
-                        + "; check that --data points at an image-caption set")
+        raise DataError(
+            f"training data {name!r} has no rows with captions in column {caption_col!r}"
+            + (f" among its {split_value!r} rows" if split_value else "")
+            + "; check that --data points at an image-caption set"
+        )
     return rows, captions, image_col
 
 
@@ -216,18 +232,32 @@ class ImageTextTrainData:
 
     provides = frozenset({"image", "text", "text_view", "image_view", "index", "labels"})
 
-    def __init__(self, name: str, table, tokenizer, seed: int, image_size: int, preprocess_cfg: dict | None,
-                 cache_dir: Path, split_value: str | None = None, max_samples: int | None = None,
-                 strict: bool = False, workers: int = 4):
+    def __init__(
+        self,
+        name: str,
+        table,
+        tokenizer,
+        seed: int,
+        image_size: int,
+        preprocess_cfg: dict | None,
+        cache_dir: Path,
+        split_value: str | None = None,
+        max_samples: int | None = None,
+        strict: bool = False,
+        workers: int = 4,
+    ):
         self.name, self.seed = name, seed
         rows, captions, image_col = _training_rows(table, name, split_value, max_samples)
         column = ImageColumn(table, image_col, name=name, strict=strict, rows=rows.tolist())
         scan_key = _decodable_key(table, rows)
         known = _cached_decodable(name, scan_key, cache_dir)
         rows_hash = hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()
-        key = hashlib.sha256(json.dumps([fingerprint(table), rows_hash, image_size,
-                                         sorted((preprocess_cfg or {}).items(), key=str)], default=str)
-                             .encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            json.dumps(
+                [fingerprint(table), rows_hash, image_size, sorted((preprocess_cfg or {}).items(), key=str)],
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
         cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / f"train-{name}-{key}-{image_size}.u8"
         meta = path.with_suffix(".json")
@@ -257,9 +287,11 @@ class ImageTextTrainData:
             first = f"{column.where(int(bad[0]))}: undecodable" if len(bad) else ""
             _store_decodable(name, scan_key, cache_dir, ok, first)
         if not ok.any():
-            raise UndecodableImageError(f"training data {name!r}: none of its {len(ok)} images could be "
-                                        f"decoded; check that --data {name}=PATH points at a copy whose "
-                                        "images are complete")
+            raise UndecodableImageError(
+                f"training data {name!r}: none of its {len(ok)} images could be "
+                f"decoded; check that --data {name}=PATH points at a copy whose "
+                "images are complete"
+            )
         images = np.load(path, mmap_mode="r")
         self.n_undecodable = int((~ok).sum())
         self.rows = rows[ok]
@@ -285,8 +317,11 @@ class ImageTextTrainData:
         second = (first + 1 + rng.integers(0, np.maximum(counts - 1, 1))) % counts  # another caption if any
         g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + step)
         out = Batch()
-        images = torch.from_numpy(np.ascontiguousarray(self.images[self.valid[idx]])) \
-            if {"image", "image_view"} & set(fields) else None
+        images = (
+            torch.from_numpy(np.ascontiguousarray(self.images[self.valid[idx]]))
+            if {"image", "image_view"} & set(fields)
+            else None
+        )
         if "image" in fields:
             out.images = images
         if "image_view" in fields:
@@ -335,23 +370,38 @@ class ImageTextSet(TrainSet):
         bad = int((~ok).sum())
         where = f"training data {name!r} ({origin(table) or self.source.describe()})"
         if bad and options.strict_images:
-            raise UndecodableImageError(f"{where}: {bad} of {len(ok)} images cannot be decoded (first: "
-                                        f"{first}); drop --strict-images to skip and count such images")
+            raise UndecodableImageError(
+                f"{where}: {bad} of {len(ok)} images cannot be decoded (first: "
+                f"{first}); drop --strict-images to skip and count such images"
+            )
         if not ok.any():
-            raise UndecodableImageError(f"{where}: none of its {len(ok)} images could be decoded (first: "
-                                        f"{first}); check that --data {name}=PATH points at a copy whose "
-                                        "images are complete (a truncated download, or Git LFS pointers "
-                                        "instead of files, looks like this)")
+            raise UndecodableImageError(
+                f"{where}: none of its {len(ok)} images could be decoded (first: "
+                f"{first}); check that --data {name}=PATH points at a copy whose "
+                "images are complete (a truncated download, or Git LFS pointers "
+                "instead of files, looks like this)"
+            )
         if batch_size is not None and int(ok.sum()) < batch_size:
-            raise TooFewSamplesError(f"{where}: {bad} of {len(ok)} images could not be decoded (first: "
-                                     f"{first}), leaving {int(ok.sum())} samples, fewer than one batch of "
-                                     f"{batch_size}: lower --batch-size or provide more (decodable) data")
+            raise TooFewSamplesError(
+                f"{where}: {bad} of {len(ok)} images could not be decoded (first: "
+                f"{first}), leaving {int(ok.sum())} samples, fewer than one batch of "
+                f"{batch_size}: lower --batch-size or provide more (decodable) data"
+            )
 
     def build(self, ctx: TrainContext):
         table = load_table(self.name, self.source, ctx.options)
-        data = ImageTextTrainData(self.name, table, ctx.tokenizer, ctx.seed, ctx.image_size,
-                                  ctx.preprocess_cfg, ctx.cache_dir, split_value=self.split_value,
-                                  max_samples=ctx.max_samples, strict=ctx.options.strict_images)
+        data = ImageTextTrainData(
+            self.name,
+            table,
+            ctx.tokenizer,
+            ctx.seed,
+            ctx.image_size,
+            ctx.preprocess_cfg,
+            ctx.cache_dir,
+            split_value=self.split_value,
+            max_samples=ctx.max_samples,
+            strict=ctx.options.strict_images,
+        )
         data.fingerprint = fingerprint(table)
         return data
 
@@ -364,8 +414,12 @@ class _TextSet(TrainSet):
 
     def check_data(self, ctx: TrainContext) -> None:
         if self.source is not None:
-            _enough(self.name, len(_texts(type(self), ctx.options, ctx.max_samples)[0]), ctx.batch_size,
-                    ctx.max_samples)
+            _enough(
+                self.name,
+                len(_texts(type(self), ctx.options, ctx.max_samples)[0]),
+                ctx.batch_size,
+                ctx.max_samples,
+            )
 
     def build(self, ctx: TrainContext):
         if self.source is None:
@@ -393,15 +447,18 @@ class SentenceSet(_TextSet):
         model = ctx.model
         if model is not None and "text_view" in objective.requires:
             if not model.text_dropout and not (model.name == MINILM or model.name.startswith(HF_TEXT_PREFIX)):
-                raise ValueError(f"training data {self.name!r} gives two views of one sentence that differ "
-                                 f"only by dropout, and model {model.name!r} has none: set "
-                                 "model.text_dropout (SimCSE: 0.1, --set model.text_dropout=0.1) or use a "
-                                 "Hugging Face text tower")
+                raise ValueError(
+                    f"training data {self.name!r} gives two views of one sentence that differ "
+                    f"only by dropout, and model {model.name!r} has none: set "
+                    "model.text_dropout (SimCSE: 0.1, --set model.text_dropout=0.1) or use a "
+                    "Hugging Face text tower"
+                )
         super().check_objective(objective, objective_name, ctx)
 
     def from_shapes(self, ctx: TrainContext):
-        return text_data.SentenceTrainData.from_shapes(ctx.world, ctx.tokenizer, seed=ctx.seed,
-                                                       views="dropout")
+        return text_data.SentenceTrainData.from_shapes(
+            ctx.world, ctx.tokenizer, seed=ctx.seed, views="dropout"
+        )
 
     def from_texts(self, texts, ctx: TrainContext):
         return text_data.SentenceTrainData(texts[0], ctx.tokenizer, seed=ctx.seed)
@@ -422,29 +479,38 @@ class NLISet(_TextSet):
 # the built-ins, named by their entry points (pyproject.toml, group harness.train_data)
 class ShapesSentences(SentenceSet):
     license, shapes_vocabulary = "generated", True
-    doc = ("the shapes world's training captions as a sentence corpus (text track, offline); the two views "
-           "are two dropout passes of the same caption (set model.text_dropout)")
+    doc = (
+        "the shapes world's training captions as a sentence corpus (text track, offline); the two views "
+        "are two dropout passes of the same caption (set model.text_dropout)"
+    )
 
 
 class ShapesNLI(NLISet):
     license, shapes_vocabulary = "generated", True
-    doc = ("shapes-world triplets (text track, offline): caption, its other phrasing (entailment), its "
-           "attribute-swap hard negative (contradiction)")
+    doc = (
+        "shapes-world triplets (text track, offline): caption, its other phrasing (entailment), its "
+        "attribute-swap hard negative (contradiction)"
+    )
 
 
 class Coco(ImageTextSet):
     source = HubSource("undefined443/coco-karpathy-wds", split="train")
     license = "CC BY 4.0 (annotations); images under Flickr terms"
-    doc = ("COCO 2014 Karpathy train split (113,287 images x 5 captions), webdataset: jpg + json{captions}; "
-           "disjoint from the 5k test images of coco-retrieval")
+    doc = (
+        "COCO 2014 Karpathy train split (113,287 images x 5 captions), webdataset: jpg + json{captions}; "
+        "disjoint from the 5k test images of coco-retrieval"
+    )
 
 
 class Flickr30k(ImageTextSet):
-    source = HubSource("nlphuji/flickr30k", split="test", revision="refs/convert/parquet",
-                       data_files="TEST/test/*.parquet")
+    source = HubSource(
+        "nlphuji/flickr30k", split="test", revision="refs/convert/parquet", data_files="TEST/test/*.parquet"
+    )
     split_value, license = "train", "Flickr terms of use; research only"
-    doc = ("Flickr30k Karpathy train split (29,000 images x 5 captions): the rows of nlphuji/flickr30k with "
-           "split == 'train'")
+    doc = (
+        "Flickr30k Karpathy train split (29,000 images x 5 captions): the rows of nlphuji/flickr30k with "
+        "split == 'train'"
+    )
 
 
 class NLIForSimCSE(NLISet):
@@ -494,8 +560,16 @@ def provides(kind: str) -> frozenset[str]:
     return kinds[kind].provides
 
 
-def check(name: str, objective, objective_name: str, options: DataOptions, max_samples: int | None = None,
-          model=None, batch_size: int | None = None, cache_dir: Path | None = None) -> None:
+def check(
+    name: str,
+    objective,
+    objective_name: str,
+    options: DataOptions,
+    max_samples: int | None = None,
+    model=None,
+    batch_size: int | None = None,
+    cache_dir: Path | None = None,
+) -> None:
     """Before training: :meth:`TrainSet.check` of ``name``: the data exists, has its columns,
     supplies what the objective needs, and feeds the towers the objective trains. ``model`` (a
     ModelConfig): a sentence corpus's two views are two dropout passes, so an open_clip text tower
@@ -505,23 +579,43 @@ def check(name: str, objective, objective_name: str, options: DataOptions, max_s
     images must decode (:class:`TooFewSamplesError`, :class:`UndecodableImageError`): each image
     is decoded once, the result cached in ``cache_dir`` (the run's cache; None: in this process
     only) and reused by :func:`build`."""
-    ctx = TrainContext(options=options, max_samples=max_samples, batch_size=batch_size, cache_dir=cache_dir,
-                       model=model)
+    ctx = TrainContext(
+        options=options, max_samples=max_samples, batch_size=batch_size, cache_dir=cache_dir, model=model
+    )
     spec(name)().check(objective, ctx, objective_name)
 
 
 def uses_shapes_vocabulary(train_data: str, tasks: Sequence) -> bool:
     """The word-level shapes vocabulary fits only runs that see nothing but shapes-world text."""
     return spec(train_data).shapes_vocabulary and all(
-        getattr(t, "dataset", "") == "shapes-world" for t in tasks)
+        getattr(t, "dataset", "") == "shapes-world" for t in tasks
+    )
 
 
-def build(name: str, *, world, tokenizer, seed: int, options: DataOptions, image_size: int,
-          preprocess_cfg: dict | None, cache_dir: Path, max_samples: int | None = None):
+def build(
+    name: str,
+    *,
+    world,
+    tokenizer,
+    seed: int,
+    options: DataOptions,
+    image_size: int,
+    preprocess_cfg: dict | None,
+    cache_dir: Path,
+    max_samples: int | None = None,
+):
     """The training data object (``len``, ``batch(step, batch_size, fields)``, ``fingerprint``) of
     ``name``: :meth:`TrainSet.build`, fingerprinted by :meth:`TrainSet.fingerprint`."""
-    ctx = TrainContext(options=options, max_samples=max_samples, cache_dir=cache_dir, world=world,
-                       tokenizer=tokenizer, seed=seed, image_size=image_size, preprocess_cfg=preprocess_cfg)
+    ctx = TrainContext(
+        options=options,
+        max_samples=max_samples,
+        cache_dir=cache_dir,
+        world=world,
+        tokenizer=tokenizer,
+        seed=seed,
+        image_size=image_size,
+        preprocess_cfg=preprocess_cfg,
+    )
     ts = spec(name)()
     data = ts.build(ctx)
     data.fingerprint = ts.fingerprint(data, ctx)

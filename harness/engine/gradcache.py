@@ -38,8 +38,11 @@ from harness.core.batch import BATCH_FIELDS, EmbeddingBatch, LossOutput
 def grad_fields(emb: EmbeddingBatch) -> list[str]:
     """The fields of ``emb`` a tower encoded (declared with a tower, floating point), in declaration
     order: their gradients are cached and pushed back through the towers."""
-    return [n for n, t in emb.tensors().items()
-            if BATCH_FIELDS[n].tower is not None and torch.is_floating_point(t)]
+    return [
+        n
+        for n, t in emb.tensors().items()
+        if BATCH_FIELDS[n].tower is not None and torch.is_floating_point(t)
+    ]
 
 
 def _tensor_fields(batch: Any) -> list[tuple[str, Any]]:
@@ -113,11 +116,14 @@ def split_batch(batch: Any, chunk: int) -> list[Any]:
         if torch.is_tensor(t) and t.ndim > 0 and t.shape[0] != n:
             raise ValueError(f"batch field {name!r} has {t.shape[0]} rows, expected {n}")
     if hasattr(batch, "map"):
-        return [batch.map(lambda t, a=a: t[a:a + chunk] if t.ndim > 0 else t) for a in range(0, n, chunk)]
+        return [batch.map(lambda t, a=a: t[a : a + chunk] if t.ndim > 0 else t) for a in range(0, n, chunk)]
     out = []
     for a in range(0, n, chunk):
-        parts = {f.name: getattr(batch, f.name)[a:a + chunk] for f in dataclasses.fields(batch)
-                 if torch.is_tensor(getattr(batch, f.name)) and getattr(batch, f.name).ndim > 0}
+        parts = {
+            f.name: getattr(batch, f.name)[a : a + chunk]
+            for f in dataclasses.fields(batch)
+            if torch.is_tensor(getattr(batch, f.name)) and getattr(batch, f.name).ndim > 0
+        }
         out.append(dataclasses.replace(batch, **parts))
     return out
 
@@ -136,10 +142,16 @@ def concat_embeddings(parts: list[EmbeddingBatch]) -> EmbeddingBatch:
     return dataclasses.replace(first, **updates, extras=dict(first.extras))
 
 
-def gradcache_step(encode: Callable[[Any], EmbeddingBatch], loss_fn: Callable[[EmbeddingBatch], LossOutput],
-                   batch: Any, chunk: int, *, device: torch.device | str | None = None,
-                   autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-                   restore_rng: bool = True) -> LossOutput:
+def gradcache_step(
+    encode: Callable[[Any], EmbeddingBatch],
+    loss_fn: Callable[[EmbeddingBatch], LossOutput],
+    batch: Any,
+    chunk: int,
+    *,
+    device: torch.device | str | None = None,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    restore_rng: bool = True,
+) -> LossOutput:
     """One GradCache forward/backward over ``batch`` in sub-batches of ``chunk`` rows.
 
     ``encode(sub_batch) -> EmbeddingBatch`` runs the towers on one sub-batch (in the trainer:
@@ -183,8 +195,9 @@ def gradcache_step(encode: Callable[[Any], EmbeddingBatch], loss_fn: Callable[[E
         out = loss_fn(full)
     loss = out.loss
     loss.backward()  # fills the leaves' .grad and the objective's parameter .grad
-    grads = [[(name, emb[name].grad) for name in grad_fields(emb) if emb[name].grad is not None]
-             for emb in cached]
+    grads = [
+        [(name, emb[name].grad) for name in grad_fields(emb) if emb[name].grad is not None] for emb in cached
+    ]
     del full, cached, leaves
     # (3) re-embed each sub-batch with autograd under its RNG state; push the cached gradients
     for sub, state, sub_grads in zip(subs, states, grads):

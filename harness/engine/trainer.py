@@ -20,14 +20,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.core.batch import BATCH_FIELDS, EmbeddingBatch
 from harness.config import Budget
+from harness.core.batch import BATCH_FIELDS, EmbeddingBatch
+from harness.core.errors import UserError
 from harness.data.batches import Batch, Prefetcher
 from harness.engine.distributed import average_gradients, broadcast_parameters, gather_batch, world_info
 from harness.engine.gradcache import gradcache_step
-
-from harness.core.objective import Objective
-from harness.core.errors import UserError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -35,8 +33,10 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, step: int, value: float, logs: dict):
         self.step, self.value = step, value
-        super().__init__(f"non-finite loss {value} at step {step} (logs: {logs}); "
-                         "lower the learning rate or check the objective's hyperparameters")
+        super().__init__(
+            f"non-finite loss {value} at step {step} (logs: {logs}); "
+            "lower the learning rate or check the objective's hyperparameters"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -108,8 +108,9 @@ def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
     if towers["text"]:  # (B, ..., L) -> (N, L), padded to one width (a trimming tokenizer varies it)
         flat = [t.reshape(-1, t.shape[-1]) for _, t in towers["text"]]
         width = max(x.shape[1] for x in flat)
-        tok = _cat([x if x.shape[1] == width else torch.nn.functional.pad(x, (0, width - x.shape[1]))
-                    for x in flat]).to(device, non_blocking=True)
+        tok = _cat(
+            [x if x.shape[1] == width else torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in flat]
+        ).to(device, non_blocking=True)
         feats = model.encode_text(tok, normalize=True)
         for (n, t), f in zip(towers["text"], feats.split([len(x) for x in flat])):
             out[n] = f.view(*t.shape[:-1], -1)
@@ -145,10 +146,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def train(model, objective, encoder, data, budget: Budget, seed: int, device: torch.device,
-          on_log: Callable[[int, dict], None] | None = None,
-          on_step: Callable[[int, float], None] | None = None,
-          validate: Callable[[int], None] | None = None, validate_every: int = 0) -> TrainResult:
+def train(
+    model,
+    objective,
+    encoder,
+    data,
+    budget: Budget,
+    seed: int,
+    device: torch.device,
+    on_log: Callable[[int, dict], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    validate: Callable[[int], None] | None = None,
+    validate_every: int = 0,
+) -> TrainResult:
     """Train ``model`` with ``objective`` for exactly ``budget.steps`` steps.
 
     The loss is read back from the device only at logging steps (one sync per ``log_every``
@@ -157,21 +167,28 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
     tuner reports validation scores to Optuna's pruner from there. Its time is not training time.
     """
     seed_everything(seed)
-    objective.setup(num_samples=len(data), batch_size=budget.batch_size, steps=budget.steps,
-                    embed_dim=getattr(getattr(model, "visual", None), "output_dim", None),
-                    loss_chunk_size=budget.loss_chunk_size, num_concepts=getattr(data, "num_concepts", None))
+    objective.setup(
+        num_samples=len(data),
+        batch_size=budget.batch_size,
+        steps=budget.steps,
+        embed_dim=getattr(getattr(model, "visual", None), "output_dim", None),
+        loss_chunk_size=budget.loss_chunk_size,
+        num_concepts=getattr(data, "num_concepts", None),
+    )
     model.to(device).train()
     objective.to(device).train()
     fields = set(objective.requires)
-    opt = torch.optim.AdamW(param_groups(model, objective, budget.weight_decay), lr=budget.lr,
-                            betas=budget.betas, eps=budget.eps)
+    opt = torch.optim.AdamW(
+        param_groups(model, objective, budget.weight_decay), lr=budget.lr, betas=budget.betas, eps=budget.eps
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(budget.warmup_steps, budget.steps))
     params = [p for g in opt.param_groups for p in g["params"]]
     use_bf16 = budget.precision == "bf16" and device.type == "cuda"
     towers = SimpleNamespace(encode_image=model.encode_image, encode_text=model.encode_text)
     if budget.compile:
-        towers = SimpleNamespace(encode_image=torch.compile(model.encode_image),
-                                 encode_text=torch.compile(model.encode_text))
+        towers = SimpleNamespace(
+            encode_image=torch.compile(model.encode_image), encode_text=torch.compile(model.encode_text)
+        )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _, world = world_info()
@@ -182,8 +199,14 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
 
     if budget.loader_workers:
-        data = Prefetcher(data, budget.steps, budget.batch_size, fields, workers=budget.loader_workers,
-                          pin=device.type == "cuda")
+        data = Prefetcher(
+            data,
+            budget.steps,
+            budget.batch_size,
+            fields,
+            workers=budget.loader_workers,
+            pin=device.type == "cuda",
+        )
 
     flops, t_first = 0.0, 0.0
     curve: list[tuple[int, float]] = []
@@ -196,8 +219,14 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
         with counter:
             opt.zero_grad(set_to_none=True)
             if budget.gradcache_chunk:  # exact gradients of the whole batch, encoded in sub-batches
-                out = gradcache_step(lambda b: embed(towers, encoder, b, device), loss_fn, batch,
-                                     budget.gradcache_chunk, device=device, autocast=autocast)
+                out = gradcache_step(
+                    lambda b: embed(towers, encoder, b, device),
+                    loss_fn,
+                    batch,
+                    budget.gradcache_chunk,
+                    device=device,
+                    autocast=autocast,
+                )
                 loss = out.loss.float()
             else:
                 with autocast():
@@ -227,9 +256,15 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
             curve.append((step, loss_value))
             if on_log is not None:
                 elapsed = time.perf_counter() - t0
-                on_log(step, {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0],
-                              "train/samples_per_second": (step + 1) * budget.batch_size / elapsed,
-                              **{f"train/{k}": v for k, v in logs.items()}})
+                on_log(
+                    step,
+                    {
+                        "train/loss": loss_value,
+                        "train/lr": sched.get_last_lr()[0],
+                        "train/samples_per_second": (step + 1) * budget.batch_size / elapsed,
+                        **{f"train/{k}": v for k, v in logs.items()},
+                    },
+                )
         if on_step is not None:
             on_step(step, loss_value)
         if step == 0:
@@ -247,7 +282,12 @@ def train(model, objective, encoder, data, budget: Budget, seed: int, device: to
     # throughput leaves out step 0, which runs under the FLOP counter
     timed_steps, timed = (budget.steps - 1, wall - t_first) if budget.steps > 1 else (1, wall)
     return TrainResult(
-        steps=budget.steps, samples_seen=budget.samples_seen, wall_seconds=wall,
-        samples_per_second=timed_steps * budget.batch_size / timed, peak_memory_mb=peak_memory_mb(device),
-        flops_per_step=flops, final_loss=loss_value, loss_curve=curve,
+        steps=budget.steps,
+        samples_seen=budget.samples_seen,
+        wall_seconds=wall,
+        samples_per_second=timed_steps * budget.batch_size / timed,
+        peak_memory_mb=peak_memory_mb(device),
+        flops_per_step=flops,
+        final_loss=loss_value,
+        loss_curve=curve,
     )

@@ -18,9 +18,23 @@ import numpy as np
 
 from .errors import LeaderboardError, MixedBudgetsError, NoRunsError
 from .runs import Collected, RunRecord, by_state, collect
-from .stats import (CI_METHOD, RANK_RULES, PairedTest, Summary, board_order, bootstrap_counts, hull,
-                    item_diffs, mean_rank_and_borda, metric_bounds, paired_bootstrap, paired_ttest,
-                    significance_ranks, summarize, task_seed)
+from .stats import (
+    CI_METHOD,
+    RANK_RULES,
+    PairedTest,
+    Summary,
+    board_order,
+    bootstrap_counts,
+    hull,
+    item_diffs,
+    mean_rank_and_borda,
+    metric_bounds,
+    paired_bootstrap,
+    paired_ttest,
+    significance_ranks,
+    summarize,
+    task_seed,
+)
 
 LONG_FIELDS = ["track", "kind", "objective", "task", "metric", "seed", "value", "run_id"]
 #: task families of the text section (objectives against STS tasks, SimCSE's protocol)
@@ -45,14 +59,20 @@ class TaskBoard:
 
     def to_dict(self) -> dict:
         return {
-            "task": self.task, "main_metric": self.main_metric, "higher_is_better": self.higher_is_better,
-            "family": self.family, "diagnostic": self.diagnostic, "n_items": self.n_items,
-            "scores": {o: s.to_dict() for o, s in self.scores.items()}, "ranks": self.ranks,
+            "task": self.task,
+            "main_metric": self.main_metric,
+            "higher_is_better": self.higher_is_better,
+            "family": self.family,
+            "diagnostic": self.diagnostic,
+            "n_items": self.n_items,
+            "scores": {o: s.to_dict() for o, s in self.scores.items()},
+            "ranks": self.ranks,
             "significantly_better": self.better,
             "vs_baseline": {o: t.to_dict() for o, t in self.tests.items()},
             "metrics": {m: {o: s.to_dict() for o, s in d.items()} for m, d in self.metrics.items()},
-            "metric_vs_baseline": {m: {o: t.to_dict() for o, t in d.items()}
-                                   for m, d in self.metric_tests.items()},
+            "metric_vs_baseline": {
+                m: {o: t.to_dict() for o, t in d.items()} for m, d in self.metric_tests.items()
+            },
         }
 
 
@@ -88,9 +108,18 @@ class Leaderboard:
         rows: list[dict[str, Any]] = []
 
         def add(kind, objective, task, metric, seed, value, run_id=""):
-            rows.append({"track": self.track, "kind": kind, "objective": objective, "task": task,
-                         "metric": metric, "seed": "" if seed is None else seed, "value": value,
-                         "run_id": run_id})
+            rows.append(
+                {
+                    "track": self.track,
+                    "kind": kind,
+                    "objective": objective,
+                    "task": task,
+                    "metric": metric,
+                    "seed": "" if seed is None else seed,
+                    "value": value,
+                    "run_id": run_id,
+                }
+            )
 
         for r in sorted(self.runs, key=lambda r: (self.objectives.index(r.objective), r.seed)):
             for task in self.tasks:
@@ -106,18 +135,31 @@ class Leaderboard:
                 if o not in tb.scores:
                     continue
                 s = tb.scores[o]
-                for kind, v in (("mean", s.mean), ("ci95", s.ci), ("ci_low", s.low), ("ci_high", s.high),
-                                ("n", s.n), ("rank", tb.ranks[o])):
+                for kind, v in (
+                    ("mean", s.mean),
+                    ("ci95", s.ci),
+                    ("ci_low", s.low),
+                    ("ci_high", s.high),
+                    ("n", s.n),
+                    ("rank", tb.ranks[o]),
+                ):
                     add(kind, o, task, "main_score", None, v)
                 t = tb.tests.get(o)
                 if t is not None:
-                    for kind, v in (("delta_vs_baseline", t.delta), ("p_ttest", t.p_ttest),
-                                    ("p_bootstrap", t.p_bootstrap)):
+                    for kind, v in (
+                        ("delta_vs_baseline", t.delta),
+                        ("p_ttest", t.p_ttest),
+                        ("p_bootstrap", t.p_bootstrap),
+                    ):
                         add(kind, o, task, "main_score", None, v)
                 for m, d in tb.metrics.items():
                     if o in d:
-                        for kind, v in (("mean", d[o].mean), ("ci95", d[o].ci), ("ci_low", d[o].low),
-                                        ("ci_high", d[o].high)):
+                        for kind, v in (
+                            ("mean", d[o].mean),
+                            ("ci95", d[o].ci),
+                            ("ci_low", d[o].low),
+                            ("ci_high", d[o].high),
+                        ):
                             add(kind, o, task, m, None, v)
                         mt = tb.metric_tests.get(m, {}).get(o)
                         if mt is not None:
@@ -133,24 +175,57 @@ class Leaderboard:
     def to_dict(self) -> dict[str, Any]:
         return {
             "provenance": self.provenance,
-            "track": self.track, "budget_id": self.budget_id, "baseline": self.baseline,
-            "objectives": self.objectives, "tasks": self.tasks, "seeds": self.seeds,
-            "statistics": {"alpha": self.alpha, "n_boot": self.n_boot, "rank_rule": self.rank_rule,
-                           "ci": CI_METHOD},
-            "summary": {o: {"mean_rank": self.mean_rank[o], "borda": self.borda[o],
-                            "n_tasks": self.n_tasks[o], "seeds": self.seeds_of(o),
-                            "scores": {t: tb.scores[o].to_dict() for t, tb in self.task_boards.items()
-                                       if o in tb.scores},
-                            "ranks": {t: tb.ranks[o] for t, tb in self.task_boards.items() if o in tb.ranks},
-                            "cost": {m: s.to_dict() for m, s in self.cost.get(o, {}).items()}}
-                        for o in self.objectives},
+            "track": self.track,
+            "budget_id": self.budget_id,
+            "baseline": self.baseline,
+            "objectives": self.objectives,
+            "tasks": self.tasks,
+            "seeds": self.seeds,
+            "statistics": {
+                "alpha": self.alpha,
+                "n_boot": self.n_boot,
+                "rank_rule": self.rank_rule,
+                "ci": CI_METHOD,
+            },
+            "summary": {
+                o: {
+                    "mean_rank": self.mean_rank[o],
+                    "borda": self.borda[o],
+                    "n_tasks": self.n_tasks[o],
+                    "seeds": self.seeds_of(o),
+                    "scores": {
+                        t: tb.scores[o].to_dict() for t, tb in self.task_boards.items() if o in tb.scores
+                    },
+                    "ranks": {t: tb.ranks[o] for t, tb in self.task_boards.items() if o in tb.ranks},
+                    "cost": {m: s.to_dict() for m, s in self.cost.get(o, {}).items()},
+                }
+                for o in self.objectives
+            },
             "task_boards": {t: tb.to_dict() for t, tb in self.task_boards.items()},
             "text": self.text.to_dict() if self.text is not None else None,
             "loss_curves": self.loss_curves,
-            "runs": [{"run_id": r.run_id, "objective": r.objective, "seed": r.seed, "status": r.status,
-                      "identity": r.identity, "results_artifact": r.results_artifact} for r in self.runs],
-            "failed": [{"run_id": r.run_id, "objective": r.objective, "seed": r.seed, "status": r.status,
-                        "state": r.state, "reason": r.failure_reason} for r in self.failed],
+            "runs": [
+                {
+                    "run_id": r.run_id,
+                    "objective": r.objective,
+                    "seed": r.seed,
+                    "status": r.status,
+                    "identity": r.identity,
+                    "results_artifact": r.results_artifact,
+                }
+                for r in self.runs
+            ],
+            "failed": [
+                {
+                    "run_id": r.run_id,
+                    "objective": r.objective,
+                    "seed": r.seed,
+                    "status": r.status,
+                    "state": r.state,
+                    "reason": r.failure_reason,
+                }
+                for r in self.failed
+            ],
             "notes": self.notes,
             "rows": self.long_rows(),
         }
@@ -169,12 +244,17 @@ class TextSection:
     mean_rank: dict[str, float | None]
 
     def to_dict(self) -> dict:
-        return {"tasks": self.tasks, "average": {o: s.to_dict() for o, s in self.average.items()},
-                "vs_baseline": {o: t.to_dict() for o, t in self.tests.items()}, "mean_rank": self.mean_rank}
+        return {
+            "tasks": self.tasks,
+            "average": {o: s.to_dict() for o, s in self.average.items()},
+            "vs_baseline": {o: t.to_dict() for o, t in self.tests.items()},
+            "mean_rank": self.mean_rank,
+        }
 
 
-def _text_section(boards_t: dict[str, TaskBoard], runs: list, objectives: list[str],
-                  baseline: str) -> TextSection | None:
+def _text_section(
+    boards_t: dict[str, TaskBoard], runs: list, objectives: list[str], baseline: str
+) -> TextSection | None:
     tasks = [t for t, tb in boards_t.items() if tb.family in TEXT_FAMILIES and not tb.diagnostic]
     if not tasks:
         return None
@@ -206,8 +286,16 @@ def _vote(values: Iterable[Any]) -> Any:
     return values[keys.index(Counter(keys).most_common(1)[0][0])]
 
 
-def _task_board(task: str, runs: list[RunRecord], objectives: list[str], baseline: str, alpha: float,
-                n_boot: int, boot_seed: int, rule: str) -> TaskBoard | None:
+def _task_board(
+    task: str,
+    runs: list[RunRecord],
+    objectives: list[str],
+    baseline: str,
+    alpha: float,
+    n_boot: int,
+    boot_seed: int,
+    rule: str,
+) -> TaskBoard | None:
     have = [r for r in runs if task in r.scores]
     objs = [o for o in objectives if any(r.objective == o for r in have)]
     if not objs:
@@ -219,8 +307,14 @@ def _task_board(task: str, runs: list[RunRecord], objectives: list[str], baselin
     diagnostic = _vote(r.diagnostic.get(task, False) for r in have)
     breakdown = _vote(r.breakdown.get(task) or {} for r in have)
     main = {o: {r.seed: r.scores[task] for r in have if r.objective == o} for o in objs}
-    items = {o: {r.seed: np.asarray(r.item_scores[task], dtype=float) for r in have
-                 if r.objective == o and task in r.item_scores} for o in objs}
+    items = {
+        o: {
+            r.seed: np.asarray(r.item_scores[task], dtype=float)
+            for r in have
+            if r.objective == o and task in r.item_scores
+        }
+        for o in objs
+    }
     scores = {o: summarize(main[o], bounds=metric_bounds(main_metric)) for o in objs}
     objs = [o for o in objs if scores[o] is not None]
 
@@ -238,7 +332,7 @@ def _task_board(task: str, runs: list[RunRecord], objectives: list[str], baselin
     pair: dict[tuple[str, str], dict[str, tuple]] = {}  # (b, a) -> tests of b - a
     n_items = 0
     for i, a in enumerate(objs):
-        for b in objs[i + 1:]:
+        for b in objs[i + 1 :]:
             d_t, p_t, _ = paired_ttest(main[b], main[a])
             bs = boot(b, a)
             tests = {"ttest": (d_t, p_t)}
@@ -269,8 +363,10 @@ def _task_board(task: str, runs: list[RunRecord], objectives: list[str], baselin
     metrics: dict[str, dict[str, Summary]] = {}
     metric_tests: dict[str, dict[str, PairedTest]] = {}
     for m in metric_names:
-        vals = {o: {r.seed: r.metrics[task][m] for r in have if r.objective == o and m in r.metrics[task]}
-                for o in objs}
+        vals = {
+            o: {r.seed: r.metrics[task][m] for r in have if r.objective == o and m in r.metrics[task]}
+            for o in objs
+        }
         metrics[m] = {o: s for o in objs if (s := summarize(vals[o], bounds=metric_bounds(m))) is not None}
         if baseline in objs:
             mt = {}
@@ -279,44 +375,68 @@ def _task_board(task: str, runs: list[RunRecord], objectives: list[str], baselin
                     d_t, p_t, n_t = paired_ttest(vals[o], vals[baseline])
                     mt[o] = PairedTest(o, baseline, delta=d_t, p_ttest=p_t, n_seeds=n_t)
             metric_tests[m] = mt
-    return TaskBoard(task=task, main_metric=main_metric, higher_is_better=hib,
-                     scores={o: scores[o] for o in objs}, ranks=ranks, tests=tests, metrics=metrics,
-                     metric_tests=metric_tests, better=better, n_items=n_items, family=family,
-                     diagnostic=diagnostic, breakdown=breakdown)
+    return TaskBoard(
+        task=task,
+        main_metric=main_metric,
+        higher_is_better=hib,
+        scores={o: scores[o] for o in objs},
+        ranks=ranks,
+        tests=tests,
+        metrics=metrics,
+        metric_tests=metric_tests,
+        better=better,
+        n_items=n_items,
+        family=family,
+        diagnostic=diagnostic,
+        breakdown=breakdown,
+    )
 
 
-def _board_notes(collected: Collected, truns: list[RunRecord], failed: list[RunRecord], track: str,
-                 budget: str) -> list[str]:
+def _board_notes(
+    collected: Collected, truns: list[RunRecord], failed: list[RunRecord], track: str, budget: str
+) -> list[str]:
     """Notes about the runs of one board (its track and budget), counted over those runs only."""
+
     def mine(rs):
         return [r for r in rs if r.track == track and r.budget_id == budget]
 
     notes = []
     dup, sup = mine(collected.duplicates), mine(collected.superseded)
     if dup:
-        notes.append(f"{len(dup)} older duplicate FINISHED run(s) of the same (track, budget, objective, "
-                     f"seed) ignored")
+        notes.append(
+            f"{len(dup)} older duplicate FINISHED run(s) of the same (track, budget, objective, seed) ignored"
+        )
     if sup:
-        notes.append(f"{len(sup)} run(s) that did not finish ({by_state(sup)}) are not listed: a FINISHED "
-                     f"run of the same (objective, seed) is ranked instead")
+        notes.append(
+            f"{len(sup)} run(s) that did not finish ({by_state(sup)}) are not listed: a FINISHED "
+            f"run of the same (objective, seed) is ranked instead"
+        )
     reused = [r for r in truns if r.run_id in collected.reused]
     if reused:
-        notes.append(f"{len(reused)} run(s) reused by this comparison from earlier runs (resumed), not its "
-                     f"children")
+        notes.append(
+            f"{len(reused)} run(s) reused by this comparison from earlier runs (resumed), not its children"
+        )
     if collected.with_artifacts:
-        notes += [f"run {r.run_id[:8]} ({r.label}) has no results JSON: no item scores, no paired bootstrap "
-                  f"for it" for r in truns if r.results_artifact is None]
+        notes += [
+            f"run {r.run_id[:8]} ({r.label}) has no results JSON: no item scores, no paired bootstrap for it"
+            for r in truns
+            if r.results_artifact is None
+        ]
     if failed:
         notes.append(f"{len(failed)} run(s) not ranked: {by_state(failed)} (see Not ranked)")
     running = [r.label for r in failed if r.state == "running"]
     if running:
-        notes.append(f"{len(running)} run(s) still running ({', '.join(running)}): this board is provisional "
-                     f"until they finish")
+        notes.append(
+            f"{len(running)} run(s) still running ({', '.join(running)}): this board is provisional "
+            f"until they finish"
+        )
     interrupted = [r.label for r in failed if r.state == "interrupted"]
     if interrupted:
-        notes.append(f"{len(interrupted)} run(s) interrupted ({', '.join(interrupted)}): their processes "
-                     f"were killed without ending the run (no heartbeat); rerunning the comparison trains "
-                     f"these pairs again")
+        notes.append(
+            f"{len(interrupted)} run(s) interrupted ({', '.join(interrupted)}): their processes "
+            f"were killed without ending the run (no heartbeat); rerunning the comparison trains "
+            f"these pairs again"
+        )
     return notes
 
 
@@ -330,8 +450,13 @@ def _loss_curves(runs: list[RunRecord], objectives: list[str]) -> dict[str, dict
         if not steps:
             continue
         m = np.array([[c[s] for s in steps] for c in curves])
-        out[o] = {"step": steps, "mean": m.mean(0).tolist(), "min": m.min(0).tolist(),
-                  "max": m.max(0).tolist(), "n": len(curves)}
+        out[o] = {
+            "step": steps,
+            "mean": m.mean(0).tolist(),
+            "min": m.min(0).tolist(),
+            "max": m.max(0).tolist(),
+            "n": len(curves),
+        }
     return out
 
 
@@ -342,8 +467,10 @@ def _select_budget(runs: list[RunRecord], budget_id: str | None, where: str) -> 
         if len(matches) != 1:
             listing = ", ".join(f"{b} ({n} runs)" for b, n in counts.most_common())
             problem = "matches several" if matches else "matches none of"
-            raise NoRunsError(f"--budget-id {budget_id!r} {problem} the budget ids of the finished runs in "
-                              f"{where}: {listing}")
+            raise NoRunsError(
+                f"--budget-id {budget_id!r} {problem} the budget ids of the finished runs in "
+                f"{where}: {listing}"
+            )
         return [r for r in runs if r.budget_id == matches[0]], matches[0]
     if len(counts) > 1:
         lines = []
@@ -352,9 +479,11 @@ def _select_budget(runs: list[RunRecord], budget_id: str | None, where: str) -> 
             lines.append(f"  {b}: {n} finished run(s) ({', '.join(objs)})")
         raise MixedBudgetsError(
             f"the finished runs in {where} were trained under {len(counts)} different budgets, and runs "
-            f"under different budgets are never ranked side by side:\n" + "\n".join(lines) +
-            f"\nselect one with --budget-id ID (for example --budget-id {counts.most_common(1)[0][0]})",
-            dict(counts))
+            f"under different budgets are never ranked side by side:\n"
+            + "\n".join(lines)
+            + f"\nselect one with --budget-id ID (for example --budget-id {counts.most_common(1)[0][0]})",
+            dict(counts),
+        )
     return runs, next(iter(counts))
 
 
@@ -362,9 +491,16 @@ def _distinct(runs: Iterable[RunRecord], tag: str) -> list[str]:
     return sorted({r.tags[tag] for r in runs if r.tags.get(tag)})
 
 
-def build(collected: Collected, *, budget_id: str | None = None, baseline: str | None = None,
-          alpha: float = 0.05, n_boot: int = 1000, boot_seed: int = 0,
-          rank_rule: str = "either") -> list[Leaderboard]:
+def build(
+    collected: Collected,
+    *,
+    budget_id: str | None = None,
+    baseline: str | None = None,
+    alpha: float = 0.05,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
+    rank_rule: str = "either",
+) -> list[Leaderboard]:
     """One :class:`Leaderboard` per track (``default`` first), from one budget.
 
     Raises :class:`MixedBudgetsError` when the runs carry several budget ids and ``budget_id`` is
@@ -373,14 +509,18 @@ def build(collected: Collected, *, budget_id: str | None = None, baseline: str |
     """
     if rank_rule not in RANK_RULES:
         raise LeaderboardError(f"unknown rank rule {rank_rule!r}; one of {', '.join(RANK_RULES)}")
-    where = (f"comparison {collected.parent_run_id}" if collected.parent_run_id
-             else f"experiment {collected.experiment!r}")
+    where = (
+        f"comparison {collected.parent_run_id}"
+        if collected.parent_run_id
+        else f"experiment {collected.experiment!r}"
+    )
     if not collected.runs:
         raise NoRunsError(f"no FINISHED run to rank in {where}")
     runs, budget = _select_budget(collected.runs, budget_id, where)
     failed = [r for r in collected.failed if r.budget_id in (budget, "unknown")]
-    declared = [o.strip() for o in collected.parent_tags.get("harness.objectives", "").split(",")
-                if o.strip()]
+    declared = [
+        o.strip() for o in collected.parent_tags.get("harness.objectives", "").split(",") if o.strip()
+    ]
     tracks = sorted({r.track for r in runs}, key=lambda t: (t != "default", t))
     boards = []
     for track in tracks:
@@ -388,8 +528,10 @@ def build(collected: Collected, *, budget_id: str | None = None, baseline: str |
         present = {r.objective for r in truns}
         objectives = [o for o in declared if o in present] + sorted(present - set(declared))
         if baseline is not None and baseline not in present:
-            raise LeaderboardError(f"baseline {baseline!r} has no finished run on track {track!r} under "
-                                   f"budget {budget}; objectives there: {', '.join(objectives)}")
+            raise LeaderboardError(
+                f"baseline {baseline!r} has no finished run on track {track!r} under "
+                f"budget {budget}; objectives there: {', '.join(objectives)}"
+            )
         base = baseline or ("clip" if "clip" in present else objectives[0])
         tasks: list[str] = []
         for r in truns:
@@ -403,53 +545,90 @@ def build(collected: Collected, *, budget_id: str | None = None, baseline: str |
                 boards_t[t] = tb
         # diagnostic tasks (geometry, aggregates), as the runs recorded them, are shown but never ranked
         mean_rank, borda, n_tasks = mean_rank_and_borda(
-            (tb.ranks for tb in boards_t.values() if not tb.diagnostic), objectives)
+            (tb.ranks for tb in boards_t.values() if not tb.diagnostic), objectives
+        )
         objectives = board_order(objectives, mean_rank, borda)
         cost = {}
         for o in objectives:
             keys = sorted({k for r in truns if r.objective == o for k in r.cost})
-            per_key = {k: {r.seed: r.cost[k] for r in truns if r.objective == o and k in r.cost}
-                       for k in keys}
+            per_key = {
+                k: {r.seed: r.cost[k] for r in truns if r.objective == o and k in r.cost} for k in keys
+            }
             cost[o] = {k: s for k in keys if (s := summarize(per_key[k], bounds=metric_bounds(k)))}
         seeds = sorted({r.seed for r in truns})
         tfailed = [r for r in failed if r.track == track]
         notes = list(collected.notes) + _board_notes(collected, truns, tfailed, track, budget)
-        for tag, label in (("harness.dataset_fingerprint", "dataset fingerprints"),
-                           ("harness.git_sha", "git commits"), ("harness.version", "harness versions")):
+        for tag, label in (
+            ("harness.dataset_fingerprint", "dataset fingerprints"),
+            ("harness.git_sha", "git commits"),
+            ("harness.version", "harness versions"),
+        ):
             vals = _distinct(truns, tag)
             if len(vals) > 1:
                 notes.append(f"the runs span {len(vals)} {label}: {', '.join(vals)}")
         n_ranked = sum(not tb.diagnostic for tb in boards_t.values())
         missing = [f"{o} ({n_tasks[o]}/{n_ranked} tasks)" for o in objectives if n_tasks[o] < n_ranked]
         if missing:
-            notes.append("not every objective has every task; mean ranks cover different tasks: "
-                         + ", ".join(missing))
+            notes.append(
+                "not every objective has every task; mean ranks cover different tasks: " + ", ".join(missing)
+            )
         pt = collected.parent_tags
         provenance = {
-            "experiment": collected.experiment, "experiment_id": collected.experiment_id,
-            "tracking_uri": collected.tracking_uri, "parent_run_id": collected.parent_run_id,
-            "budget_id": budget, "budget_preset": pt.get("harness.budget_preset") or
-            ", ".join(_distinct(truns, "harness.budget_preset")),
-            "track": track, "seeds": seeds, "objectives": objectives, "tasks": tasks,
-            "command": pt.get("harness.command"), "compare_key": pt.get("harness.compare_key"),
+            "experiment": collected.experiment,
+            "experiment_id": collected.experiment_id,
+            "tracking_uri": collected.tracking_uri,
+            "parent_run_id": collected.parent_run_id,
+            "budget_id": budget,
+            "budget_preset": pt.get("harness.budget_preset")
+            or ", ".join(_distinct(truns, "harness.budget_preset")),
+            "track": track,
+            "seeds": seeds,
+            "objectives": objectives,
+            "tasks": tasks,
+            "command": pt.get("harness.command"),
+            "compare_key": pt.get("harness.compare_key"),
             "harness_version": ", ".join(_distinct(truns, "harness.version")),
             "git_sha": ", ".join(_distinct(truns, "harness.git_sha")),
             "dataset_fingerprint": ", ".join(_distinct(truns, "harness.dataset_fingerprint")),
             "model": ", ".join(_distinct(truns, "harness.model")),
-            "n_runs": len(truns), "n_failed": len(tfailed),
+            "n_runs": len(truns),
+            "n_failed": len(tfailed),
             "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        boards.append(Leaderboard(
-            experiment=collected.experiment, track=track, budget_id=budget, baseline=base,
-            objectives=objectives, tasks=list(boards_t), seeds=seeds, task_boards=boards_t,
-            mean_rank=mean_rank, borda=borda,
-            n_tasks=n_tasks, cost=cost, loss_curves=_loss_curves(truns, objectives), runs=truns,
-            failed=tfailed, provenance=provenance, notes=notes, alpha=alpha,
-            n_boot=n_boot, rank_rule=rank_rule, text=_text_section(boards_t, truns, objectives, base)))
+        boards.append(
+            Leaderboard(
+                experiment=collected.experiment,
+                track=track,
+                budget_id=budget,
+                baseline=base,
+                objectives=objectives,
+                tasks=list(boards_t),
+                seeds=seeds,
+                task_boards=boards_t,
+                mean_rank=mean_rank,
+                borda=borda,
+                n_tasks=n_tasks,
+                cost=cost,
+                loss_curves=_loss_curves(truns, objectives),
+                runs=truns,
+                failed=tfailed,
+                provenance=provenance,
+                notes=notes,
+                alpha=alpha,
+                n_boot=n_boot,
+                rank_rule=rank_rule,
+                text=_text_section(boards_t, truns, objectives, base),
+            )
+        )
     return boards
 
 
-def leaderboard(experiment: str = "harness", parent_run_id: str | None = None, track: str | None = None,
-                tracking_uri: str | None = None, **build_kw) -> list[Leaderboard]:
+def leaderboard(
+    experiment: str = "harness",
+    parent_run_id: str | None = None,
+    track: str | None = None,
+    tracking_uri: str | None = None,
+    **build_kw,
+) -> list[Leaderboard]:
     """:func:`collect` then :func:`build`."""
     return build(collect(experiment, parent_run_id, track, tracking_uri), **build_kw)

@@ -9,17 +9,30 @@ from pathlib import Path
 
 from .board import Leaderboard, build
 from .errors import LeaderboardError
-from .render import (jsonable, render_all, render_csv, render_failed_table, render_markdown, render_table,
-                     render_text_table)
+from .render import (
+    jsonable,
+    render_all,
+    render_csv,
+    render_failed_table,
+    render_markdown,
+    render_table,
+    render_text_table,
+)
 from .runs import collect, log_to_mlflow
 from .stats import RANK_RULES
 
 FORMATS = ("table", "md", "json", "csv")
 
 
-def summarize_comparison(experiment: str, parent_run_id: str, tracking_uri: str | None = None,
-                         out_dir: str | Path | None = None, baseline: str | None = None, log: bool = True,
-                         **build_kw) -> Leaderboard:
+def summarize_comparison(
+    experiment: str,
+    parent_run_id: str,
+    tracking_uri: str | None = None,
+    out_dir: str | Path | None = None,
+    baseline: str | None = None,
+    log: bool = True,
+    **build_kw,
+) -> Leaderboard:
     """For ``harness compare``: rank one comparison, write the files (``out_dir``) and log them on the
     parent run. A comparison has one track and one budget, so this is one board."""
     boards = build(collect(experiment, parent_run_id, None, tracking_uri), baseline=baseline, **build_kw)
@@ -34,26 +47,43 @@ def summarize_comparison(experiment: str, parent_run_id: str, tracking_uri: str 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``harness leaderboard``; the subparser calls :func:`main` with the namespace."""
     p.add_argument("--experiment", default="harness", help="MLflow experiment (default: harness)")
-    p.add_argument("--parent", metavar="RUN_ID",
-                   help="rank one comparison: its parent run id (a unique prefix, or 'latest'); "
-                        "default: every run of the experiment")
-    p.add_argument("--track", choices=["default", "tuned"],
-                   help="only this track (default: one board per track)")
-    p.add_argument("--budget-id", metavar="ID",
-                   help="rank the runs of this budget (needed when runs span budgets)")
-    p.add_argument("--baseline", metavar="NAME", help="objective the paired tests compare against "
-                                                      "(default: clip if present, else the first)")
-    p.add_argument("--rank-rule", choices=RANK_RULES, default="either",
-                   help="which paired tests must be significant for a rank difference (default: either)")
+    p.add_argument(
+        "--parent",
+        metavar="RUN_ID",
+        help="rank one comparison: its parent run id (a unique prefix, or 'latest'); "
+        "default: every run of the experiment",
+    )
+    p.add_argument(
+        "--track", choices=["default", "tuned"], help="only this track (default: one board per track)"
+    )
+    p.add_argument(
+        "--budget-id", metavar="ID", help="rank the runs of this budget (needed when runs span budgets)"
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="NAME",
+        help="objective the paired tests compare against (default: clip if present, else the first)",
+    )
+    p.add_argument(
+        "--rank-rule",
+        choices=RANK_RULES,
+        default="either",
+        help="which paired tests must be significant for a rank difference (default: either)",
+    )
     p.add_argument("--out", metavar="DIR", help="write leaderboard.{md,html,json,csv} there")
-    p.add_argument("--log", action="store_true",
-                   help="with --parent and --out: attach the files to the parent run")
-    p.add_argument("--format", choices=FORMATS, default="table",
-                   help="what to print on stdout (default: table)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                                          "sqlite:///<output-dir>/mlflow.db)")
-    p.add_argument("--output-dir", default=".harness",
-                   help="where the default store lives (default .harness)")
+    p.add_argument(
+        "--log", action="store_true", help="with --parent and --out: attach the files to the parent run"
+    )
+    p.add_argument(
+        "--format", choices=FORMATS, default="table", help="what to print on stdout (default: table)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<output-dir>/mlflow.db)",
+    )
+    p.add_argument(
+        "--output-dir", default=".harness", help="where the default store lives (default .harness)"
+    )
 
 
 def print_wide(renderable) -> None:
@@ -77,12 +107,15 @@ def _store_uri(args) -> tuple[str, str | None]:
         db = Path(getattr(args, "output_dir", None) or ".harness").resolve() / "mlflow.db"
         uri = f"sqlite:///{db}"
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         if uri.startswith("sqlite:////"):
-            path = Path("/" + uri[len("sqlite:////"):])
+            path = Path("/" + uri[len("sqlite:////") :])
         if not path.exists():
-            return uri, f"no MLflow store at {path}: nothing has been run yet (run `harness compare` " \
-                        f"first, or pass --tracking-uri / --output-dir)"
+            return (
+                uri,
+                f"no MLflow store at {path}: nothing has been run yet (run `harness compare` "
+                f"first, or pass --tracking-uri / --output-dir)",
+            )
     return uri, None
 
 
@@ -96,11 +129,18 @@ def main(args: argparse.Namespace, reporter) -> int:
         reporter.error(problem)
         return 2
     try:
-        collected = collect(getattr(args, "experiment", None) or "harness", getattr(args, "parent", None),
-                            getattr(args, "track", None), uri)
-        boards = build(collected, budget_id=getattr(args, "budget_id", None),
-                       baseline=getattr(args, "baseline", None),
-                       rank_rule=getattr(args, "rank_rule", None) or "either")
+        collected = collect(
+            getattr(args, "experiment", None) or "harness",
+            getattr(args, "parent", None),
+            getattr(args, "track", None),
+            uri,
+        )
+        boards = build(
+            collected,
+            budget_id=getattr(args, "budget_id", None),
+            baseline=getattr(args, "baseline", None),
+            rank_rule=getattr(args, "rank_rule", None) or "either",
+        )
     except LeaderboardError as e:
         reporter.error(str(e))
         return 2

@@ -100,16 +100,25 @@ def _client(tracking_uri: str | None):
     return MlflowClient(tracking_uri=uri), uri
 
 
-def _search(client, experiment_id: str, filter_string: str, order_by: list[str] | None = None,
-            max_results: int | None = None) -> list:
+def _search(
+    client,
+    experiment_id: str,
+    filter_string: str,
+    order_by: list[str] | None = None,
+    max_results: int | None = None,
+) -> list:
     from mlflow.entities import ViewType
 
     out, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  run_view_type=ViewType.ACTIVE_ONLY,
-                                  max_results=min(max_results or 1000, 1000), order_by=order_by,
-                                  page_token=token)
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=min(max_results or 1000, 1000),
+            order_by=order_by,
+            page_token=token,
+        )
         out.extend(page)
         token = page.token
         if not token or (max_results and len(out) >= max_results):
@@ -121,20 +130,31 @@ def _resolve_parent(client, experiment_id: str, parent: str):
     from mlflow.exceptions import MlflowException
 
     if parent == "latest":
-        found = _search(client, experiment_id, "tags.`harness.role` = 'compare'",
-                        order_by=["attributes.start_time DESC"], max_results=1)
+        found = _search(
+            client,
+            experiment_id,
+            "tags.`harness.role` = 'compare'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if not found:
-            raise NoRunsError("no comparison (harness.role = 'compare') in this experiment; "
-                              "run `harness compare` first")
+            raise NoRunsError(
+                "no comparison (harness.role = 'compare') in this experiment; run `harness compare` first"
+            )
         return found[0]
     if len(parent) < 32:
-        found = [r for r in _search(client, experiment_id, "tags.`harness.role` = 'compare'")
-                 if r.info.run_id.startswith(parent)]
+        found = [
+            r
+            for r in _search(client, experiment_id, "tags.`harness.role` = 'compare'")
+            if r.info.run_id.startswith(parent)
+        ]
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise LeaderboardError(f"run id prefix {parent!r} matches {len(found)} comparisons: "
-                                   f"{', '.join(r.info.run_id for r in found)}; give more characters")
+            raise LeaderboardError(
+                f"run id prefix {parent!r} matches {len(found)} comparisons: "
+                f"{', '.join(r.info.run_id for r in found)}; give more characters"
+            )
     try:
         return client.get_run(parent)
     except MlflowException as e:
@@ -167,8 +187,10 @@ def _state(status: str, tags: dict[str, str], start_time_ms: int | None, now: fl
     """(state shown, reason when no ``harness.failure_reason`` was recorded) of a run that did not finish.
     MLflow's RUNNING splits in two by :func:`harness.tracking.is_stale`: ``running`` and ``interrupted``."""
     if status != "RUNNING":
-        return status, {"KILLED": "stopped (Ctrl-C or a signal) with no reason recorded",
-                        "SCHEDULED": "never started"}.get(status, "no failure reason recorded")
+        return status, {
+            "KILLED": "stopped (Ctrl-C or a signal) with no reason recorded",
+            "SCHEDULED": "never started",
+        }.get(status, "no failure reason recorded")
     beat = tags.get(HEARTBEAT_TAG)
     try:
         last = float(beat) if beat is not None else None
@@ -176,8 +198,10 @@ def _state(status: str, tags: dict[str, str], start_time_ms: int | None, now: fl
         last = None
     started = start_time_ms / 1000.0 if start_time_ms else None
     if is_stale(status, tags, start_time_ms, now):
-        killed = "the process was killed (SIGKILL, a lost node) without ending the run; " \
-                 "rerunning the comparison trains this pair again"
+        killed = (
+            "the process was killed (SIGKILL, a lost node) without ending the run; "
+            "rerunning the comparison trains this pair again"
+        )
         if last is not None:
             return "interrupted", f"no heartbeat for {duration(now - last)}: {killed}"
         return "interrupted", f"no heartbeat since it started {duration(now - started)} ago: {killed}"
@@ -185,8 +209,9 @@ def _state(status: str, tags: dict[str, str], start_time_ms: int | None, now: fl
         return "running", f"still running (last heartbeat {duration(now - last)} ago)"
     if beat is not None:
         return "running", f"still running as far as can be told (unreadable {HEARTBEAT_TAG} tag {beat!r})"
-    return "running", "still running" + (f" (started {duration(now - started)} ago, no heartbeat yet)"
-                                          if started else "")
+    return "running", "still running" + (
+        f" (started {duration(now - started)} ago, no heartbeat yet)" if started else ""
+    )
 
 
 def _record(run, now: float | None = None) -> RunRecord:
@@ -197,11 +222,18 @@ def _record(run, now: float | None = None) -> RunRecord:
         state, default = _state(state, tags, run.info.start_time, time.time() if now is None else now)
         reason = reason or default
     return RunRecord(
-        run_id=run.info.run_id, objective=tags.get("harness.objective", "?"),
-        seed=_int(tags.get("harness.seed", run.data.params.get("seed"))), status=run.info.status,
-        track=tags.get("harness.track") or "default", budget_id=tags.get("harness.budget_id") or "unknown",
-        identity=tags.get("harness.identity", ""), start_time=run.info.start_time or 0,
-        parent_run_id=tags.get("mlflow.parentRunId"), tags=tags, failure_reason=reason, state=state,
+        run_id=run.info.run_id,
+        objective=tags.get("harness.objective", "?"),
+        seed=_int(tags.get("harness.seed", run.data.params.get("seed"))),
+        status=run.info.status,
+        track=tags.get("harness.track") or "default",
+        budget_id=tags.get("harness.budget_id") or "unknown",
+        identity=tags.get("harness.identity", ""),
+        start_time=run.info.start_time or 0,
+        parent_run_id=tags.get("mlflow.parentRunId"),
+        tags=tags,
+        failure_reason=reason,
+        state=state,
     )
 
 
@@ -269,7 +301,7 @@ def _load_finished(client, run, rec: RunRecord, with_artifacts: bool, with_histo
         values: dict[str, float] = {}
         for k, v in metrics.items():
             if k.startswith(task + "/") and k != f"{task}/main_score":
-                values[names.get(k, k[len(task) + 1:])] = float(v)
+                values[names.get(k, k[len(task) + 1 :])] = float(v)
         for m, v in (td.get("metrics") or {}).items():
             values.setdefault(m, float(v))
         main = metrics.get(f"{task}/main_score", td.get("main_score"))
@@ -312,9 +344,16 @@ def _parent_pairs(client, parent_id: str) -> list[str]:
     return [p["run_id"] for p in pairs if isinstance(p, dict) and p.get("run_id")]
 
 
-def collect(experiment: str = "harness", parent_run_id: str | None = None, track: str | None = None,
-            tracking_uri: str | None = None, *, with_artifacts: bool = True, with_history: bool = True,
-            now: float | None = None) -> Collected:
+def collect(
+    experiment: str = "harness",
+    parent_run_id: str | None = None,
+    track: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    with_artifacts: bool = True,
+    with_history: bool = True,
+    now: float | None = None,
+) -> Collected:
     """Read the runs to rank (the members of one comparison, or every run of the experiment).
 
     ``now`` (Unix seconds, default the clock) is when heartbeats are judged stale.
@@ -326,20 +365,25 @@ def collect(experiment: str = "harness", parent_run_id: str | None = None, track
     notes: list[str] = []
     if exp is None and parent_run_id is None:
         known = sorted(e.name for e in client.search_experiments())
-        raise NoRunsError(f"no MLflow experiment {experiment!r} in {uri} (experiments there: "
-                          f"{', '.join(known) or 'none'}); run `harness compare` or `harness run` first, "
-                          f"or pick one with --experiment")
+        raise NoRunsError(
+            f"no MLflow experiment {experiment!r} in {uri} (experiments there: "
+            f"{', '.join(known) or 'none'}); run `harness compare` or `harness run` first, "
+            f"or pick one with --experiment"
+        )
     if parent_run_id:
         parent = _resolve_parent(client, exp.experiment_id if exp else "0", parent_run_id)
         if exp is None or parent.info.experiment_id != exp.experiment_id:
             exp = client.get_experiment(parent.info.experiment_id)
             notes.append(f"parent run {parent.info.run_id} belongs to experiment {exp.name!r}; that is used")
         if parent.data.tags.get("harness.role") not in (None, "compare"):
-            notes.append(f"run {parent.info.run_id} is not a comparison (harness.role = "
-                         f"{parent.data.tags.get('harness.role')!r})")
+            notes.append(
+                f"run {parent.info.run_id} is not a comparison (harness.role = "
+                f"{parent.data.tags.get('harness.role')!r})"
+            )
         pid = parent.info.run_id
-        runs = {r.info.run_id: r
-                for r in _search(client, exp.experiment_id, f"tags.mlflow.parentRunId = '{pid}'")}
+        runs = {
+            r.info.run_id: r for r in _search(client, exp.experiment_id, f"tags.mlflow.parentRunId = '{pid}'")
+        }
         children = set(runs)
         with _quiet_downloads():
             listed = _parent_pairs(client, pid)
@@ -351,8 +395,11 @@ def collect(experiment: str = "harness", parent_run_id: str | None = None, track
                     notes.append(f"pairs.json lists run {rid}, which is not in the store")
         key = parent.data.tags.get("harness.compare_key")
         if key:
-            for r in _search(client, exp.experiment_id,
-                             f"tags.`harness.compare_key` = '{key}' and attributes.status = 'FINISHED'"):
+            for r in _search(
+                client,
+                exp.experiment_id,
+                f"tags.`harness.compare_key` = '{key}' and attributes.status = 'FINISHED'",
+            ):
                 runs.setdefault(r.info.run_id, r)
         runs = {k: r for k, r in runs.items() if r.data.tags.get("harness.role", "run") == "run"}
         reused = set(runs) - children
@@ -381,18 +428,28 @@ def collect(experiment: str = "harness", parent_run_id: str | None = None, track
     if not finished:
         what = f" on track {track!r}" if track else ""
         fails = f"; {len(failed)} run(s) did not finish ({by_state(failed)})" if failed else ""
-        raise NoRunsError(f"no FINISHED run to rank in {where}{what} ({uri}){fails}; "
-                          f"run `harness compare --objectives ...` first")
+        raise NoRunsError(
+            f"no FINISHED run to rank in {where}{what} ({uri}){fails}; "
+            f"run `harness compare --objectives ...` first"
+        )
     for rec in finished.values():
         with _quiet_downloads():
             _load_finished(client, runs[rec.run_id], rec, with_artifacts, with_history)
     order = sorted(finished.values(), key=lambda r: (r.track, r.objective, r.seed, r.start_time))
-    return Collected(experiment=exp.name, experiment_id=exp.experiment_id, tracking_uri=uri,
-                     parent_run_id=parent.info.run_id if parent else None,
-                     parent_tags=dict(parent.data.tags) if parent else {}, runs=order,
-                     failed=sorted(failed, key=lambda r: (r.track, r.objective, r.seed)), notes=notes,
-                     duplicates=duplicates, superseded=superseded, reused=reused,
-                     with_artifacts=with_artifacts)
+    return Collected(
+        experiment=exp.name,
+        experiment_id=exp.experiment_id,
+        tracking_uri=uri,
+        parent_run_id=parent.info.run_id if parent else None,
+        parent_tags=dict(parent.data.tags) if parent else {},
+        runs=order,
+        failed=sorted(failed, key=lambda r: (r.track, r.objective, r.seed)),
+        notes=notes,
+        duplicates=duplicates,
+        superseded=superseded,
+        reused=reused,
+        with_artifacts=with_artifacts,
+    )
 
 
 def by_state(runs: Iterable[RunRecord]) -> str:
@@ -402,8 +459,12 @@ def by_state(runs: Iterable[RunRecord]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order)
 
 
-def log_to_mlflow(paths: dict[str, Path] | Iterable[Path], run_id: str, tracking_uri: str | None = None,
-                  artifact_path: str = "leaderboard") -> None:
+def log_to_mlflow(
+    paths: dict[str, Path] | Iterable[Path],
+    run_id: str,
+    tracking_uri: str | None = None,
+    artifact_path: str = "leaderboard",
+) -> None:
     """Attach the rendered files to a run (the comparison's parent run) under ``artifact_path``."""
     client, _ = _client(tracking_uri)
     files = paths.values() if isinstance(paths, dict) else paths

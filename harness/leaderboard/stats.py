@@ -86,13 +86,22 @@ class Summary:
         return self.ci is None or (self.low == self.mean - self.ci and self.high == self.mean + self.ci)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std, "ci95": self.ci, "low": self.low, "high": self.high,
-                "symmetric": self.symmetric, "bounds": None if self.bounds is None else list(self.bounds),
-                "n": self.n, "values": {str(k): v for k, v in sorted(self.values.items())}}
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "ci95": self.ci,
+            "low": self.low,
+            "high": self.high,
+            "symmetric": self.symmetric,
+            "bounds": None if self.bounds is None else list(self.bounds),
+            "n": self.n,
+            "values": {str(k): v for k, v in sorted(self.values.items())},
+        }
 
 
-def summarize(values: dict[int, float], level: float = 0.95,
-              bounds: tuple[float, float] | None = None) -> Summary | None:
+def summarize(
+    values: dict[int, float], level: float = 0.95, bounds: tuple[float, float] | None = None
+) -> Summary | None:
     """Mean and Student-t interval over seeds, cut at ``bounds`` (see :func:`metric_bounds`). Values outside
     ``bounds`` mean the table does not describe this metric: the interval is then left unbounded."""
     from scipy import stats
@@ -196,10 +205,12 @@ def task_seed(boot_seed: int, task: str) -> int:
     return (boot_seed * 1_000_003 + zlib.crc32(task.encode())) % (2**32)
 
 
-def significantly_better(b_over_a: dict[str, tuple[float | None, float | None]], hib: bool, alpha: float,
-                         rule: str) -> bool:
+def significantly_better(
+    b_over_a: dict[str, tuple[float | None, float | None]], hib: bool, alpha: float, rule: str
+) -> bool:
     """``b_over_a``: test name (``bootstrap``, ``ttest``) -> (delta b - a, p). True when b beats a under
     ``rule`` (one of :data:`RANK_RULES`); False when no test is available."""
+
     def sig(name):
         delta, p = b_over_a.get(name, (None, None))
         if delta is None or p is None:
@@ -219,18 +230,22 @@ def significantly_better(b_over_a: dict[str, tuple[float | None, float | None]],
     return tt if tt is not None else boot
 
 
-def significance_ranks(objectives: list[str], tests: dict[tuple[str, str], dict[str, tuple]], hib: bool,
-                       alpha: float, rule: str) -> tuple[dict[str, list[str]], dict[str, int]]:
+def significance_ranks(
+    objectives: list[str], tests: dict[tuple[str, str], dict[str, tuple]], hib: bool, alpha: float, rule: str
+) -> tuple[dict[str, list[str]], dict[str, int]]:
     """(better, ranks): per objective a, the objectives b significantly better than it (``tests[(b, a)]``
     as in :func:`significantly_better`), and ``rank = 1 + len(better[a])``: objectives that cannot be
     told apart share a rank."""
-    better = {a: [b for b in objectives if b != a and significantly_better(tests[(b, a)], hib, alpha, rule)]
-              for a in objectives}
+    better = {
+        a: [b for b in objectives if b != a and significantly_better(tests[(b, a)], hib, alpha, rule)]
+        for a in objectives
+    }
     return better, {a: 1 + len(better[a]) for a in objectives}
 
 
-def mean_rank_and_borda(task_ranks: Iterable[dict[str, int]], objectives: list[str]
-                        ) -> tuple[dict[str, float | None], dict[str, int], dict[str, int]]:
+def mean_rank_and_borda(
+    task_ranks: Iterable[dict[str, int]], objectives: list[str]
+) -> tuple[dict[str, float | None], dict[str, int], dict[str, int]]:
     """(mean rank, Borda count, number of tasks) per objective over the tasks' ranks. The mean covers the
     tasks an objective has; Borda: per task, the number of objectives with a strictly worse rank, summed."""
     task_ranks = list(task_ranks)
@@ -239,13 +254,18 @@ def mean_rank_and_borda(task_ranks: Iterable[dict[str, int]], objectives: list[s
         rs = [ranks[o] for ranks in task_ranks if o in ranks]
         mean_rank[o] = float(np.mean(rs)) if rs else None
         n_tasks[o] = len(rs)
-        borda[o] = sum(sum(1 for p, rp in ranks.items() if p != o and rp > ranks[o])
-                       for ranks in task_ranks if o in ranks)
+        borda[o] = sum(
+            sum(1 for p, rp in ranks.items() if p != o and rp > ranks[o])
+            for ranks in task_ranks
+            if o in ranks
+        )
     return mean_rank, borda, n_tasks
 
 
-def board_order(objectives: Iterable[str], mean_rank: dict[str, float | None],
-                borda: dict[str, int]) -> list[str]:
+def board_order(
+    objectives: Iterable[str], mean_rank: dict[str, float | None], borda: dict[str, int]
+) -> list[str]:
     """Objectives by mean rank (none last), then Borda count (descending), then name."""
-    return sorted(objectives,
-                  key=lambda o: (mean_rank[o] if mean_rank[o] is not None else math.inf, -borda[o], o))
+    return sorted(
+        objectives, key=lambda o: (mean_rank[o] if mean_rank[o] is not None else math.inf, -borda[o], o)
+    )

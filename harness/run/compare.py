@@ -16,12 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import RunConfig
+from harness.core.errors import UserError
+from harness.leaderboard import (
+    LeaderboardError,
+    print_wide,
+    render_table,
+    render_text_table,
+    summarize_comparison,
+)
 from harness.run.console import Reporter
-from harness.leaderboard import LeaderboardError, print_wide, render_table, render_text_table, summarize_comparison
 from harness.run.runner import Plan, execute, prepare, resolve_train_data
 from harness.run.tune import best_params
 from harness.tracking import HEARTBEAT_TAG, MlflowRun, is_stale, open_store, tracking_uri, versions
-from harness.core.errors import UserError
 
 
 class CompareError(UserError):
@@ -51,13 +57,16 @@ class CompareOutcome:
         return [p for p in self.pairs if p.status in ("FAILED", "KILLED")]
 
 
-def plan_pairs(base: RunConfig, objectives: list[str], seeds: int,
-               tuned: dict[str, dict] | None = None) -> list[tuple[RunConfig, Plan]]:
+def plan_pairs(
+    base: RunConfig, objectives: list[str], seeds: int, tuned: dict[str, dict] | None = None
+) -> list[tuple[RunConfig, Plan]]:
     """One validated config per (objective, seed). Raises before anything runs.
 
     ``tuned`` maps an objective to its best tuned parameters (``budget.*`` keys set the budget)."""
     if not objectives or any(not o.strip() for o in objectives):
-        raise CompareError("no objectives given: pass --objectives NAME[,NAME...] (see `harness list objectives`)")
+        raise CompareError(
+            "no objectives given: pass --objectives NAME[,NAME...] (see `harness list objectives`)"
+        )
     if len(set(objectives)) != len(objectives):
         raise CompareError(f"an objective is listed twice in {objectives}")
     if seeds < 1:
@@ -91,7 +100,8 @@ def finished_identities(uri: str, experiment: str) -> dict[str, str]:
     if exp is None:
         return {}
     runs = mlflow.MlflowClient().search_runs(
-        [exp.experiment_id], filter_string="attributes.status = 'FINISHED' and tags.`harness.role` = 'run'",
+        [exp.experiment_id],
+        filter_string="attributes.status = 'FINISHED' and tags.`harness.role` = 'run'",
         max_results=50000,
     )
     return {r.data.tags.get("harness.identity"): r.info.run_id for r in runs}
@@ -108,8 +118,10 @@ def interrupted_runs(uri: str, experiment: str) -> dict[str, tuple[str, float]]:
         return {}
     now = time.time()
     runs = mlflow.MlflowClient().search_runs(
-        [exp.experiment_id], filter_string="attributes.status = 'RUNNING' and tags.`harness.role` = 'run'",
-        max_results=50000)
+        [exp.experiment_id],
+        filter_string="attributes.status = 'RUNNING' and tags.`harness.role` = 'run'",
+        max_results=50000,
+    )
     out = {}
     for r in runs:
         if is_stale(r.info.status, r.data.tags, r.info.start_time, now=now):
@@ -119,14 +131,22 @@ def interrupted_runs(uri: str, experiment: str) -> dict[str, tuple[str, float]]:
     return out
 
 
-def tuned_parameters(base: RunConfig, objectives: list[str], task: str, storage: str | None) -> dict[str, dict]:
+def tuned_parameters(
+    base: RunConfig, objectives: list[str], task: str, storage: str | None
+) -> dict[str, dict]:
     """Each objective's best parameters from its ``harness tune`` study on ``task``."""
     resolve_train_data(base)
     return {obj: best_params(obj, task, base, storage) for obj in objectives}
 
 
-def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Reporter | None = None,
-            tuned: dict[str, dict] | None = None, command: str | None = None) -> CompareOutcome:
+def compare(
+    base: RunConfig,
+    objectives: list[str],
+    seeds: int,
+    reporter: Reporter | None = None,
+    tuned: dict[str, dict] | None = None,
+    command: str | None = None,
+) -> CompareOutcome:
     """Run the sweep. With ``tuned`` (from :func:`tuned_parameters`) it is the "tuned" track: each
     objective trains with its tuned parameters, and its runs keep the base budget id."""
     reporter = reporter or Reporter(quiet=True)
@@ -152,8 +172,9 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
         **versions(),
     }
     outcome = CompareOutcome(parent_run_id=None, experiment=experiment)
-    parent = MlflowRun(uri, experiment, base.tracking.run_name or f"compare-{key}", tags,
-                       artifact_root=out_dir / "artifacts")
+    parent = MlflowRun(
+        uri, experiment, base.tracking.run_name or f"compare-{key}", tags, artifact_root=out_dir / "artifacts"
+    )
     total = len(pairs)
     t_start = time.perf_counter()
     executed: list[float] = []
@@ -164,23 +185,40 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
             eta = f", eta {_fmt(sum(executed) / len(executed) * left)}" if executed else ""
             n_done = sum(p.status in ("FINISHED", "SKIPPED") for p in outcome.pairs)
             n_failed = len(outcome.failed)
-            reporter.info(f"[bold]compare[/] {i}/{total} done ({n_done} ok, {n_failed} failed), running "
-                          f"{cfg.objective} seed {cfg.seed}, {left - 1} left{eta}")
+            reporter.info(
+                f"[bold]compare[/] {i}/{total} done ({n_done} ok, {n_failed} failed), running "
+                f"{cfg.objective} seed {cfg.seed}, {left - 1} left{eta}"
+            )
             if cfg.identity in done:
-                outcome.pairs.append(PairResult(cfg.objective, cfg.seed, cfg.identity, "SKIPPED", done[cfg.identity]))
-                reporter.info(f"  {cfg.objective} seed {cfg.seed}: already finished (run {done[cfg.identity][:8]}), skipped")
+                outcome.pairs.append(
+                    PairResult(cfg.objective, cfg.seed, cfg.identity, "SKIPPED", done[cfg.identity])
+                )
+                reporter.info(
+                    f"  {cfg.objective} seed {cfg.seed}: already finished "
+                    f"(run {done[cfg.identity][:8]}), skipped"
+                )
                 continue
             if cfg.identity in interrupted:
                 run_id, silent = interrupted[cfg.identity]
-                reporter.info(f"  {cfg.objective} seed {cfg.seed}: run {run_id[:8]} was interrupted (no heartbeat "
-                              f"for {_fmt(silent)}: its process was killed); running it again")
+                reporter.info(
+                    f"  {cfg.objective} seed {cfg.seed}: run {run_id[:8]} was interrupted (no heartbeat "
+                    f"for {_fmt(silent)}: its process was killed); running it again"
+                )
             t0 = time.perf_counter()
             pair = PairResult(cfg.objective, cfg.seed, cfg.identity, "FAILED")
             try:
-                run = execute(cfg, reporter, plan, nested=True,
-                              extra_tags={"harness.track": track, "harness.compare_key": key,
-                                          # tuned runs may differ in a tuned learning rate only
-                                          "harness.budget_id": base.budget_id})
+                run = execute(
+                    cfg,
+                    reporter,
+                    plan,
+                    nested=True,
+                    extra_tags={
+                        "harness.track": track,
+                        "harness.compare_key": key,
+                        # tuned runs may differ in a tuned learning rate only
+                        "harness.budget_id": base.budget_id,
+                    },
+                )
                 pair.status, pair.run_id = run.status, run.run_id
             except KeyboardInterrupt:
                 pair.status = "KILLED"
@@ -192,15 +230,33 @@ def compare(base: RunConfig, objectives: list[str], seeds: int, reporter: Report
             pair.seconds = time.perf_counter() - t0
             executed.append(pair.seconds)
             outcome.pairs.append(pair)
-        reporter.info(f"[bold]compare[/] {total}/{total} done in {_fmt(time.perf_counter() - t_start)}: "
-                      f"{sum(p.status == 'FINISHED' for p in outcome.pairs)} trained, "
-                      f"{sum(p.status == 'SKIPPED' for p in outcome.pairs)} skipped, {len(outcome.failed)} failed")
-        MlflowRun.log_metrics({"compare/runs_failed": len(outcome.failed),
-                               "compare/wall_seconds": time.perf_counter() - t_start})
+        reporter.info(
+            f"[bold]compare[/] {total}/{total} done in {_fmt(time.perf_counter() - t_start)}: "
+            f"{sum(p.status == 'FINISHED' for p in outcome.pairs)} trained, "
+            f"{sum(p.status == 'SKIPPED' for p in outcome.pairs)} skipped, {len(outcome.failed)} failed"
+        )
+        MlflowRun.log_metrics(
+            {
+                "compare/runs_failed": len(outcome.failed),
+                "compare/wall_seconds": time.perf_counter() - t_start,
+            }
+        )
         # every pair of this comparison, reused runs included: the leaderboard reads this list
-        MlflowRun.log_dict({"pairs": [{"objective": p.objective, "seed": p.seed, "run_id": p.run_id,
-                                       "status": p.status, "identity": p.identity} for p in outcome.pairs]},
-                           "pairs.json")
+        MlflowRun.log_dict(
+            {
+                "pairs": [
+                    {
+                        "objective": p.objective,
+                        "seed": p.seed,
+                        "run_id": p.run_id,
+                        "status": p.status,
+                        "identity": p.identity,
+                    }
+                    for p in outcome.pairs
+                ]
+            },
+            "pairs.json",
+        )
     outcome.leaderboard = _leaderboard(outcome, uri, out_dir, reporter)
     return outcome
 

@@ -8,8 +8,14 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 
@@ -35,9 +41,15 @@ class Reporter:
             yield lambda *args: None
             return
         if self.interactive:
-            cols = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}  {task.fields[sps]:.0f} samples/s"),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+            cols = (
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[sps]:.0f} samples/s"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+            )
             with Progress(*cols, console=self.console, transient=False) as prog:
                 tid = prog.add_task(escape(label), total=total, loss=float("nan"), sps=0.0)
                 t0 = time.perf_counter()
@@ -58,8 +70,11 @@ class Reporter:
                 el = time.perf_counter() - t0
                 eta = el / (step + 1) * (total - step - 1)
                 sps = f"  {(step + 1) * batch_size / el:.0f} samples/s" if batch_size else ""
-                self.console.print(f"{label}: step {step + 1}/{total}  loss {loss:.4f}{sps}  "
-                                   f"elapsed {el:.0f}s  eta {eta:.0f}s", highlight=False)
+                self.console.print(
+                    f"{label}: step {step + 1}/{total}  loss {loss:.4f}{sps}  "
+                    f"elapsed {el:.0f}s  eta {eta:.0f}s",
+                    highlight=False,
+                )
 
         yield update
 

@@ -17,19 +17,19 @@ from typing import Any, Callable
 import torch
 
 from harness.config import RunConfig, flatten
+from harness.core.errors import UserError
 from harness.core.objective import build_objective
 from harness.core.registry import UnknownNameError
 from harness.core.task import TASKS, EvalContext, Suite, task_meta
-from harness.run.console import Reporter
 from harness.data import train_sets as train_data
-from harness.engine.models import Encoder, ModelConfig, build_model, checkpoint_words, harness_checkpoint
 from harness.data.shapes import ShapesWorld, default_cache_dir, vocabulary
 from harness.data.sources import DataError, DatasetUnavailableError
 from harness.engine.distributed import is_main, world_info
-from harness.leaderboard import TASK_META_TAG
-from harness.tracking import MlflowRun, NullRun, tracking_uri, versions
+from harness.engine.models import Encoder, ModelConfig, build_model, checkpoint_words, harness_checkpoint
 from harness.engine.trainer import TrainResult, resolve_device, seed_everything, train
-from harness.core.errors import UserError
+from harness.leaderboard import TASK_META_TAG
+from harness.run.console import Reporter
+from harness.tracking import MlflowRun, NullRun, tracking_uri, versions
 
 
 @dataclass
@@ -65,8 +65,10 @@ def expand_tasks(names: list[str], modality: str = "image-text", objective: str 
             members = [TASKS.get(m) for m in cls.members]
             members = [m for m in members if TOWERS[m.modality] <= trained]
             if not members:
-                raise UserError(f"suite {name!r} has no task for the {modality} tower(s) that "
-                                 f"objective {objective!r} trains")
+                raise UserError(
+                    f"suite {name!r} has no task for the {modality} tower(s) that "
+                    f"objective {objective!r} trains"
+                )
         else:
             check_modalities(objective, modality, [cls])
             members = [cls]
@@ -98,8 +100,10 @@ def check_selection(cfg: RunConfig, objective) -> None:
         raise UserError(f"checkpoint selection needs one task, not the suite {cfg.selection.task!r}")
     check_modalities(cfg.objective, objective.modality, [cls])
     if not cls.has_validation():
-        raise UserError(f"task {cls.name!r} has no validation split: it cannot select checkpoints "
-                         "(SimCSE selects on stsb, the STS-B validation split)")
+        raise UserError(
+            f"task {cls.name!r} has no validation split: it cannot select checkpoints "
+            "(SimCSE selects on stsb, the STS-B validation split)"
+        )
     cls().check_data(cfg.data.options())
     if cfg.selection.every > cfg.budget.steps:
         raise UserError(f"selection.every ({cfg.selection.every}) exceeds budget.steps ({cfg.budget.steps})")
@@ -116,15 +120,30 @@ def check_task_data(tasks: list, cfg: RunConfig, objective=None) -> None:
     if cfg.evaluation == "validation":
         for t in tasks:
             if not t.has_validation():
-                raise UserError(f"evaluation=validation, but task {t.name!r} has no validation split "
-                                 "(its only split is the test split)")
-    checks: list[tuple[str, Callable[[], None]]] = [(t.name, functools.partial(t.check_data, options))
-                                                    for t in tasks]
+                raise UserError(
+                    f"evaluation=validation, but task {t.name!r} has no validation split "
+                    "(its only split is the test split)"
+                )
+    checks: list[tuple[str, Callable[[], None]]] = [
+        (t.name, functools.partial(t.check_data, options)) for t in tasks
+    ]
     if objective is not None:
-        checks.append((f"training data {cfg.train_data!r}", functools.partial(
-            train_data.check, cfg.train_data, objective, cfg.objective, options, cfg.train_samples,
-            model=cfg.model, batch_size=cfg.budget.batch_size,
-            cache_dir=default_cache_dir(Path(cfg.tracking.output_dir)))))
+        checks.append(
+            (
+                f"training data {cfg.train_data!r}",
+                functools.partial(
+                    train_data.check,
+                    cfg.train_data,
+                    objective,
+                    cfg.objective,
+                    options,
+                    cfg.train_samples,
+                    model=cfg.model,
+                    batch_size=cfg.budget.batch_size,
+                    cache_dir=default_cache_dir(Path(cfg.tracking.output_dir)),
+                ),
+            )
+        )
     problems: list[DataError] = []
     for _, check in checks:
         try:
@@ -136,8 +155,10 @@ def check_task_data(tasks: list, cfg: RunConfig, objective=None) -> None:
     if problems:
         missing = [e for e in problems if isinstance(e, DatasetUnavailableError)]
         kind = DatasetUnavailableError if len(missing) == len(problems) else DataError
-        raise kind(f"{len(problems)} datasets this command needs cannot be used:\n\n"
-                   + "\n\n".join(f"{i}. {e}" for i, e in enumerate(problems, 1)))
+        raise kind(
+            f"{len(problems)} datasets this command needs cannot be used:\n\n"
+            + "\n\n".join(f"{i}. {e}" for i, e in enumerate(problems, 1))
+        )
     validation = cfg.evaluation == "validation"
     eval_data = {}
     for t in tasks:
@@ -167,7 +188,8 @@ def check_checkpoint(cfg: RunConfig, tasks: list, train_data_name: str, adopt: b
             f"checkpoint {cfg.model.pretrained} was trained with the shapes world's word vocabulary "
             f"({len(words)} words), so it cannot read the text of {', '.join(real)}; train a model that "
             "can with `harness run ... --set model.tokenizer=open_clip` (open_clip's tokenizer), or "
-            "evaluate this one on shapes tasks")
+            "evaluate this one on shapes tasks"
+        )
 
 
 def prepare_eval(cfg: RunConfig) -> list:
@@ -189,8 +211,10 @@ def resolve_train_data(cfg: RunConfig) -> RunConfig:
         except UnknownNameError:  # reported, with suggestions, when the run is prepared
             cfg.train_data = "shapes"
     if cfg.train_data not in train_data.TRAIN_DATA:
-        raise UserError(f"unknown training data {cfg.train_data!r}; valid: auto, {', '.join(train_data.TRAIN_DATA)} "
-                        "(see `harness list train-data`)")
+        raise UserError(
+            f"unknown training data {cfg.train_data!r}; valid: auto, {', '.join(train_data.TRAIN_DATA)} "
+            "(see `harness list train-data`)"
+        )
     train_data.spec(cfg.train_data)  # loaded now: the batch fields it declares are known to objectives
     return cfg
 
@@ -200,8 +224,10 @@ def prepare(cfg: RunConfig) -> Plan:
     resolve_train_data(cfg)
     objective = build_objective(cfg.objective, cfg.objective_params)
     if cfg.budget.batch_size < objective.min_batch_size:
-        raise UserError(f"objective {cfg.objective!r} needs a batch of at least {objective.min_batch_size}, "
-                        f"got budget.batch_size {cfg.budget.batch_size}")
+        raise UserError(
+            f"objective {cfg.objective!r} needs a batch of at least {objective.min_batch_size}, "
+            f"got budget.batch_size {cfg.budget.batch_size}"
+        )
     tasks = expand_tasks(cfg.tasks, objective.modality, cfg.objective)
     check_checkpoint(cfg, tasks, cfg.train_data)
     check_task_data(tasks, cfg, objective)
@@ -211,11 +237,14 @@ def prepare(cfg: RunConfig) -> Plan:
     _, world = world_info()
     if world > 1:
         if objective.distributed == "unsupported":
-            raise UserError(f"objective {cfg.objective!r} does not support torch.distributed; "
-                             "run it in one process")
+            raise UserError(
+                f"objective {cfg.objective!r} does not support torch.distributed; run it in one process"
+            )
         if cfg.budget.batch_size % world:
-            raise UserError(f"budget.batch_size {cfg.budget.batch_size} (the global batch) must be a "
-                             f"multiple of the {world} processes")
+            raise UserError(
+                f"budget.batch_size {cfg.budget.batch_size} (the global batch) must be a "
+                f"multiple of the {world} processes"
+            )
     return Plan(cfg, objective, tasks, device)
 
 
@@ -230,9 +259,16 @@ def shapes_world(spec, cache_dir: Path, reporter: Reporter) -> ShapesWorld:
     return _WORLDS[key]
 
 
-def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None = None,
-            extra_tags: dict[str, str] | None = None, nested: bool = False, validation: bool = False,
-            on_validation: Callable[[int, float], None] | None = None, validate_every: int = 0) -> RunOutcome:
+def execute(
+    cfg: RunConfig,
+    reporter: Reporter | None = None,
+    plan: Plan | None = None,
+    extra_tags: dict[str, str] | None = None,
+    nested: bool = False,
+    validation: bool = False,
+    on_validation: Callable[[int, float], None] | None = None,
+    validate_every: int = 0,
+) -> RunOutcome:
     """Train and evaluate one configuration as one MLflow run (a child run when ``nested``).
 
     ``validation=True`` evaluates every task on the ``val`` split instead of test (tuning).
@@ -249,12 +285,27 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
     seed_everything(cfg.seed)
     words = vocabulary() if train_data.uses_shapes_vocabulary(cfg.train_data, plan.tasks) else None
     model, tokenizer, image_size, mean, std = build_model(cfg.model, words=words)
-    encoder = Encoder(model, tokenizer, image_size, mean, std, device=plan.device,
-                      batch_size=cfg.budget.eval_batch_size, precision=cfg.budget.precision)
-    data = train_data.build(cfg.train_data, world=world, tokenizer=tokenizer, seed=cfg.seed,
-                            options=cfg.data.options(), image_size=image_size,
-                            preprocess_cfg=getattr(model.visual, "preprocess_cfg", None),
-                            cache_dir=default_cache_dir(out_dir), max_samples=cfg.train_samples)
+    encoder = Encoder(
+        model,
+        tokenizer,
+        image_size,
+        mean,
+        std,
+        device=plan.device,
+        batch_size=cfg.budget.eval_batch_size,
+        precision=cfg.budget.precision,
+    )
+    data = train_data.build(
+        cfg.train_data,
+        world=world,
+        tokenizer=tokenizer,
+        seed=cfg.seed,
+        options=cfg.data.options(),
+        image_size=image_size,
+        preprocess_cfg=getattr(model.visual, "preprocess_cfg", None),
+        cache_dir=default_cache_dir(out_dir),
+        max_samples=cfg.train_samples,
+    )
 
     tags = {
         "harness.identity": cfg.identity,
@@ -275,39 +326,70 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
     run_name = cfg.tracking.run_name or f"{cfg.objective.replace(' ', '')}-s{cfg.seed}"
     uri = tracking_uri(cfg.tracking.tracking_uri, out_dir)
     main = is_main()
-    recorder = MlflowRun(uri, cfg.tracking.experiment, run_name, tags, artifact_root=out_dir / "artifacts",
-                         nested=nested) if main else NullRun()
+    recorder = (
+        MlflowRun(
+            uri, cfg.tracking.experiment, run_name, tags, artifact_root=out_dir / "artifacts", nested=nested
+        )
+        if main
+        else NullRun()
+    )
     outcome = RunOutcome(run_id=None, status="RUNNING", identity=cfg.identity)
     try:
         with recorder:
             outcome.run_id = recorder.run_id
             resolved = cfg.model_dump(mode="json")
-            recorder.log_params({**flatten({k: v for k, v in resolved.items() if k != "tracking"}),
-                                 **{f"objective.{k}": v for k, v in plan.objective.params.items()},
-                                 "budget.samples_seen": cfg.budget.samples_seen})
+            recorder.log_params(
+                {
+                    **flatten({k: v for k, v in resolved.items() if k != "tracking"}),
+                    **{f"objective.{k}": v for k, v in plan.objective.params.items()},
+                    "budget.samples_seen": cfg.budget.samples_seen,
+                }
+            )
             recorder.log_dict(resolved, "config.yaml")
 
-            reporter.info(f"training [bold]{cfg.objective}[/] on {cfg.train_data}: {cfg.budget.steps} steps x "
-                          f"{cfg.budget.batch_size} on {plan.device.type} (identity {cfg.identity})")
-            selector = Selector(cfg, model, plan.objective, encoder, world, recorder, reporter) \
-                if cfg.selection is not None else None
+            reporter.info(
+                f"training [bold]{cfg.objective}[/] on {cfg.train_data}: {cfg.budget.steps} steps x "
+                f"{cfg.budget.batch_size} on {plan.device.type} (identity {cfg.identity})"
+            )
+            selector = (
+                Selector(cfg, model, plan.objective, encoder, world, recorder, reporter)
+                if cfg.selection is not None
+                else None
+            )
             validate = None
             if on_validation is not None or selector is not None:
+
                 def validate(step: int) -> None:
                     if selector is not None and step % selector.every == 0:
                         selector(step)
                     if on_validation is not None and validate_every and step % validate_every == 0:
-                        score = plan.tasks[0].evaluate(EvalContext(encoder=encoder, world=world, validation=True,
-                                                                   data=cfg.data.options())).main_score
+                        score = (
+                            plan.tasks[0]
+                            .evaluate(
+                                EvalContext(
+                                    encoder=encoder, world=world, validation=True, data=cfg.data.options()
+                                )
+                            )
+                            .main_score
+                        )
                         recorder.log_metrics({f"val/{plan.tasks[0].name}/main_score": score}, step=step)
                         on_validation(step, score)
 
             every = math.gcd(validate_every or 0, selector.every if selector else 0) or validate_every
             with reporter.training(cfg.budget.steps, f"{cfg.objective} seed {cfg.seed}") as update:
-                result = train(model, plan.objective, encoder, data, cfg.budget, cfg.seed, plan.device,
-                               on_log=lambda step, m: recorder.log_metrics(m, step=step),
-                               on_step=lambda step, loss: update(step, loss, cfg.budget.batch_size),
-                               validate=validate, validate_every=every)
+                result = train(
+                    model,
+                    plan.objective,
+                    encoder,
+                    data,
+                    cfg.budget,
+                    cfg.seed,
+                    plan.device,
+                    on_log=lambda step, m: recorder.log_metrics(m, step=step),
+                    on_step=lambda step, loss: update(step, loss, cfg.budget.batch_size),
+                    validate=validate,
+                    validate_every=every,
+                )
             outcome.train = result
             recorder.log_metrics({**result.cost(), "train/final_loss": result.final_loss})
             if selector is not None:
@@ -317,8 +399,9 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None, plan: Plan | None 
             if not main:  # torchrun: rank 0 alone checkpoints, evaluates and records
                 return outcome
             if cfg.tracking.checkpoint:
-                outcome.checkpoint_path = save_checkpoint(cfg, model, plan.objective, tokenizer,
-                                                          out_dir / "checkpoints", recorder.run_id)
+                outcome.checkpoint_path = save_checkpoint(
+                    cfg, model, plan.objective, tokenizer, out_dir / "checkpoints", recorder.run_id
+                )
                 recorder.log_artifact(outcome.checkpoint_path, "checkpoint")
 
             ctx = EvalContext(encoder=encoder, world=world, validation=validation, data=cfg.data.options())
@@ -342,8 +425,9 @@ class Selector:
         self.best_state: dict | None = None
 
     def __call__(self, step: int) -> None:
-        res = self.task.evaluate(EvalContext(encoder=self.encoder, world=self.world, validation=True,
-                                             data=self.options))
+        res = self.task.evaluate(
+            EvalContext(encoder=self.encoder, world=self.world, validation=True, data=self.options)
+        )
         score = res.main_score if self.task.higher_is_better else -res.main_score
         self.recorder.log_metrics({f"selection/{self.task.name}/val_main_score": res.main_score}, step=step)
         if self.best_score is None or score > self.best_score:
@@ -355,10 +439,16 @@ class Selector:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         best = self.best_score if self.task.higher_is_better else -self.best_score
-        self.recorder.log_metrics({"selection/best_step": float(self.best_step),
-                                   f"selection/{self.task.name}/best_val_main_score": best})
-        self.reporter.info(f"checkpoint selection: step {self.best_step} of the best {self.task.name} "
-                           f"validation score {best:.4f}")
+        self.recorder.log_metrics(
+            {
+                "selection/best_step": float(self.best_step),
+                f"selection/{self.task.name}/best_val_main_score": best,
+            }
+        )
+        self.reporter.info(
+            f"checkpoint selection: step {self.best_step} of the best {self.task.name} "
+            f"validation score {best:.4f}"
+        )
 
 
 def eval_tags(cfg: RunConfig, validation: bool) -> dict[str, str]:
@@ -369,8 +459,9 @@ def eval_tags(cfg: RunConfig, validation: bool) -> dict[str, str]:
     return tags
 
 
-def evaluate_and_record(cfg: RunConfig, tasks: list, ctx, recorder, reporter: Reporter,
-                        outcome: RunOutcome, tags: dict) -> None:
+def evaluate_and_record(
+    cfg: RunConfig, tasks: list, ctx, recorder, reporter: Reporter, outcome: RunOutcome, tags: dict
+) -> None:
     """Evaluate every task (embeddings shared through ``ctx.cache``), log the metrics, and write
     and log the results JSON."""
     for task in tasks:
@@ -401,22 +492,45 @@ def evaluate_only(cfg: RunConfig, reporter: Reporter | None = None) -> RunOutcom
     words = vocabulary() if train_data.uses_shapes_vocabulary("shapes", tasks) else None
     model, tokenizer, image_size, mean, std = build_model(cfg.model, words=words)
     model.to(device)
-    encoder = Encoder(model, tokenizer, image_size, mean, std, device=device,
-                      batch_size=cfg.budget.eval_batch_size, precision=cfg.budget.precision)
-    tags = {"harness.role": "eval", "harness.model": cfg.model.name,
-            "harness.pretrained": str(cfg.model.pretrained), "harness.tasks": ",".join(cfg.tasks),
-            "harness.dataset_fingerprint": world.fingerprint, "harness.identity": cfg.identity,
-            **eval_tags(cfg, cfg.evaluation == "validation"), **versions()}
+    encoder = Encoder(
+        model,
+        tokenizer,
+        image_size,
+        mean,
+        std,
+        device=device,
+        batch_size=cfg.budget.eval_batch_size,
+        precision=cfg.budget.precision,
+    )
+    tags = {
+        "harness.role": "eval",
+        "harness.model": cfg.model.name,
+        "harness.pretrained": str(cfg.model.pretrained),
+        "harness.tasks": ",".join(cfg.tasks),
+        "harness.dataset_fingerprint": world.fingerprint,
+        "harness.identity": cfg.identity,
+        **eval_tags(cfg, cfg.evaluation == "validation"),
+        **versions(),
+    }
     name = cfg.tracking.run_name or f"eval-{cfg.model.name}"
-    recorder = MlflowRun(tracking_uri(cfg.tracking.tracking_uri, out_dir), cfg.tracking.experiment, name, tags,
-                         artifact_root=out_dir / "artifacts")
+    recorder = MlflowRun(
+        tracking_uri(cfg.tracking.tracking_uri, out_dir),
+        cfg.tracking.experiment,
+        name,
+        tags,
+        artifact_root=out_dir / "artifacts",
+    )
     outcome = RunOutcome(run_id=None, status="RUNNING", identity=cfg.identity)
     try:
         with recorder:
             outcome.run_id = recorder.run_id
             recorder.log_params({f"model.{k}": v for k, v in cfg.model.model_dump().items()})
-            ctx = EvalContext(encoder=encoder, world=world, data=cfg.data.options(),
-                              validation=cfg.evaluation == "validation")
+            ctx = EvalContext(
+                encoder=encoder,
+                world=world,
+                data=cfg.data.options(),
+                validation=cfg.evaluation == "validation",
+            )
             evaluate_and_record(cfg, tasks, ctx, recorder, reporter, outcome, tags)
     finally:
         outcome.status = recorder.status or "FAILED"
@@ -431,9 +545,13 @@ def results_document(cfg: RunConfig, outcome: RunOutcome, world, tags) -> dict:
         "config": cfg.model_dump(mode="json"),
         "eval_data": cfg.eval_data,
         "provenance": {**tags, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        "train": None if outcome.train is None else {
-            **outcome.train.cost(), "final_loss": outcome.train.final_loss,
-            "loss_curve": outcome.train.loss_curve},
+        "train": None
+        if outcome.train is None
+        else {
+            **outcome.train.cost(),
+            "final_loss": outcome.train.final_loss,
+            "loss_curve": outcome.train.loss_curve,
+        },
         "tasks": {r.task: r.to_dict() for r in outcome.results},
     }
 

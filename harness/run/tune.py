@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import RunConfig
+from harness.core.errors import UserError
 from harness.core.objective import OBJECTIVES
 from harness.core.task import TASKS
 from harness.run.console import Reporter
 from harness.run.runner import execute, prepare, resolve_train_data
 from harness.tracking import MlflowRun, tracking_uri, versions
-from harness.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,16 @@ def open_storage(url: str):
 
     try:
         if url.startswith("journal:"):
-            path = Path(url[len("journal:"):])
+            path = Path(url[len("journal:") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         kwargs = {"connect_args": {"timeout": 30.0}} if url.startswith("sqlite") else {}
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:
-        raise TuneError(f"cannot open Optuna storage {url!r}: {type(e).__name__}: {e}. Use "
-                        "sqlite:///PATH, journal:PATH, or a reachable database URL") from None
+        raise TuneError(
+            f"cannot open Optuna storage {url!r}: {type(e).__name__}: {e}. Use "
+            "sqlite:///PATH, journal:PATH, or a reachable database URL"
+        ) from None
 
 
 def study_name(objective: str, task: str, budget_id: str) -> str:
@@ -127,15 +129,29 @@ def _make_study(storage, name: str, seed: int, direction: str):
     import optuna
 
     return optuna.create_study(
-        storage=storage, study_name=name, direction=direction, load_if_exists=True,
+        storage=storage,
+        study_name=name,
+        direction=direction,
+        load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
 
 
-def _optimize(base: RunConfig, objective: str, task: str, n_trials: int, storage_spec: str, name: str,
-              seed: int, direction: str, tune_lr: bool, validate_every: int, parent_run_id: str | None,
-              quiet: bool) -> None:
+def _optimize(
+    base: RunConfig,
+    objective: str,
+    task: str,
+    n_trials: int,
+    storage_spec: str,
+    name: str,
+    seed: int,
+    direction: str,
+    tune_lr: bool,
+    validate_every: int,
+    parent_run_id: str | None,
+    quiet: bool,
+) -> None:
     """One worker: runs trials until the study holds ``n_trials`` of any state."""
     import optuna
     from optuna.study import MaxTrialsCallback
@@ -164,8 +180,15 @@ def _optimize(base: RunConfig, objective: str, task: str, n_trials: int, storage
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         try:
-            out = execute(cfg, reporter, plan, extra_tags=tags, validation=True,
-                          on_validation=report, validate_every=validate_every)
+            out = execute(
+                cfg,
+                reporter,
+                plan,
+                extra_tags=tags,
+                validation=True,
+                on_validation=report,
+                validate_every=validate_every,
+            )
         except optuna.TrialPruned:
             raise
         except Exception as e:
@@ -175,8 +198,12 @@ def _optimize(base: RunConfig, objective: str, task: str, n_trials: int, storage
         return out.results[0].main_score
 
     started = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
-    study.optimize(fn, callbacks=[MaxTrialsCallback(n_trials, states=None)], catch=(Exception,),
-                   n_trials=max(0, n_trials - len(started)))
+    study.optimize(
+        fn,
+        callbacks=[MaxTrialsCallback(n_trials, states=None)],
+        catch=(Exception,),
+        n_trials=max(0, n_trials - len(started)),
+    )
 
 
 def _worker(kwargs: dict) -> None:  # a spawned worker process
@@ -184,9 +211,19 @@ def _worker(kwargs: dict) -> None:  # a spawned worker process
     _optimize(**kwargs)
 
 
-def tune(base: RunConfig, objectives: list[str], task: str, n_trials: int, reporter: Reporter | None = None,
-         storage: str | None = None, study: str | None = None, workers: int = 1, tune_lr: bool = False,
-         validate_every: int | None = None, seed: int = 0) -> list[StudySummary]:
+def tune(
+    base: RunConfig,
+    objectives: list[str],
+    task: str,
+    n_trials: int,
+    reporter: Reporter | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    workers: int = 1,
+    tune_lr: bool = False,
+    validate_every: int | None = None,
+    seed: int = 0,
+) -> list[StudySummary]:
     """Tune each objective with the same number of trials; returns one summary per study."""
     import optuna
 
@@ -203,16 +240,20 @@ def tune(base: RunConfig, objectives: list[str], task: str, n_trials: int, repor
         raise TuneError("--study names one study; it cannot be used with several objectives")
     task_cls = TASKS.get(task)
     if not task_cls.has_validation():
-        raise TuneError(f"task {task!r} has no validation split, and tuning never reads test data; tune on a "
-                        "task with one (e.g. stsb for STS, flickr30k-retrieval from the full nlphuji/flickr30k "
-                        "table, CIFAR tasks, or any shapes task)")
+        raise TuneError(
+            f"task {task!r} has no validation split, and tuning never reads test data; tune on a "
+            "task with one (e.g. stsb for STS, flickr30k-retrieval from the full nlphuji/flickr30k "
+            "table, CIFAR tasks, or any shapes task)"
+        )
     for obj in objectives:  # resolve and validate everything before any training
         prepare(trial_config(base, obj, task, {}))
         OBJECTIVES.get(obj)
     url = storage_url(storage, base.tracking.output_dir, workers)
     if workers > 1 and url.startswith("sqlite"):
-        raise TuneError("SQLite cannot serve several worker processes safely; use a journal file "
-                        "(the default with --workers) or a database server URL")
+        raise TuneError(
+            "SQLite cannot serve several worker processes safely; use a journal file "
+            "(the default with --workers) or a database server URL"
+        )
     storage_obj = open_storage(url)  # fails early on an unreachable storage; reused below
     direction = "maximize" if task_cls.higher_is_better else "minimize"
     every = validate_every or max(1, base.budget.steps // 4)
@@ -224,23 +265,56 @@ def tune(base: RunConfig, objectives: list[str], task: str, n_trials: int, repor
         defaults = paper_defaults(OBJECTIVES.get(obj), base, tune_lr)
         if not st.trials:
             st.enqueue_trial(defaults, user_attrs={"harness.paper_defaults": True})
-        tags = {"harness.role": "study", "harness.study": name, "harness.objective": obj, "harness.tasks": task,
-                "harness.trials": str(n_trials), "harness.storage": url.split("@")[-1],
-                "harness.budget_id": base.budget_id, **versions()}
-        reporter.info(f"tuning [bold]{obj}[/] on {task} (validation split): study {name!r}, "
-                      f"{len(st.trials)}/{n_trials} trials so far, storage {url.split('@')[-1]}")
-        parent = MlflowRun(uri, base.tracking.experiment, f"tune-{obj}", tags,
-                           artifact_root=Path(base.tracking.output_dir) / "artifacts")
+        tags = {
+            "harness.role": "study",
+            "harness.study": name,
+            "harness.objective": obj,
+            "harness.tasks": task,
+            "harness.trials": str(n_trials),
+            "harness.storage": url.split("@")[-1],
+            "harness.budget_id": base.budget_id,
+            **versions(),
+        }
+        reporter.info(
+            f"tuning [bold]{obj}[/] on {task} (validation split): study {name!r}, "
+            f"{len(st.trials)}/{n_trials} trials so far, storage {url.split('@')[-1]}"
+        )
+        parent = MlflowRun(
+            uri,
+            base.tracking.experiment,
+            f"tune-{obj}",
+            tags,
+            artifact_root=Path(base.tracking.output_dir) / "artifacts",
+        )
         with parent:
-            kwargs = dict(objective=obj, task=task, n_trials=n_trials, storage_spec=url, name=name, seed=seed,
-                          direction=direction, tune_lr=tune_lr, validate_every=every,
-                          parent_run_id=parent.run_id, quiet=reporter.quiet)
+            kwargs = dict(
+                objective=obj,
+                task=task,
+                n_trials=n_trials,
+                storage_spec=url,
+                name=name,
+                seed=seed,
+                direction=direction,
+                tune_lr=tune_lr,
+                validate_every=every,
+                parent_run_id=parent.run_id,
+                quiet=reporter.quiet,
+            )
             procs = []
             if workers > 1:
                 ctx = mp.get_context("spawn")
                 for w in range(workers - 1):
-                    p = ctx.Process(target=_worker, args=({**kwargs, "base": base.model_dump(mode="json"),
-                                                           "seed": seed + w + 1, "quiet": True},))
+                    p = ctx.Process(
+                        target=_worker,
+                        args=(
+                            {
+                                **kwargs,
+                                "base": base.model_dump(mode="json"),
+                                "seed": seed + w + 1,
+                                "quiet": True,
+                            },
+                        ),
+                    )
                     p.start()
                     procs.append(p)
             _optimize(base=base, **kwargs)
@@ -266,9 +340,25 @@ def _summarise(storage, name: str, objective: str, parent_run_id: str, reporter:
         mlflow.log_metric("best_value", best_value)
         mlflow.set_tag("harness.best_trial", str(st.best_trial.number))
     mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in states.items()})
-    mlflow.log_dict({"study": name, "best_value": best_value, "best_params": best_params, "states": states,
-                     "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                                 "user_attrs": t.user_attrs} for t in st.trials]}, "study.json")
+    mlflow.log_dict(
+        {
+            "study": name,
+            "best_value": best_value,
+            "best_params": best_params,
+            "states": states,
+            "trials": [
+                {
+                    "number": t.number,
+                    "state": t.state.name,
+                    "value": t.value,
+                    "params": t.params,
+                    "user_attrs": t.user_attrs,
+                }
+                for t in st.trials
+            ],
+        },
+        "study.json",
+    )
     _log_plots(st, len(complete))
     reporter.info(f"study {name!r}: {states}; best {best_value} with {json.dumps(best_params)}")
     return StudySummary(objective, name, len(st.trials), states, best_value, best_params, parent_run_id)
@@ -278,13 +368,12 @@ def _log_plots(st, n_complete: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mlflow
-    from optuna.visualization import matplotlib as ovm
-
     import warnings
 
+    import matplotlib.pyplot as plt
+    import mlflow
     from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as ovm
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
     plots = [("optuna/optimization_history.png", ovm.plot_optimization_history)]
@@ -310,5 +399,7 @@ def best_params(objective: str, task: str, base: RunConfig, storage: str | None 
         st = optuna.load_study(study_name=name, storage=open_storage(url))
         return dict(st.best_params)
     except (KeyError, ValueError) as e:
-        raise TuneError(f"no finished tuning study {name!r} in {url}: run `harness tune --objective "
-                        f"{objective} --task {task}` with the same budget first ({e})") from None
+        raise TuneError(
+            f"no finished tuning study {name!r} in {url}: run `harness tune --objective "
+            f"{objective} --task {task}` with the same budget first ({e})"
+        ) from None

@@ -5,8 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..board import Leaderboard
-from .cells import (CELL, COST_COLUMNS, failed_rows, fmt_num, fmt_p, fmt_summary, method_lines, metric_rows,
-                    provenance_items, summary_rows, task_rows, text_rows)
+from .cells import (
+    CELL,
+    COST_COLUMNS,
+    failed_rows,
+    fmt_num,
+    fmt_p,
+    fmt_summary,
+    method_lines,
+    metric_rows,
+    provenance_items,
+    summary_rows,
+    task_rows,
+    text_rows,
+)
 from .csvfile import render_csv
 from .htmlpage import render_html
 from .jsonfile import jsonable, render_json
@@ -19,8 +31,12 @@ def render_all(board: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
     """Write leaderboard.{md,html,json,csv} into ``out_dir``; returns {"md": path, ...}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / "leaderboard.md", "html": out / "leaderboard.html",
-             "json": out / "leaderboard.json", "csv": out / "leaderboard.csv"}
+    paths = {
+        "md": out / "leaderboard.md",
+        "html": out / "leaderboard.html",
+        "json": out / "leaderboard.json",
+        "csv": out / "leaderboard.csv",
+    }
     paths["md"].write_text(render_markdown(board), encoding="utf-8")
     paths["html"].write_text(render_html(board), encoding="utf-8")
     paths["json"].write_text(render_json(board), encoding="utf-8")
@@ -28,8 +44,34 @@ def render_all(board: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["CELL", "COST_COLUMNS", "breakdown_data", "failed_rows", "fmt_num", "fmt_p", "fmt_summary",
-           "jsonable", "md_escape", "md_unescape", "method_lines", "metric_rows", "parse_markdown_table",
-           "plot_breakdown", "plot_cost", "plot_loss", "plot_scores", "provenance_items", "render_all",
-           "render_csv", "render_failed_table", "render_html", "render_json", "render_markdown",
-           "render_table", "render_text_table", "summary_rows", "task_rows", "text_rows"]
+__all__ = [
+    "CELL",
+    "COST_COLUMNS",
+    "breakdown_data",
+    "failed_rows",
+    "fmt_num",
+    "fmt_p",
+    "fmt_summary",
+    "jsonable",
+    "md_escape",
+    "md_unescape",
+    "method_lines",
+    "metric_rows",
+    "parse_markdown_table",
+    "plot_breakdown",
+    "plot_cost",
+    "plot_loss",
+    "plot_scores",
+    "provenance_items",
+    "render_all",
+    "render_csv",
+    "render_failed_table",
+    "render_html",
+    "render_json",
+    "render_markdown",
+    "render_table",
+    "render_text_table",
+    "summary_rows",
+    "task_rows",
+    "text_rows",
+]

@@ -60,8 +60,12 @@ def _cost_cell(board: Leaderboard, o: str, key: str, scale: float, digits: int) 
 
 def summary_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """The main table: header and rows of strings (shared by the terminal, Markdown and HTML)."""
-    header = ["objective"] + [f"{t} (rank)" for t in board.tasks] + ["mean rank", "Borda", "seeds"] + \
-             [h for _, h, _, _ in COST_COLUMNS]
+    header = (
+        ["objective"]
+        + [f"{t} (rank)" for t in board.tasks]
+        + ["mean rank", "Borda", "seeds"]
+        + [h for _, h, _, _ in COST_COLUMNS]
+    )
     rows = []
     for o in board.objectives:
         cells = [o + (" (baseline)" if o == board.baseline else "")]
@@ -76,19 +80,37 @@ def summary_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
 
 def task_rows(board: Leaderboard, task: str) -> tuple[list[str], list[list[str]]]:
     tb = board.task_boards[task]
-    header = ["objective", "mean, 95% CI", "rank", f"Δ vs {board.baseline}", "p (paired t, seeds)",
-              "p (paired bootstrap, items)", "bootstrap 95% CI of Δ", "seeds", "significantly better"]
+    header = [
+        "objective",
+        "mean, 95% CI",
+        "rank",
+        f"Δ vs {board.baseline}",
+        "p (paired t, seeds)",
+        "p (paired bootstrap, items)",
+        "bootstrap 95% CI of Δ",
+        "seeds",
+        "significantly better",
+    ]
     rows = []
     for o in board.objectives:
         if o not in tb.scores:
             continue
         t = tb.tests.get(o)
-        rows.append([
-            o, fmt_summary(tb.scores[o]), str(tb.ranks[o]),
-            "(baseline)" if o == board.baseline else fmt_num(t.delta if t else None, 4),
-            fmt_p(t.p_ttest) if t else "", fmt_p(t.p_bootstrap) if t else "",
-            f"[{fmt_num(t.boot_low, 4)}, {fmt_num(t.boot_high, 4)}]" if t and t.boot_low is not None else "",
-            str(tb.scores[o].n), ", ".join(tb.better[o]) or "none"])
+        rows.append(
+            [
+                o,
+                fmt_summary(tb.scores[o]),
+                str(tb.ranks[o]),
+                "(baseline)" if o == board.baseline else fmt_num(t.delta if t else None, 4),
+                fmt_p(t.p_ttest) if t else "",
+                fmt_p(t.p_bootstrap) if t else "",
+                f"[{fmt_num(t.boot_low, 4)}, {fmt_num(t.boot_high, 4)}]"
+                if t and t.boot_low is not None
+                else "",
+                str(tb.scores[o].n),
+                ", ".join(tb.better[o]) or "none",
+            ]
+        )
     return header, rows
 
 
@@ -109,22 +131,35 @@ def metric_rows(board: Leaderboard, task: str) -> tuple[list[str], list[list[str
 
 def failed_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """Runs not ranked: status is the state shown (FAILED, KILLED, running, interrupted, SCHEDULED)."""
-    return (["objective", "seed", "status", "run", "reason"],
-            [[r.objective, str(r.seed), r.state, r.run_id, (r.failure_reason or "").splitlines()[0][:300]
-              if r.failure_reason else ""] for r in board.failed])
+    return (
+        ["objective", "seed", "status", "run", "reason"],
+        [
+            [
+                r.objective,
+                str(r.seed),
+                r.state,
+                r.run_id,
+                (r.failure_reason or "").splitlines()[0][:300] if r.failure_reason else "",
+            ]
+            for r in board.failed
+        ],
+    )
 
 
 def method_lines(board: Leaderboard) -> list[str]:
-    rule = {"either": "the paired bootstrap over items or the paired t-test over seeds has p < alpha",
-            "both": "every available test (paired bootstrap over items, paired t-test over seeds) has "
-                    "p < alpha",
-            "bootstrap": "the paired bootstrap over items has p < alpha (the t-test where items are missing)",
-            "ttest": "the paired t-test over seeds has p < alpha (the bootstrap where seeds are too few)"}
+    rule = {
+        "either": "the paired bootstrap over items or the paired t-test over seeds has p < alpha",
+        "both": "every available test (paired bootstrap over items, paired t-test over seeds) has p < alpha",
+        "bootstrap": "the paired bootstrap over items has p < alpha (the t-test where items are missing)",
+        "ttest": "the paired t-test over seeds has p < alpha (the bootstrap where seeds are too few)",
+    }
     return [
-        ("Scores: mean over seeds and a 95% Student-t confidence interval (mean ± t(0.975, n-1) sd / "
-         "sqrt(n)), cut at the metric's range (recall and accuracy [0, 1], STS Spearman x100 [-100, 100], "
-         "ranks >= 1, cost >= 0; an unknown metric is unbounded): shown mean ± half-width, or mean "
-         "[low, high] where an end was cut (± n/a: one seed)."),
+        (
+            "Scores: mean over seeds and a 95% Student-t confidence interval (mean ± t(0.975, n-1) sd / "
+            "sqrt(n)), cut at the metric's range (recall and accuracy [0, 1], STS Spearman x100 [-100, 100], "
+            "ranks >= 1, cost >= 0; an unknown metric is unbounded): shown mean ± half-width, or mean "
+            "[low, high] where an end was cut (± n/a: one seed)."
+        ),
         f"Rank per task: 1 + the number of objectives significantly better, where B is significantly better "
         f"than A when the difference favours B and {rule[board.rank_rule]} (alpha = {board.alpha}); "
         f"objectives that cannot be told apart share a rank. Without any test (one seed, no item scores) "
@@ -139,20 +174,26 @@ def method_lines(board: Leaderboard) -> list[str]:
         "then name.",
         "Cost columns: means over seeds of cost/wall_seconds, cost/samples_per_second, cost/peak_memory_mb "
         "and cost/flops_per_step (GFLOPs, forward + backward, one step).",
-        ("Not ranked: runs that did not finish, by state: FAILED and KILLED (MLflow's status), running "
-         "(RUNNING with a fresh harness.heartbeat), interrupted (RUNNING without a heartbeat for over "
-         f"{duration(STALE_AFTER_S)}: the process was killed before it could end the run)."),
+        (
+            "Not ranked: runs that did not finish, by state: FAILED and KILLED (MLflow's status), running "
+            "(RUNNING with a fresh harness.heartbeat), interrupted (RUNNING without a heartbeat for over "
+            f"{duration(STALE_AFTER_S)}: the process was killed before it could end the run)."
+        ),
     ]
 
 
 def text_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """The text section's table: STS tasks (mean ± CI, rank), the average, its test against the baseline."""
     sec = board.text
-    header = ["objective"] + [f"{t} (rank)" for t in sec.tasks] + \
-             ["STS avg, 95% CI", f"Δ avg vs {board.baseline}", "p (paired t, seeds)", "mean rank (STS)"]
+    header = (
+        ["objective"]
+        + [f"{t} (rank)" for t in sec.tasks]
+        + ["STS avg, 95% CI", f"Δ avg vs {board.baseline}", "p (paired t, seeds)", "mean rank (STS)"]
+    )
     rows = []
-    order = sorted(board.objectives,
-                   key=lambda o: (sec.mean_rank.get(o) is None, sec.mean_rank.get(o) or 0, o))
+    order = sorted(
+        board.objectives, key=lambda o: (sec.mean_rank.get(o) is None, sec.mean_rank.get(o) or 0, o)
+    )
     for o in order:
         if sec.mean_rank.get(o) is None:
             continue
@@ -161,29 +202,38 @@ def text_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
             tb = board.task_boards[t]
             cells.append(f"{fmt_summary(tb.scores[o])} ({tb.ranks[o]})" if o in tb.scores else "–")
         t = sec.tests.get(o)
-        cells += [fmt_summary(sec.average.get(o)), "(baseline)" if o == board.baseline else
-                  fmt_num(t.delta if t else None, 3), fmt_p(t.p_ttest) if t else "",
-                  fmt_num(sec.mean_rank[o], 2)]
+        cells += [
+            fmt_summary(sec.average.get(o)),
+            "(baseline)" if o == board.baseline else fmt_num(t.delta if t else None, 3),
+            fmt_p(t.p_ttest) if t else "",
+            fmt_num(sec.mean_rank[o], 2),
+        ]
         rows.append(cells)
     return header, rows
 
 
 def provenance_items(board: Leaderboard) -> list[tuple[str, str]]:
     p = board.provenance
-    items = [("experiment", f"{p['experiment']} (id {p['experiment_id']})"),
-             ("tracking URI", p["tracking_uri"]),
-             ("comparison (parent run)", p["parent_run_id"] or "none: every run of the experiment"),
-             ("budget id", p["budget_id"] + (f" (preset {p['budget_preset']})" if p.get("budget_preset")
-                                             else "")),
-             ("track", p["track"]),
-             ("seeds", ", ".join(map(str, p["seeds"]))),
-             ("baseline", board.baseline),
-             ("objectives", ", ".join(p["objectives"])),
-             ("tasks", ", ".join(p["tasks"])),
-             ("runs", f"{p['n_runs']} finished, {p['n_failed']} not finished")]
-    for key, label in (("command", "command"), ("model", "model"),
-                       ("dataset_fingerprint", "dataset fingerprint"), ("harness_version", "harness version"),
-                       ("git_sha", "git commit"), ("compare_key", "compare key")):
+    items = [
+        ("experiment", f"{p['experiment']} (id {p['experiment_id']})"),
+        ("tracking URI", p["tracking_uri"]),
+        ("comparison (parent run)", p["parent_run_id"] or "none: every run of the experiment"),
+        ("budget id", p["budget_id"] + (f" (preset {p['budget_preset']})" if p.get("budget_preset") else "")),
+        ("track", p["track"]),
+        ("seeds", ", ".join(map(str, p["seeds"]))),
+        ("baseline", board.baseline),
+        ("objectives", ", ".join(p["objectives"])),
+        ("tasks", ", ".join(p["tasks"])),
+        ("runs", f"{p['n_runs']} finished, {p['n_failed']} not finished"),
+    ]
+    for key, label in (
+        ("command", "command"),
+        ("model", "model"),
+        ("dataset_fingerprint", "dataset fingerprint"),
+        ("harness_version", "harness version"),
+        ("git_sha", "git commit"),
+        ("compare_key", "compare key"),
+    ):
         if p.get(key):
             items.append((label, str(p[key])))
     items.append(("generated", p["generated"]))

@@ -5,10 +5,17 @@ from __future__ import annotations
 import html
 
 from ..board import Leaderboard
-from .cells import (CELL, failed_rows, metric_rows, method_lines, provenance_items, summary_rows, task_rows,
-                    text_rows)
+from .cells import (
+    CELL,
+    failed_rows,
+    method_lines,
+    metric_rows,
+    provenance_items,
+    summary_rows,
+    task_rows,
+    text_rows,
+)
 from .plots import breakdown_data, plot_breakdown, plot_cost, plot_loss, plot_scores
-
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
@@ -24,11 +31,17 @@ code{background:#f6f6f6;padding:1px 3px}img{max-width:100%}.note{color:#666;font
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     e = html.escape
-    out = ["<table>", "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
-           "<tbody>"]
+    out = [
+        "<table>",
+        "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
+        "<tbody>",
+    ]
     for row in rows:
-        out.append("<tr>" + "".join(f'<td class="num">{e(c)}</td>' if i else f"<td>{e(c)}</td>"
-                                    for i, c in enumerate(row)) + "</tr>")
+        out.append(
+            "<tr>"
+            + "".join(f'<td class="num">{e(c)}</td>' if i else f"<td>{e(c)}</td>" for i, c in enumerate(row))
+            + "</tr>"
+        )
     out += ["</tbody>", "</table>"]
     return "\n".join(out)
 
@@ -43,49 +56,85 @@ def render_html(board: Leaderboard) -> str:
     """One self-contained page: inline CSS, figures as base64 PNG, no script, no external resource."""
     e = html.escape
     title = f"Leaderboard: {board.experiment}, track {board.track}"
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-             f"<h1>{e(title)}</h1>",
-             '<section id="provenance">', "<h2>Provenance</h2>", "<dl>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{e(title)}</h1>",
+        '<section id="provenance">',
+        "<h2>Provenance</h2>",
+        "<dl>",
+    ]
     for k, v in provenance_items(board):
         value = f"<code>{e(v)}</code>" if k in ("command", "tracking URI") else e(v)
         parts.append(f"<dt>{e(k)}</dt><dd>{value}</dd>")
-    parts += ["</dl>", "</section>",
-              '<section id="leaderboard">', "<h2>Leaderboard</h2>", _html_table(*summary_rows(board)),
-              f'<p class="note">Score cells: {e(CELL)}, then the rank on that task in parentheses.</p>',
-              "</section>"]
+    parts += [
+        "</dl>",
+        "</section>",
+        '<section id="leaderboard">',
+        "<h2>Leaderboard</h2>",
+        _html_table(*summary_rows(board)),
+        f'<p class="note">Score cells: {e(CELL)}, then the rank on that task in parentheses.</p>',
+        "</section>",
+    ]
     if board.text is not None:
-        parts += ['<section id="text">', "<h2>Text (STS)</h2>", _html_table(*text_rows(board)),
-                  '<p class="note">STS avg: per seed, the mean Spearman x100 over these STS tasks '
-                  "(SimCSE's Avg.), "
-                  f"then the {e(CELL)}; p: paired t-test over seeds against the baseline.</p>", "</section>"]
+        parts += [
+            '<section id="text">',
+            "<h2>Text (STS)</h2>",
+            _html_table(*text_rows(board)),
+            '<p class="note">STS avg: per seed, the mean Spearman x100 over these STS tasks '
+            "(SimCSE's Avg.), "
+            f"then the {e(CELL)}; p: paired t-test over seeds against the baseline.</p>",
+            "</section>",
+        ]
     parts += ['<section id="tasks">', "<h2>Per task</h2>"]
     for t, tb in board.task_boards.items():
         arrow = "higher is better" if tb.higher_is_better else "lower is better"
-        parts += [f"<h3>{e(t)}</h3>",
-                  f'<p class="note">Main metric <code>{e(tb.main_metric)}</code> ({arrow}); '
-                  f"{tb.n_items or 'no'} test items in the bootstrap.</p>",
-                  _html_table(*task_rows(board, t)),
-                  f"<details><summary>all metrics of {e(t)} (* paired t-test p &lt; {board.alpha} against "
-                  f"{e(board.baseline)})</summary>", _html_table(*metric_rows(board, t)), "</details>"]
-    parts += ["</section>",
-              '<section id="scores">', "<h2>Scores per task</h2>",
-              _img(plot_scores(board), "main score per task with 95% CI", "no task scores"), "</section>",
-              '<section id="loss">', "<h2>Training loss</h2>",
-              _img(plot_loss(board), "training loss curves", "no train/loss history in these runs"),
-              "</section>",
-              '<section id="breakdowns">', "<h2>Metrics by group</h2>"]
+        parts += [
+            f"<h3>{e(t)}</h3>",
+            f'<p class="note">Main metric <code>{e(tb.main_metric)}</code> ({arrow}); '
+            f"{tb.n_items or 'no'} test items in the bootstrap.</p>",
+            _html_table(*task_rows(board, t)),
+            f"<details><summary>all metrics of {e(t)} (* paired t-test p &lt; {board.alpha} against "
+            f"{e(board.baseline)})</summary>",
+            _html_table(*metric_rows(board, t)),
+            "</details>",
+        ]
+    parts += [
+        "</section>",
+        '<section id="scores">',
+        "<h2>Scores per task</h2>",
+        _img(plot_scores(board), "main score per task with 95% CI", "no task scores"),
+        "</section>",
+        '<section id="loss">',
+        "<h2>Training loss</h2>",
+        _img(plot_loss(board), "training loss curves", "no train/loss history in these runs"),
+        "</section>",
+        '<section id="breakdowns">',
+        "<h2>Metrics by group</h2>",
+    ]
     shown = breakdown_data(board)
     for t in shown:
         parts += [f"<h3>{e(t)}</h3>", _img(plot_breakdown(board, t), f"{t}: metrics by group", "")]
     if not shown:
         parts.append('<p class="note">no task in these runs recorded a breakdown of its metrics</p>')
-    parts += ["</section>",
-              '<section id="cost">', "<h2>Cost against score</h2>",
-              _img(plot_cost(board), "wall seconds against main score", "no cost metrics in these runs"),
-              "</section>", '<section id="failed">', "<h2>Not ranked</h2>"]
-    parts.append(_html_table(*failed_rows(board)) if board.failed
-                 else '<p class="note">every run finished.</p>')
+    parts += [
+        "</section>",
+        '<section id="cost">',
+        "<h2>Cost against score</h2>",
+        _img(plot_cost(board), "wall seconds against main score", "no cost metrics in these runs"),
+        "</section>",
+        '<section id="failed">',
+        "<h2>Not ranked</h2>",
+    ]
+    parts.append(
+        _html_table(*failed_rows(board)) if board.failed else '<p class="note">every run finished.</p>'
+    )
     parts.append("</section>")
     if board.notes:
         parts += ['<section id="notes">', "<h2>Notes</h2>", "<ul>"]

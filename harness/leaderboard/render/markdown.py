@@ -5,9 +5,16 @@ from __future__ import annotations
 import re
 
 from ..board import Leaderboard
-from .cells import (CELL, failed_rows, metric_rows, method_lines, provenance_items, summary_rows, task_rows,
-                    text_rows)
-
+from .cells import (
+    CELL,
+    failed_rows,
+    method_lines,
+    metric_rows,
+    provenance_items,
+    summary_rows,
+    task_rows,
+    text_rows,
+)
 
 # GFM: '_' inside words and '<' before a digit are literal
 _MD_SPECIAL = re.compile(r"([\\|*`]|<(?=[A-Za-z/!?]))")
@@ -23,33 +30,54 @@ def md_unescape(s: str) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(md_escape(h) for h in header) + " |",
-           "| " + " | ".join("---" if i == 0 or h in _TEXT_COLUMNS else "---:" for i, h in enumerate(header))
-           + " |"]
+    out = [
+        "| " + " | ".join(md_escape(h) for h in header) + " |",
+        "| "
+        + " | ".join("---" if i == 0 or h in _TEXT_COLUMNS else "---:" for i, h in enumerate(header))
+        + " |",
+    ]
     out += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
     return out
 
 
 def render_markdown(board: Leaderboard) -> str:
-    lines = [f"# Leaderboard: {md_escape(board.experiment)}, track {md_escape(board.track)}", "",
-             "## Provenance", ""]
+    lines = [
+        f"# Leaderboard: {md_escape(board.experiment)}, track {md_escape(board.track)}",
+        "",
+        "## Provenance",
+        "",
+    ]
     for k, v in provenance_items(board):
         lines.append(f"- {k}: `{v}`" if k in ("command", "tracking URI") else f"- {k}: {md_escape(v)}")
     lines += ["", "## Leaderboard", ""]
     lines += _md_table(*summary_rows(board))
     lines += ["", f"Score cells: {CELL}, then the rank on that task in parentheses.", ""]
     if board.text is not None:
-        lines += ["## Text (STS)", ""] + _md_table(*text_rows(board)) + [
-            "", "STS avg: per seed, the mean Spearman x100 over these STS tasks (SimCSE's Avg.), then the "
-                f"{CELL}; p: paired t-test over seeds against the baseline.", ""]
+        lines += (
+            ["## Text (STS)", ""]
+            + _md_table(*text_rows(board))
+            + [
+                "",
+                "STS avg: per seed, the mean Spearman x100 over these STS tasks (SimCSE's Avg.), then the "
+                f"{CELL}; p: paired t-test over seeds against the baseline.",
+                "",
+            ]
+        )
     for t, tb in board.task_boards.items():
         arrow = "higher is better" if tb.higher_is_better else "lower is better"
-        lines += [f"## Task {md_escape(t)}", "",
-                  f"Main metric `{tb.main_metric}` ({arrow}); {tb.n_items or 'no'} test items in the "
-                  "bootstrap.", ""]
+        lines += [
+            f"## Task {md_escape(t)}",
+            "",
+            f"Main metric `{tb.main_metric}` ({arrow}); {tb.n_items or 'no'} test items in the bootstrap.",
+            "",
+        ]
         lines += _md_table(*task_rows(board, t))
-        lines += ["", f"All metrics of {md_escape(t)} ({CELL}; \\* paired t-test p < {board.alpha} against "
-                      f"{md_escape(board.baseline)}):", ""]
+        lines += [
+            "",
+            f"All metrics of {md_escape(t)} ({CELL}; \\* paired t-test p < {board.alpha} against "
+            f"{md_escape(board.baseline)}):",
+            "",
+        ]
         lines += _md_table(*metric_rows(board, t))
         lines.append("")
     if board.failed:
@@ -65,7 +93,7 @@ def parse_markdown_table(text: str, after_heading: str) -> list[dict[str, str]]:
     lines = text.splitlines()
     start = lines.index(after_heading)
     rows: list[list[str]] = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("|"):
             rows.append([md_unescape(c.strip()) for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]])
         elif rows:

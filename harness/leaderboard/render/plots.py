@@ -54,13 +54,17 @@ def plot_scores(board: Leaderboard) -> str | None:
             below, above = err(s)
             ax.errorbar([i], [s.mean], yerr=[[below], [above]], fmt="o", color=colors[o], capsize=4)
             ax.scatter([i] * s.n, list(s.values.values()), s=10, color=colors[o], alpha=0.4)
-        ax.set_xticks(range(len(objs)), [f"{o}\n#{tb.ranks[o]}" for o in objs], rotation=30, ha="right",
-                      fontsize=8)
-        ax.set_title(f"{t}\n{tb.main_metric} ({'higher' if tb.higher_is_better else 'lower'} is better)",
-                     fontsize=9)
+        ax.set_xticks(
+            range(len(objs)), [f"{o}\n#{tb.ranks[o]}" for o in objs], rotation=30, ha="right", fontsize=8
+        )
+        ax.set_title(
+            f"{t}\n{tb.main_metric} ({'higher' if tb.higher_is_better else 'lower'} is better)", fontsize=9
+        )
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("main score per task: mean and 95% CI over seeds, within the metric's range (dots: seeds)",
-                 fontsize=10)
+    fig.suptitle(
+        "main score per task: mean and 95% CI over seeds, within the metric's range (dots: seeds)",
+        fontsize=10,
+    )
     return _png(fig)
 
 
@@ -120,8 +124,15 @@ def plot_breakdown(board: Leaderboard, task: str) -> str | None:
         for j, o in enumerate(objs):
             xs = [i + (j - (len(objs) - 1) / 2) * width for i in range(len(names))]
             s = [by[x].get(o) for x in names]
-            ax.bar(xs, [x.mean if x else 0 for x in s], width, color=colors[o], label=o,
-                   yerr=np.array([err(x) for x in s]).T, capsize=2)
+            ax.bar(
+                xs,
+                [x.mean if x else 0 for x in s],
+                width,
+                color=colors[o],
+                label=o,
+                yerr=np.array([err(x) for x in s]).T,
+                capsize=2,
+            )
         ax.set_xticks(range(len(names)), names, fontsize=8)
         if bounds is not None and all(map(math.isfinite, bounds)):
             ax.set_ylim(bounds[0], bounds[1] + 0.05 * (bounds[1] - bounds[0]))
@@ -145,8 +156,15 @@ def plot_cost(board: Leaderboard) -> str | None:
             s = tb.scores.get(o)
             if w is None or s is None:
                 continue
-            ax.errorbar([w.mean], [s.mean], xerr=np.array([err(w)]).T, yerr=np.array([err(s)]).T,
-                        fmt="o", color=colors[o], capsize=3)
+            ax.errorbar(
+                [w.mean],
+                [s.mean],
+                xerr=np.array([err(w)]).T,
+                yerr=np.array([err(s)]).T,
+                fmt="o",
+                color=colors[o],
+                capsize=3,
+            )
             ax.annotate(o, (w.mean, s.mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.margins(0.15)
         ax.set_xlabel("wall seconds (training)")

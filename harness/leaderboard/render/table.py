@@ -10,12 +10,15 @@ from .cells import CELL, failed_rows, summary_rows, text_rows
 def render_table(board: Leaderboard):
     """The leaderboard as a rich Table (terminal)."""
     header, rows = summary_rows(board)
-    title = (f"{board.experiment} | track {board.track} | budget {board.budget_id} | seeds "
-             f"{', '.join(map(str, board.seeds))} | baseline {board.baseline}")
+    title = (
+        f"{board.experiment} | track {board.track} | budget {board.budget_id} | seeds "
+        f"{', '.join(map(str, board.seeds))} | baseline {board.baseline}"
+    )
     if board.provenance.get("parent_run_id"):
         title += f" | comparison {board.provenance['parent_run_id'][:8]}"
-    return _rich_table(title, f"score: {CELL} (rank); shared rank = not significantly different",
-                       header, rows)
+    return _rich_table(
+        title, f"score: {CELL} (rank); shared rank = not significantly different", header, rows
+    )
 
 
 def _rich_table(title: str, caption: str, header: list[str], rows: list[list[str]]):
@@ -33,9 +36,11 @@ def _rich_table(title: str, caption: str, header: list[str], rows: list[list[str
 def render_text_table(board: Leaderboard):
     """The text section (objectives against STS tasks) as a rich Table."""
     n = len(board.text.tasks)
-    return _rich_table(f"text section (STS, {n} task{'' if n == 1 else 's'})",
-                       f"STS avg: per-seed mean Spearman x100 over the STS tasks; {CELL}",
-                       *text_rows(board))
+    return _rich_table(
+        f"text section (STS, {n} task{'' if n == 1 else 's'})",
+        f"STS avg: per-seed mean Spearman x100 over the STS tasks; {CELL}",
+        *text_rows(board),
+    )
 
 
 def render_failed_table(board: Leaderboard):
