@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from harness.config import HF_TEXT_PREFIX, MINILM, ModelConfig  # noqa: F401 - ModelConfig re-exported
 from harness.core.errors import UserError
-from harness.data.sources import pil_transform
+from harness.data.images import pil_transform
 
 log = logging.getLogger(__name__)
 

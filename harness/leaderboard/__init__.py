@@ -9,7 +9,8 @@ sts-avg) and how its metrics group for plots are what each run recorded, in its
 change a board rebuilt from the same runs.
 
 Modules: :mod:`.runs` (reading MLflow: :func:`collect`), :mod:`.stats` (numpy and scipy only),
-:mod:`.board` (:func:`build`), :mod:`.render` (one module per format), :mod:`.cli`.
+:mod:`.board` (:func:`build`), :mod:`.task_board` (one task's :class:`TaskBoard`), :mod:`.render`
+(one module per format), :mod:`.cli`.
 
 Which runs
     ``collect(experiment, parent_run_id=...)`` takes the members of one comparison: the child runs
@@ -74,7 +75,7 @@ attaches the files to the parent run.
 
 from __future__ import annotations
 
-from .board import LONG_FIELDS, TEXT_FAMILIES, Leaderboard, TaskBoard, TextSection, build, leaderboard
+from .board import LONG_FIELDS, TEXT_FAMILIES, Leaderboard, TextSection, build, leaderboard
 from .cli import FORMATS, add_arguments, main, print_wide, summarize_comparison
 from .errors import LeaderboardError, MixedBudgetsError, NoRunsError
 from .render import (
@@ -120,6 +121,7 @@ from .stats import (
     paired_ttest,
     summarize,
 )
+from .task_board import TaskBoard
 
 __all__ = [
     "CELL",

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from harness.config import RunConfig, resolve_config
+from harness.data import image_text
 from harness.data import train_sets as td
 from harness.data.batches import MissingFieldError
 from harness.data.sources import DataOptions, MissingColumnsError
@@ -124,7 +125,7 @@ def _check(tmp_path, name="coco", objective="clip", strict=False, **kw):
 @pytest.fixture
 def fresh_scan(monkeypatch):
     """No decodability result of an earlier test in this process (the disk cache is per test)."""
-    monkeypatch.setattr(td, "_DECODABLE", {}, raising=False)
+    monkeypatch.setattr(image_text, "_DECODABLE", {}, raising=False)
 
 
 def test_check_refuses_a_training_set_smaller_than_one_batch(tmp_path, fresh_scan):
@@ -194,7 +195,7 @@ def test_decodability_is_scanned_once_and_reused_by_the_build(tmp_path, fresh_sc
     (scan,) = (tmp_path / "cache").glob("train-coco-*-decodable.json")
     assert json.loads(scan.read_text())["ok"] == [i not in (3, 4) for i in range(12)]
     # a new process (empty memory cache) reads the file: no image is decoded by the check
-    monkeypatch.setattr(td, "_DECODABLE", {})
+    monkeypatch.setattr(image_text, "_DECODABLE", {})
     monkeypatch.setattr(ImageColumn, "error", lambda self, i: pytest.fail("decoded again"))
     _check(tmp_path, batch_size=4)
     # the memmap build skips the images the scan found undecodable
@@ -211,7 +212,7 @@ def test_a_built_memmap_records_decodability_for_later_checks(tmp_path, fresh_sc
 
     coco_wds(tmp_path / "data", n=12, bad=7)
     build(tmp_path)  # built without a check first (e.g. by an earlier version)
-    monkeypatch.setattr(td, "_DECODABLE", {})
+    monkeypatch.setattr(image_text, "_DECODABLE", {})
     monkeypatch.setattr(ImageColumn, "error", lambda self, i: pytest.fail("decoded again"))
     with pytest.raises(td.TooFewSamplesError, match=r"1 of 12 images could not be decoded \(first: 0+7"):
         _check(tmp_path, batch_size=12)

@@ -144,3 +144,10 @@ def test_no_project_import_inside_functions(path):
     defers project imports, so that `--help` does not import torch."""
     late = sorted({(m, line) for m, line, in_function in project_imports(path) if in_function})
     assert not late, f"{module_name(path)} imports project modules inside functions: {late}"
+
+
+@pytest.mark.parametrize("path", list(modules()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_modules_stay_small(path):
+    """A module that grows past about 600 lines is doing several jobs: split it along its seams."""
+    n = len(path.read_text().splitlines())
+    assert n <= 600, f"{path.relative_to(ROOT)} has {n} lines; split it (the limit is about 600)"

@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.linear import (
+from tasks.linear import ShapesLinear, ShapesLinearCB
+from tasks.probe import (
     CB_INIT_INDICES,
     CB_WEIGHT_DECAYS,
-    ShapesLinear,
-    ShapesLinearCB,
     cb_accuracy,
     cb_metrics,
     cb_search,
@@ -78,7 +77,7 @@ def test_preconditioning_keeps_sklearns_optimum():
 
 def test_unconverged_fit_is_flagged_and_logged(caplog):
     x, y = anisotropic(n=300)
-    with caplog.at_level(logging.WARNING, logger="tasks.linear"):
+    with caplog.at_level(logging.WARNING, logger="tasks.probe"):
         probe = fit_logistic_regression(x, y, 1e-6, max_iter=3)
     assert not probe.converged and probe.n_iter == 3 and probe.grad_max > 1e-6
     assert "did not converge" in caplog.text and "weight decay 1e-06" in caplog.text

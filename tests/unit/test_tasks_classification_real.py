@@ -31,11 +31,7 @@ from harness.data.sources import (
 from harness.engine.models import Encoder, ModelConfig, build_model
 from tasks import TASKS, EvalContext
 from tasks.classification_real import (
-    Cifar10Linear,
-    Cifar10LinearCB,
     Cifar10ZeroShot,
-    Cifar100Linear,
-    Cifar100LinearCB,
     Cifar100ZeroShot,
     Cifar100ZeroShotTV,
     ImageNetZeroShot,
@@ -51,7 +47,8 @@ from tasks.classnames import (
     same_classes,
     template_strings,
 )
-from tasks.linear import CB_WEIGHT_DECAYS
+from tasks.linear_real import Cifar10Linear, Cifar10LinearCB, Cifar100Linear, Cifar100LinearCB
+from tasks.probe import CB_WEIGHT_DECAYS
 
 #: the Hugging Face ClassLabel names (uoft-cs/cifar10, uoft-cs/cifar100 fine / coarse labels)
 HF_CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

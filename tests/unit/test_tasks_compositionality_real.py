@@ -22,19 +22,17 @@ from harness.data.sources import (
 )
 from harness.engine.models import Encoder, ModelConfig, build_model
 from tasks import TASKS, EvalContext
-from tasks.compositionality import TIES
-from tasks.compositionality_real import (
+from tasks.aro import (
     ARO_EXCLUDED_RELATIONS,
     AROAttribution,
     AROCocoOrder,
     ARORelation,
-    SugarCrepeAddObj,
-    SugarCrepeSwapAtt,
-    Winoground,
     attribute_pair,
     macro_accuracy,
-    winoground_scores,
 )
+from tasks.compositionality import TIES
+from tasks.compositionality_real import SugarCrepeAddObj, SugarCrepeSwapAtt
+from tasks.winoground import Winoground, winoground_scores
 
 # ----------------------------------------------------------------------------------- fixtures
 

@@ -14,7 +14,8 @@ from harness.engine.models import Encoder, ModelConfig, build_model
 from tasks import TASKS, EmbeddingCache, EvalContext
 from tasks.geometry import alignment, effective_rank, modality_gap, pair_cosines, uniformity
 from tasks.intramodal import average_precision, intra_modal_metrics
-from tasks.linear import ShapesLinear, fit_logistic_regression, probe_metrics
+from tasks.linear import ShapesLinear
+from tasks.probe import fit_logistic_regression, probe_metrics
 from tasks.sts import gold_similarity, parse_caption, sts_metrics, sts_pairs
 
 # ----------------------------------------------------------------------------- linear probe
