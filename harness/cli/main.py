@@ -157,10 +157,13 @@ def _data_paths(items: list[str]) -> dict[str, str]:
 
 
 def cmd_run(a: argparse.Namespace, rep: Reporter) -> int:
-    from harness.run.runner import execute, prepare
+    from harness.run.runner import budget_notice, execute, prepare
 
     cfg = resolve_config(a.budget, a.config, _flags(a), a.set)
     plan = prepare(cfg)  # every check, before MLflow is touched
+    notice = budget_notice(cfg, chosen=bool(a.budget or a.config))
+    if notice:
+        rep.info(notice)
     outcome = execute(cfg, rep, plan)
     from harness.engine.distributed import is_main
 

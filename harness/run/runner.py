@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from harness.config import RunConfig, flatten
+from harness.config import BUDGET_PRESETS, RunConfig, flatten
 from harness.core.errors import UserError
 from harness.core.objective import build_objective
 from harness.core.registry import UnknownNameError
@@ -199,6 +199,21 @@ def prepare_eval(cfg: RunConfig) -> list:
     check_checkpoint(cfg, tasks, "shapes", adopt=True)
     check_task_data(tasks, cfg)
     return tasks
+
+
+def budget_notice(cfg: RunConfig, chosen: bool) -> str | None:
+    """One line when a CUDA machine would silently get a CPU budget: the user chose no budget
+    (``chosen`` False), the preset does not ask for CUDA, and CUDA is available. Names the budget in
+    use and the GPU presets to choose instead."""
+    if chosen or cfg.budget.device == "cuda" or not torch.cuda.is_available():
+        return None
+    gpu = [n for n, p in BUDGET_PRESETS.items() if p.get("budget", {}).get("device") == "cuda"]
+    return (
+        f"budget {cfg.budget_preset!r} ({cfg.model.name}, "
+        f"{cfg.budget.steps} steps x {cfg.budget.batch_size}) "
+        f"is the CPU default, although CUDA is available; choose a GPU budget with "
+        f"{' or '.join('--budget ' + n for n in gpu)} (see docs/configuration.md)"
+    )
 
 
 def resolve_train_data(cfg: RunConfig) -> RunConfig:

@@ -376,3 +376,18 @@ def test_a_task_whose_protocol_changed_is_another_run():
     prepare(retrieval), prepare(linear)
     assert retrieval.eval_data == {}  # version 1, generated data: the identity is unchanged
     assert linear.eval_data == {"shapes-linear": {"version": "2"}} and linear.identity != before
+
+
+def test_a_cuda_machine_is_told_which_budget_it_got(monkeypatch):
+    import torch
+
+    from harness.run.runner import budget_notice
+
+    cfg = resolve_config(None, None, {"objective": "clip"}, [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    notice = budget_notice(cfg, chosen=False)
+    assert "'default'" in notice and "--budget gpu" in notice
+    assert budget_notice(cfg, chosen=True) is None  # the user chose it
+    assert budget_notice(resolve_config("gpu", None, {"objective": "clip"}, []), chosen=False) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert budget_notice(cfg, chosen=False) is None  # a CPU machine: the default is the right budget
