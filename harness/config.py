@@ -176,6 +176,13 @@ class RunConfig(BaseModel):
     def eval_data(self) -> dict[str, dict[str, str]]:
         return dict(self._eval_data)
 
+    #: objectives past their first version (their defaults or computation changed): part of the
+    #: identity, so resume never reuses a run of the old version; filled in by the runner
+    _objective_versions: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def set_objective_versions(self, versions: dict[str, str]) -> None:
+        self._objective_versions = {k: str(v) for k, v in sorted(versions.items()) if str(v) != "1"}
+
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: list[str]) -> list[str]:
@@ -200,6 +207,8 @@ class RunConfig(BaseModel):
                 node.pop(path[-1], None)
         if self._eval_data:
             d["eval_data"] = self._eval_data
+        if self._objective_versions:
+            d["objective_versions"] = self._objective_versions
         return d
 
     @property
@@ -212,7 +221,15 @@ class RunConfig(BaseModel):
     def budget_id(self) -> str:
         """Hash of the fixed budget (everything except the objective): runs compare only if equal."""
         d = self.identity_payload()
-        for k in ("objective", "objective_params", "tasks", "seed", "evaluation", "eval_data"):
+        for k in (
+            "objective",
+            "objective_params",
+            "tasks",
+            "seed",
+            "evaluation",
+            "eval_data",
+            "objective_versions",
+        ):
             d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -238,6 +238,8 @@ def prepare(cfg: RunConfig) -> Plan:
     """Resolve and validate everything; raises before any expensive work or MLflow write."""
     resolve_train_data(cfg)
     objective = build_objective(cfg.objective, cfg.objective_params)
+    terms = getattr(objective, "terms", None) or [objective]
+    cfg.set_objective_versions({type(t).name: str(getattr(type(t), "version", "1")) for t in terms})
     if cfg.budget.batch_size < objective.min_batch_size:
         raise UserError(
             f"objective {cfg.objective!r} needs a batch of at least {objective.min_batch_size}, "

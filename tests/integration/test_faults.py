@@ -391,3 +391,17 @@ def test_a_cuda_machine_is_told_which_budget_it_got(monkeypatch):
     assert budget_notice(resolve_config("gpu", None, {"objective": "clip"}, []), chosen=False) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert budget_notice(cfg, chosen=False) is None  # a CPU machine: the default is the right budget
+
+
+def test_an_objective_past_its_first_version_is_another_run(monkeypatch):
+    """An objective whose defaults or computation changed carries version 2: its runs must not
+    resume version-1 runs; every other objective's identity is unchanged."""
+    from objectives import OBJECTIVES
+
+    clip = resolve_config("smoke", None, {"objective": "clip + 0.1*tic"}, [])
+    prepare(clip)
+    before = clip.identity
+    monkeypatch.setattr(OBJECTIVES.get("tic"), "version", "2", raising=False)
+    again = resolve_config("smoke", None, {"objective": "clip + 0.1*tic"}, [])
+    prepare(again)
+    assert again.identity != before and again.budget_id == clip.budget_id
