@@ -6,6 +6,7 @@ import path of plugins (``from objectives import Objective, HParam, LearnableSca
 
 from harness.core.objective import (
     OBJECTIVES,
+    DefaultSource,
     HParam,
     HyperparameterError,
     LearnableScale,
@@ -16,6 +17,7 @@ from harness.core.objective import (
     parse_expression,
     register,
     resolve_expression,
+    sources,
 )
 from harness.core.registry import UnknownNameError
 
@@ -24,6 +26,8 @@ __all__ = [
     "register",
     "Objective",
     "HParam",
+    "DefaultSource",
+    "sources",
     "HyperparameterError",
     "LearnableScale",
     "WeightedSum",

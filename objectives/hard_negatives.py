@@ -13,7 +13,19 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-from harness.core.objective import HParam, Objective
+from harness.core.objective import DefaultSource, HParam, Objective, sources
+
+#: the harness's convention for a learnable temperature when the source gives none (CLIP's init)
+CLIP_TEMPERATURE = DefaultSource(
+    "harness (CLIP's init, learnable and clamped to scale <= 100)",
+    "CLIP: image-text pre-training from scratch",
+    "n/a",
+)
+#: the regime of the DCL and HCL defaults
+SIMCLR_STL = (
+    "SimCLR on STL-10 (train + unlabeled) / CIFAR-10, ResNet-50 from scratch, batch 256, "
+    "2 augmented views (N = 2B-2 negatives)"
+)
 
 
 def _temperature(default: float, learnable: bool, search=(0.01, 0.5, True)) -> dict[str, HParam]:
@@ -114,6 +126,25 @@ class Focal(_Scaled):
             doc="positive/negative balance (0.5: equal weights)",
         ),
     }
+    defaults_source = {
+        **sources(
+            "temperature learnable_temperature",
+            DefaultSource(
+                "harness (CLIP's 0.07, learnable)",
+                "RO-ViT image-text pre-training from scratch",
+                "n/a",
+                "the paper's initial temperature was not found",
+            ),
+        ),
+        **sources(
+            "gamma alpha",
+            DefaultSource(
+                "official code rovit/focal_contrastive_loss.py",
+                "RO-ViT image-text pre-training from scratch (batch not recorded)",
+                "no",
+            ),
+        ),
+    }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         s = self.scale()
@@ -159,6 +190,25 @@ class DCL(_Scaled):
             doc="class prior: probability that an in-batch negative is a positive",
         ),
     }
+    defaults_source = {
+        **sources(
+            "temperature learnable_temperature",
+            DefaultSource(
+                "official code chingyaoc/DCL main.py (t = 0.5, fixed)",
+                SIMCLR_STL,
+                "yes",
+                "here image-text with N = B-1 negatives (not 2B-2); 0.5 suits SimCLR's image "
+                "setting, CLIP's init is 0.07",
+            ),
+        ),
+        "tau_plus": DefaultSource(
+            "official code chingyaoc/DCL (README: tau+ = 0.1 best on STL-10)",
+            SIMCLR_STL,
+            "yes",
+            "a class prior: 0.1 fits ~10 balanced classes (STL-10, CIFAR-10); the shapes world "
+            "or image-text data has another",
+        ),
+    }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         s = self.scale()
@@ -191,6 +241,17 @@ class HCL(DCL):
     hparams = {
         **DCL.hparams,
         "beta": HParam(1.0, low=0.0, search=(0.0, 2.0, False), doc="hardness concentration"),
+    }
+    defaults_source = {
+        **sources(
+            "temperature learnable_temperature tau_plus",
+            DefaultSource("official code joshr17/HCL image/main.py", SIMCLR_STL + ", 400 epochs", "yes"),
+        ),
+        "beta": DefaultSource(
+            "official code joshr17/HCL (README: beta 1.0 best of 0, 0.5, 1, 2, 6 on STL-10)",
+            SIMCLR_STL + ", 400 epochs",
+            "yes",
+        ),
     }
 
 
@@ -236,6 +297,25 @@ class HNNCE(_Scaled):
         "beta1": HParam(0.5, low=0.0, search=(0.0, 1.0, False), doc="hardness, image->text"),
         "beta2": HParam(0.5, low=0.0, search=(0.0, 1.0, False), doc="hardness, text->image"),
     }
+    defaults_source = {
+        **sources("temperature learnable_temperature", CLIP_TEMPERATURE),
+        **sources(
+            "alpha beta1 beta2",
+            DefaultSource(
+                "paper (recalled; the official repository does not publish the loss)",
+                "DiHT: CLIP pre-training from scratch on filtered LAION (batch not recorded)",
+                "no",
+            ),
+        ),
+    }
+    defaults_note = (
+        "Scale: the two directions are averaged, (L_I2T + L_T2I)/2, so that alpha = 1, beta = 0 is "
+        "exactly clip; a public re-implementation (and the paper, as the docstring reads it) sums "
+        "them. hn-nce's loss is therefore half the summed one: in a weighted sum such as "
+        "`hn-nce + 0.1*tic` the other term weighs twice as much, relative to hn-nce, as the same "
+        "weight beside the summed loss; `2*hn-nce + 0.1*tic` reproduces the summed convention. "
+        "The loss itself is unchanged (version 1)."
+    )
 
     def _nll(self, logits: torch.Tensor, beta: float) -> torch.Tensor:
         n = logits.shape[0]
@@ -292,6 +372,17 @@ class NegCLIP(_Scaled):
     requires = frozenset({"image", "text", "hard_negative_text"})
     distributed = "global"
     hparams = {**_temperature(0.07, True)}
+    defaults_source = sources(
+        "temperature learnable_temperature",
+        DefaultSource(
+            "harness (CLIP's from-scratch init, learnable)",
+            "NegCLIP fine-tunes pretrained OpenAI CLIP ViT-B/32 on COCO with hard negatives, "
+            "batch 256, lr 1e-6, 5 epochs, starting from the pretrained scale (about 100, "
+            "temperature 0.01)",
+            "n/a",
+            "the harness trains from scratch, so it starts from CLIP's init rather than the pretrained scale",
+        ),
+    )
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         s = self.scale()
@@ -358,6 +449,28 @@ class MoCHi(_Scaled):
         "s": HParam(512, low=0, doc="type-1 synthetic negatives per query"),
         "s_prime": HParam(256, low=0, doc="type-2 (query-mixed) synthetic negatives per query"),
         "seed": HParam(0, low=0, doc="seed of the mixing draws"),
+    }
+    _moco = "MoCo v2 on ImageNet-1K, ResNet-50 from scratch, batch 256, 2 views, 16k-65k queue"
+    defaults_source = {
+        **sources(
+            "temperature learnable_temperature",
+            DefaultSource(
+                "MoCo's T = 0.07 (fixed there); learnable: harness (CLIP convention)",
+                _moco,
+                "partly",
+                "0.07 checked against a faithful re-implementation, not the paper",
+            ),
+        ),
+        **sources(
+            "n_hard s s_prime",
+            DefaultSource(
+                "paper, MoCHi(1024, 512, 256) (recalled from the ImageNet-1K table)",
+                _moco,
+                "no",
+                "the paper mixes into a 16k queue; here N is clipped to B-1",
+            ),
+        ),
+        "seed": DefaultSource("harness", "reproducible mixing draws", "n/a"),
     }
 
     def __init__(self, **params):

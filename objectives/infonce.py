@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-from harness.core.objective import HParam, Objective
+from harness.core.objective import DefaultSource, HParam, Objective
 from objectives.tiled import tiled_infonce
 
 
@@ -58,6 +58,23 @@ class CLIP(Objective):
         ),
         "learnable_temperature": HParam(True, doc="optimise log(1/temperature) with the model"),
         "label_smoothing": HParam(0.0, low=0.0, high=1.0, high_open=True, search=(0.0, 0.2, False)),
+    }
+    defaults_source = {
+        "temperature": DefaultSource(
+            "paper; open_clip CLIP(init_logit_scale=log(1/0.07))",
+            "WIT-400M image-text pre-training from scratch, batch 32768, one view per modality",
+            "yes",
+            "open_clip's init_logit_scale; the learned scale is clamped at 100 (temperature 0.01)",
+        ),
+        "learnable_temperature": DefaultSource(
+            "paper; open_clip logit_scale", "as temperature", "yes", "learned, clamped to scale <= 100"
+        ),
+        "label_smoothing": DefaultSource(
+            "open_clip ClipLoss (no smoothing)",
+            "as temperature",
+            "yes",
+            "Fini et al. 2023's improved CLIP recipe uses 0.1 (CC3M/CC12M/YFCC15M, batch 4096)",
+        ),
     }
 
     def __init__(self, **params):

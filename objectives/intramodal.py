@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-from harness.core.objective import HParam, Objective
+from harness.core.objective import DefaultSource, HParam, Objective, sources
 
 from .infonce import symmetric_infonce
 
@@ -54,6 +54,17 @@ class TIC(Objective):
             doc="fixed divisor of the similarities (official code: none, i.e. 1)",
         ),
     }
+    defaults_source = sources(
+        "k threshold temperature",
+        DefaultSource(
+            "official code 360CVGroup/FG-CLIP fgclip2/model/strcs/fgclip2.py "
+            "(hard_category_contrastive_loss)",
+            "FG-CLIP 2 stage 2: fine-grained training of a pretrained model on region/box texts, "
+            "added with weight 0.1 (region_cc_loss_weight)",
+            "yes",
+            "temperature 1 = no temperature, as the code",
+        ),
+    )
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         t = batch.text
@@ -114,6 +125,25 @@ class IntraModal(Objective):
         ),
         "text_weight": HParam(
             0.5, low=0.0, search=(0.0, 2.0, False), doc="weight of the text-text_view InfoNCE"
+        ),
+    }
+    _tcl = (
+        "TCL: image-text pre-training of pretrained ViT/BERT encoders on 4M pairs (CC3M, SBU, "
+        "COCO, VG) with a momentum encoder and queue"
+    )
+    defaults_source = {
+        **sources(
+            "temperature learnable_temperature",
+            DefaultSource("official code (TCL: one learnable temp, init 0.07)", _tcl, "no"),
+        ),
+        **sources(
+            "image_weight text_weight",
+            DefaultSource(
+                "harness, derived from TCL's code (i2t, t2i, i2i, t2t averaged with equal weight)",
+                _tcl,
+                "no",
+                "relative to the averaged cross-modal term each intra-modal term weighs 1/2",
+            ),
         ),
     }
 

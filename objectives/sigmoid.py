@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-from harness.core.objective import HParam, Objective
+from harness.core.objective import DefaultSource, HParam, Objective, sources
 from objectives.tiled import tiled_sigmoid
 
 
@@ -42,6 +42,15 @@ class SigLIP(Objective):
         "bias": HParam(-10.0, search=(-15.0, 0.0, False), doc="initial logit bias b"),
         "learnable_temperature": HParam(True),
     }
+    defaults_source = sources(
+        "temperature bias learnable_temperature",
+        DefaultSource(
+            'paper ("we initialize t\' and b to log 10 and -10"); open_clip main.py --siglip',
+            "WebLI image-text pre-training from scratch (B/16), batch 8k-32k, one view per modality",
+            "yes",
+            "both learnable; Table 4 (batch 8k) ablates b and t'",
+        ),
+    )
 
     def __init__(self, **params):
         super().__init__(**params)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-from harness.core.objective import HParam, Objective
+from harness.core.objective import DefaultSource, HParam, Objective
 
 
 def _two_view_logits(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -55,6 +55,16 @@ class NTXent(Objective):
             tunable=False,
             doc="which tower: image (image, image_view) or text (text, text_view)",
         ),
+    }
+    defaults_source = {
+        "temperature": DefaultSource(
+            "SimCLR paper (CIFAR-10); HobbitLong/SupContrast SimCLR recipe --temp 0.5",
+            "CIFAR-10, ResNet from scratch, batch 1024 (SupContrast recipe), 2 augmented views "
+            "(2N-2 negatives per anchor)",
+            "yes",
+            "SimCLR's ImageNet runs (batch 4096) use 0.1; checked: the SupContrast recipe",
+        ),
+        "tower": DefaultSource("harness", "structural switch (which tower trains)", "n/a"),
     }
 
     @property
@@ -118,6 +128,20 @@ class SupCon(Objective):
             0.07, low=0.0, low_open=True, doc="the loss is multiplied by temperature/base_temperature"
         ),
     }
+    defaults_source = {
+        "temperature": DefaultSource(
+            "paper (tau = 0.1 for all results); HobbitLong/SupContrast CIFAR recipe --temp 0.1",
+            "ImageNet ResNet-50 batch 6144 (paper), CIFAR-10/100 batch 1024 (repo); from scratch, "
+            "2 augmented views (2N anchors), class labels",
+            "yes",
+        ),
+        "base_temperature": DefaultSource(
+            "official code HobbitLong/SupContrast losses.py (SupConLoss base_temperature=0.07)",
+            "as temperature (the recipe leaves it at the code default)",
+            "yes",
+            "a constant factor temperature/base_temperature = 0.1/0.07 on the loss",
+        ),
+    }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
         p = self.params
@@ -171,6 +195,24 @@ class SimCSE(Objective):
             low=0.0,
             search=(0.25, 4.0, True),
             doc="alpha, weight of each anchor's own hard negative (Eq. 8)",
+        ),
+    }
+    defaults_source = {
+        "temperature": DefaultSource(
+            "paper; princeton-nlp/SimCSE",
+            "pretrained BERT-base fine-tuned: unsupervised on 1M Wikipedia sentences, batch 64, "
+            "dropout views; supervised on NLI triplets, batch 512",
+            "yes",
+        ),
+        "supervised": DefaultSource(
+            "harness",
+            "the shapes world has no NLI data; the unsupervised form needs only a second phrasing",
+            "n/a",
+        ),
+        "hard_negative_weight": DefaultSource(
+            "paper (alpha = 1 best on STS-B dev)",
+            "supervised SimCSE, pretrained BERT-base, NLI triplets, batch 512",
+            "yes",
         ),
     }
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from harness.core.batch import EmbeddingBatch, LossOutput
-from harness.core.objective import HParam, HyperparameterError, Objective
+from harness.core.objective import DefaultSource, HParam, HyperparameterError, Objective
 
 _PAIR_CHUNK = 1 << 24  # elements per chunk of the (positives x negatives) difference matrix
 
@@ -66,6 +66,11 @@ class AUC(Objective):
             choices=("global", "query"),
             doc="global: every positive vs every negative; query: per-query pairs",
         ),
+    }
+    _ret = "dense text retrieval: pretrained encoders fine-tuned with in-batch negatives"
+    defaults_source = {
+        "temperature": DefaultSource("paper (the retriever training temperature)", _ret, "no"),
+        "scope": DefaultSource("paper (the global Mann-Whitney form)", _ret, "no"),
     }
 
     def loss(self, batch: EmbeddingBatch) -> LossOutput:
@@ -131,6 +136,16 @@ class CatLIP(Objective):
             "vocabulary (the shapes world: 19), given to setup()",
         ),
         "embed_dim": HParam(128, low=1, doc="image embedding width d (harness-micro: 32)"),
+    }
+    defaults_source = {
+        "num_concepts": DefaultSource(
+            "harness (0: the training data's concept vocabulary)",
+            "sized in setup() from the data",
+            "n/a",
+        ),
+        "embed_dim": DefaultSource(
+            "harness (the model's width, set in setup())", "sized from the model", "n/a"
+        ),
     }
 
     def __init__(self, **params):

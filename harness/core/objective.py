@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -78,6 +78,35 @@ class HParam:
         return v
 
 
+#: values of :attr:`DefaultSource.verified`
+VERIFIED = ("yes", "partly", "no", "n/a")
+
+
+@dataclass(frozen=True)
+class DefaultSource:
+    """Where a hyperparameter's default comes from (docs/objective-defaults.md is generated from these).
+
+    ``source``: the paper, an official (or reference) code file, or ``harness`` (the harness's own
+    choice); ``regime``: the setting the value was chosen for (data set, batch size, views,
+    pretrained or from scratch); ``verified``: "yes" (checked against that source), "partly",
+    "no" (taken from the docstring or recalled, not checked) or "n/a" (the harness's own choice);
+    ``note``: how the harness's setting differs, or what was checked."""
+
+    source: str
+    regime: str
+    verified: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verified not in VERIFIED:
+            raise ValueError(f"verified={self.verified!r}; one of {', '.join(VERIFIED)}")
+
+
+def sources(names: str, src: DefaultSource) -> dict[str, DefaultSource]:
+    """The same :class:`DefaultSource` for each of the space-separated hyperparameter ``names``."""
+    return {n: src for n in names.split()}
+
+
 class Objective(nn.Module):
     """A contrastive objective: a loss over an :class:`EmbeddingBatch` plus its own parameters.
 
@@ -101,6 +130,13 @@ class Objective(nn.Module):
     #: hyperparameters
     min_batch_size: ClassVar[int] = 1
     hparams: ClassVar[dict[str, HParam]] = {}
+    #: where each default of ``hparams`` comes from (one entry per hyperparameter)
+    defaults_source: ClassVar[dict[str, DefaultSource]] = {}
+    #: what a reader of the defaults must know beyond the per-parameter entries (e.g. a scale factor)
+    defaults_note: ClassVar[str] = ""
+    #: bumped when the objective's defaults or computation change what a run produces under the same
+    #: configuration; versions other than "1" are part of the run identity
+    version: ClassVar[str] = "1"
     #: rows per chunk for objectives with a tiled implementation (set from ``budget.loss_chunk_size``)
     loss_chunk_size: int | None = None
 
@@ -203,6 +239,9 @@ class Objective(nn.Module):
             "distributed": cls.distributed,
             "citation": cls.citation,
             "defaults": {k: hp.default for k, hp in cls.hparams.items()},
+            "version": cls.version,
+            "defaults_source": {k: asdict(v) for k, v in cls.defaults_source.items()},
+            "defaults_note": cls.defaults_note,
         }
 
 

@@ -116,7 +116,7 @@ def test_cwcl_weights_carry_no_gradient():
 
 
 # ------------------------------------------------------------------------------------ isogclr
-def isog_reference(x, y, idx, tau, log_s=None, visited=None, gamma=0.9, rho=6.0):
+def isog_reference(x, y, idx, tau, log_s=None, visited=None, gamma=0.8, rho=8.0):
     """Loss value, new log s and tau-gradients (before clipping), in nested loops over floats."""
     n = len(x)
     total, new_log_s, grads = 0.0, {}, {}
