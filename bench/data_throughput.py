@@ -21,6 +21,15 @@ and two figures are taken, in one process, on the same world and model:
   ``--warmup`` steps are not timed (step 0 runs under the trainer's FLOP counter). On CUDA every
   step ends with ``torch.cuda.synchronize`` so the span is the step's real duration.
 
+Streaming (``--train-data wds``): the same process then writes synthetic webdataset shards in
+img2dataset's layout (``--stream-shards`` shards of ``--stream-samples`` JPEGs of
+``--stream-px`` px, with captions) to a temporary directory, and times
+``harness.data.streaming.StreamingTrainData`` at the model's input size with 1, 2 and 4 DataLoader
+worker processes (``--stream-workers``): samples/s = B x timed batches / their wall time, after
+``STREAMS`` untimed batches (worker start-up and the shuffle buffers' fill). Its ratio is taken
+against the first objective's training step. The stream loops over the shards (an infinite seeded
+stream), so a few shards measure the decode rate of any number.
+
 Printed: samples/s of the loader and of the step, their ratio (loader / step: the loader is not
 the bottleneck when this is >> 1; below ~5 a synchronous loader costs a noticeable share of every
 step), and the share of each training step that the trainer spent waiting in ``batch()``.
@@ -55,6 +64,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from harness.config import Budget
@@ -147,6 +157,58 @@ def time_steps(
     return compute[warmup:], timed.seconds[warmup:]
 
 
+def write_shards(root: Path, shards: int, samples: int, px: int, seed: int = 0) -> str:
+    """Synthetic img2dataset shards ({key}.jpg, {key}.txt, {key}.json); returns their brace pattern."""
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:px, 0:px]
+    for s in range(shards):
+        with tarfile.open(root / f"{s:05d}.tar", "w") as tar:
+            for i in range(samples):
+                key = f"{s:05d}{i:04d}"
+                base = (xx[..., None] * rng.uniform(0, 1, 3) + yy[..., None] * rng.uniform(0, 1, 3)) % 256
+                img = (base + rng.normal(0, 12, (px, px, 3))).clip(0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="JPEG", quality=90)
+                files = {
+                    f"{key}.jpg": buf.getvalue(),
+                    f"{key}.txt": f"a synthetic photo number {i} of shard {s}".encode(),
+                    f"{key}.json": json.dumps({"key": key, "status": "success"}).encode(),
+                }
+                for name, data in files.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(root / ("{00000..%05d}.tar" % (shards - 1)))
+
+
+def time_stream(pattern, tokenizer, image_size, preprocess_cfg, batch_size, steps, workers, seed):
+    """(samples/s, first-batch seconds) of the streaming loader with ``workers`` processes."""
+    from harness.data.streaming import STREAMS, StreamingTrainData, shard_list
+
+    data = StreamingTrainData(
+        "wds", shard_list("wds", pattern), tokenizer, seed, image_size, preprocess_cfg, workers=workers,
+        shuffle=64,
+    )  # fmt: skip
+    fields = {"image", "text"}
+    t0 = time.perf_counter()
+    data.batch(0, batch_size, fields)
+    first = time.perf_counter() - t0
+    for step in range(1, STREAMS):
+        data.batch(step, batch_size, fields)
+    t0 = time.perf_counter()
+    for step in range(STREAMS, STREAMS + steps):
+        data.batch(step, batch_size, fields)
+    dt = time.perf_counter() - t0
+    data.close()
+    return batch_size * steps / dt, first
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -180,6 +242,16 @@ def main(argv=None) -> int:
         help="a few steps at small sizes, seconds in all: checks that the benchmark runs",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument(
+        "--stream-workers",
+        default="1,2,4",
+        help="DataLoader worker counts of the streaming (wds) loader; '' skips it (default 1,2,4)",
+    )
+    ap.add_argument("--stream-shards", type=int, default=None, help="synthetic shards (default 4; tiny 2)")
+    ap.add_argument(
+        "--stream-samples", type=int, default=None, help="samples per shard (default 256; tiny 24)"
+    )
+    ap.add_argument("--stream-px", type=int, default=None, help="JPEG side in px (default 256; tiny 48)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--cache-dir",
@@ -194,6 +266,9 @@ def main(argv=None) -> int:
         ("warmup", 2, 1),
         ("model", "harness-tiny", "harness-micro"),
         ("n_train", ShapesSpec().n_train, 256),
+        ("stream_shards", 4, 2),
+        ("stream_samples", 256, 24),
+        ("stream_px", 256, 48),
     ):
         if getattr(args, name) is None:
             setattr(args, name, small if tiny else full)
@@ -285,6 +360,38 @@ def main(argv=None) -> int:
         )
     )
     print(f"lowest ratio loader/step = {worst:.1f} (goal >> 1): {verdict}")
+
+    workers = [int(w) for w in args.stream_workers.split(",") if w.strip()]
+    if workers:
+        step_sps = B / rows[0][4]
+        preprocess_cfg = getattr(getattr(model0, "visual", None), "preprocess_cfg", None)
+        print()
+        with tempfile.TemporaryDirectory(prefix="data_throughput-wds-") as tmp:
+            t0 = time.perf_counter()
+            pattern = write_shards(
+                Path(tmp), args.stream_shards, args.stream_samples, args.stream_px, args.seed
+            )
+            size = sum(p.stat().st_size for p in Path(tmp).glob("*.tar"))
+            print(
+                f"streaming (wds): {args.stream_shards} shards x {args.stream_samples} JPEGs of "
+                f"{args.stream_px} px ({size / 2**20:.1f} MiB, written in {time.perf_counter() - t0:.1f} s), "
+                f"decoded and resized to {image_size} px; step = {rows[0][0]}'s training step"
+            )
+            head = (
+                f"{'workers':>7} | {'stream sps':>10} | {'first batch s':>13} | {'step sps':>8} | "
+                f"{'ratio':>6}"
+            )
+            print(head)
+            print("-" * len(head))
+            for w in workers:
+                sps, first = time_stream(
+                    pattern, tokenizer, image_size, preprocess_cfg, B, args.steps, w, args.seed
+                )
+                print(
+                    f"{w:>7} | {sps:>10.0f} | {first:>13.2f} | {step_sps:>8.0f} | {sps / step_sps:>6.1f}",
+                    flush=True,
+                )
+        print("stream sps: B x timed batches / their wall time; ratio = stream sps / step sps")
     return 0
 
 

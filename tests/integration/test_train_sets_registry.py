@@ -110,6 +110,7 @@ def test_builtins_are_entry_points_named_once():
         "nli",
         "all-nli",
         "wiki1m",
+        "wds",
     }
     for name, target in declared.items():
         cls = TRAIN_SETS.get(name)
