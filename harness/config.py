@@ -243,6 +243,17 @@ _LATER_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
 
 _SMALL_WORLD = {"n_train": 2048, "n_val": 128, "n_test": 128, "n_heldout": 128, "n_zeroshot": 128}
 
+
+def _datacomp(steps: int) -> dict[str, Any]:
+    return {
+        "budget": {"steps": steps, "batch_size": 4096, "lr": 5e-4, "warmup_steps": 500, "weight_decay": 0.2,
+                   "betas": (0.9, 0.98), "eps": 1e-6, "precision": "bf16", "device": "cuda",
+                   "eval_batch_size": 1024, "grad_clip": None},
+        "model": {"name": "ViT-B-32", "tokenizer": "open_clip"},
+        "train_data": "wds",
+    }  # fmt: skip
+
+
 BUDGET_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "budget": {"steps": 8, "batch_size": 32, "warmup_steps": 2, "lr": 1e-3, "log_every": 2},
@@ -271,6 +282,13 @@ BUDGET_PRESETS: dict[str, dict[str, Any]] = {
             "n_zeroshot": 2000,
         },
     },
+    # DataComp's fixed training budgets (Gadre et al. 2023, mlfoundations/datacomp scale_configs.py
+    # and train.py): ViT-B/32 at 224 px from scratch, global batch 4096, lr 5e-4 with 500 warmup
+    # steps and cosine decay, open_clip_train's AdamW defaults (weight decay 0.2, betas 0.9/0.98,
+    # eps 1e-6), bf16 autocast, streamed from webdataset shards (--data wds=PATTERN). small: 12.8M
+    # samples seen (3,125 steps); medium: 128M (31,250 steps).
+    "datacomp-small": _datacomp(3125),
+    "datacomp-medium": _datacomp(31250),
 }
 
 
