@@ -9,7 +9,8 @@ sts-avg) and how its metrics group for plots are what each run recorded, in its
 change a board rebuilt from the same runs.
 
 Modules: :mod:`.runs` (reading MLflow: :func:`collect`), :mod:`.stats` (numpy and scipy only),
-:mod:`.board` (:func:`build`), :mod:`.task_board` (one task's :class:`TaskBoard`), :mod:`.render`
+:mod:`.board` (:func:`build`), :mod:`.task_board` (one task's :class:`TaskBoard`), :mod:`.ranking`
+(ranks of the means, letters, Friedman and Nemenyi), :mod:`.verdict` (the verdict lines), :mod:`.render`
 (one module per format), :mod:`.cli`.
 
 Which runs
@@ -52,18 +53,21 @@ Statistics (``alpha`` = 0.05 by default)
       same resamples); the two-sided p-value is ``(1 + #{|d* - d| >= |d|}) / (n_boot + 1)``, where
       ``d`` is the observed mean difference and ``d*`` a resampled one (the bootstrap distribution
       shifted to the null). The 2.5/97.5 percentiles of ``d*`` give a CI of the difference.
-    * Ranks per task (main score), where objectives that cannot be told apart share a rank:
-      ``rank = 1 + the number of objectives significantly better``. "B is significantly better
-      than A" means the difference favours B (``higher_is_better`` respected) and, under the
-      default rule ``either``, the paired bootstrap over items or the paired t-test over seeds has
-      p < alpha. Other rules: ``both`` (every available test), ``bootstrap`` (the bootstrap, the
-      t-test where items are missing), ``ttest`` (the t-test, the bootstrap where seeds are too
-      few). When no test is possible (one seed and no item scores) objectives cannot be told apart.
-      Every pair of objectives is tested for the ranks, not only pairs with the baseline.
-    * Across tasks, diagnostic tasks left out: mean rank (over the tasks the objective has), and the
-      Borda count: per task,
-      the number of objectives with a strictly worse (larger) rank, summed over tasks. The
-      leaderboard is ordered by mean rank, then Borda count (descending), then name.
+    * Rank per task: the rank of the mean main score over seeds (1 = best, ``higher_is_better``
+      respected; equal means share the first rank). Beside it, significance groups as a compact letter
+      display (:func:`compact_letters`): objectives sharing a letter are not significantly different.
+      "B is significantly better than A" means the difference favours B and, under the default rule
+      ``either``, the paired bootstrap over items or the paired t-test over seeds has p < alpha. Other
+      rules: ``both`` (every available test), ``bootstrap`` (the bootstrap, the t-test where items are
+      missing), ``ttest`` (the t-test, the bootstrap where seeds are too few). When no test is possible
+      (one seed and no item scores) objectives cannot be told apart. Every pair of objectives is
+      tested, not only pairs with the baseline. Each task gets a verdict line (:mod:`.verdict`).
+    * Across tasks, diagnostic tasks left out: mean rank (the ranks of the means with ties averaged,
+      over the tasks the objective has) and the Borda count (per task, the number of objectives with a
+      strictly worse mean, summed over tasks). The leaderboard is ordered by mean rank, then Borda
+      count (descending), then name. The Friedman test (chi2_F, Iman-Davenport's F_F) over the tasks
+      every objective has, then the Nemenyi critical difference (:mod:`.ranking`, Demsar 2006), a
+      critical-difference diagram in the HTML, and one verdict line for the board.
     * Cost per objective: means over seeds of ``cost/wall_seconds``, ``cost/samples_per_second``,
       ``cost/peak_memory_mb`` and ``cost/flops_per_step``.
 
@@ -78,6 +82,7 @@ from __future__ import annotations
 from .board import LONG_FIELDS, TEXT_FAMILIES, Leaderboard, TextSection, build, leaderboard
 from .cli import FORMATS, add_arguments, main, print_wide, summarize_comparison
 from .errors import LeaderboardError, MixedBudgetsError, NoRunsError
+from .ranking import Friedman, compact_letters, friedman, nemenyi_cd, q_alpha, rank_of_means
 from .render import (
     CELL,
     COST_COLUMNS,
@@ -136,6 +141,7 @@ __all__ = [
     "TASK_META_TAG",
     "TEXT_FAMILIES",
     "Collected",
+    "Friedman",
     "Leaderboard",
     "LeaderboardError",
     "MixedBudgetsError",
@@ -150,10 +156,12 @@ __all__ = [
     "breakdown_data",
     "build",
     "collect",
+    "compact_letters",
     "failed_rows",
     "fmt_num",
     "fmt_p",
     "fmt_summary",
+    "friedman",
     "leaderboard",
     "log_to_mlflow",
     "main",
@@ -162,6 +170,7 @@ __all__ = [
     "method_lines",
     "metric_bounds",
     "metric_rows",
+    "nemenyi_cd",
     "paired_bootstrap",
     "paired_ttest",
     "parse_markdown_table",
@@ -171,6 +180,8 @@ __all__ = [
     "plot_scores",
     "print_wide",
     "provenance_items",
+    "q_alpha",
+    "rank_of_means",
     "render_all",
     "render_csv",
     "render_failed_table",

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import LeaderboardError, MixedBudgetsError, NoRunsError
+from .ranking import Friedman, friedman
 from .runs import Collected, RunRecord, by_state, collect
 from .stats import (
     CI_METHOD,
@@ -31,6 +32,7 @@ from .stats import (
     summarize,
 )
 from .task_board import TaskBoard, _task_board
+from .verdict import overall_verdict
 
 LONG_FIELDS = ["track", "kind", "objective", "task", "metric", "seed", "value", "run_id"]
 #: task families of the text section (objectives against STS tasks, SimCSE's protocol)
@@ -60,6 +62,8 @@ class Leaderboard:
     n_boot: int = 1000
     rank_rule: str = "either"
     text: "TextSection | None" = None
+    friedman: Friedman | None = None  # across the ranked tasks every objective has
+    verdict: str = ""
 
     def seeds_of(self, objective: str) -> int:
         return len({r.seed for r in self.runs if r.objective == objective})
@@ -158,11 +162,15 @@ class Leaderboard:
                         t: tb.scores[o].to_dict() for t, tb in self.task_boards.items() if o in tb.scores
                     },
                     "ranks": {t: tb.ranks[o] for t, tb in self.task_boards.items() if o in tb.ranks},
+                    "groups": {t: tb.groups[o] for t, tb in self.task_boards.items() if o in tb.groups},
                     "cost": {m: s.to_dict() for m, s in self.cost.get(o, {}).items()},
                 }
                 for o in self.objectives
             },
             "task_boards": {t: tb.to_dict() for t, tb in self.task_boards.items()},
+            "friedman": self.friedman.to_dict() if self.friedman is not None else None,
+            "verdict": self.verdict,
+            "verdicts": {t: tb.verdict for t, tb in self.task_boards.items()},
             "text": self.text.to_dict() if self.text is not None else None,
             "loss_curves": self.loss_curves,
             "runs": [
@@ -235,7 +243,7 @@ def _text_section(
             tests[o] = PairedTest(o, baseline, delta=delta, p_ttest=p, n_seeds=n)
     mean_rank = {}
     for o in objectives:
-        rs = [boards_t[t].ranks[o] for t in tasks if o in boards_t[t].ranks]
+        rs = [boards_t[t].fractional_ranks[o] for t in tasks if o in boards_t[t].fractional_ranks]
         mean_rank[o] = float(np.mean(rs)) if rs else None
     return TextSection(tasks, average, tests, mean_rank)
 
@@ -392,10 +400,12 @@ def build(
             if tb is not None:
                 boards_t[t] = tb
         # diagnostic tasks (geometry, aggregates), as the runs recorded them, are shown but never ranked
-        mean_rank, borda, n_tasks = mean_rank_and_borda(
-            (tb.ranks for tb in boards_t.values() if not tb.diagnostic), objectives
-        )
+        # mean rank over the fractional ranks of the means (ties averaged, Friedman's ranks); Borda counts
+        # the objectives with a strictly worse mean, which the fractional ranks keep
+        ranked = {t: tb.fractional_ranks for t, tb in boards_t.items() if not tb.diagnostic}
+        mean_rank, borda, n_tasks = mean_rank_and_borda(ranked.values(), objectives)
         objectives = board_order(objectives, mean_rank, borda)
+        fr = friedman(ranked, [o for o in objectives if n_tasks[o]], alpha)
         cost = {}
         for o in objectives:
             keys = sorted({k for r in truns if r.objective == o for k in r.cost})
@@ -466,6 +476,8 @@ def build(
                 n_boot=n_boot,
                 rank_rule=rank_rule,
                 text=_text_section(boards_t, truns, objectives, base),
+                friedman=fr,
+                verdict=overall_verdict(objectives, mean_rank, len(ranked), fr, alpha),
             )
         )
     return boards

@@ -1,8 +1,9 @@
 """The statistics of a leaderboard: numpy and scipy only, no MLflow, no registry.
 
 Summaries over seeds (mean and a 95% Student-t interval cut at the metric's range), the paired
-t-test over seeds, the paired bootstrap over items, significance under a rank rule, ranks per task
-and, across tasks, the mean rank and the Borda count. docs/leaderboard-statistics.md explains each.
+t-test over seeds, the paired bootstrap over items, significance under a rank rule and, across tasks,
+the mean rank and the Borda count. Ranks of the means, significance letters, Friedman and Nemenyi are
+in :mod:`.ranking`. docs/leaderboard-statistics.md explains each.
 """
 
 from __future__ import annotations
@@ -234,8 +235,9 @@ def significance_ranks(
     objectives: list[str], tests: dict[tuple[str, str], dict[str, tuple]], hib: bool, alpha: float, rule: str
 ) -> tuple[dict[str, list[str]], dict[str, int]]:
     """(better, ranks): per objective a, the objectives b significantly better than it (``tests[(b, a)]``
-    as in :func:`significantly_better`), and ``rank = 1 + len(better[a])``: objectives that cannot be
-    told apart share a rank."""
+    as in :func:`significantly_better`), and ``1 + len(better[a])``. The board no longer ranks by the
+    latter (it rewarded noise): a task's rank is the rank of the mean (:func:`.ranking.rank_of_means`),
+    and ``better`` gives the significance groups (:func:`.ranking.compact_letters`)."""
     better = {
         a: [b for b in objectives if b != a and significantly_better(tests[(b, a)], hib, alpha, rule)]
         for a in objectives

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .ranking import compact_letters, rank_of_means
 from .runs import RunRecord
 from .stats import (
     PairedTest,
@@ -29,6 +30,7 @@ from .stats import (
     summarize,
     task_seed,
 )
+from .verdict import task_verdict
 
 
 @dataclass
@@ -37,7 +39,7 @@ class TaskBoard:
     main_metric: str
     higher_is_better: bool
     scores: dict[str, Summary]  # objective -> main score over seeds
-    ranks: dict[str, int]
+    ranks: dict[str, int]  # rank of the mean score (ties share the first rank)
     tests: dict[str, PairedTest]  # objective -> against the baseline (main score)
     metrics: dict[str, dict[str, Summary]]  # metric -> objective -> summary
     metric_tests: dict[str, dict[str, PairedTest]]  # metric -> objective -> t-test against the baseline
@@ -46,6 +48,11 @@ class TaskBoard:
     family: str = ""
     diagnostic: bool = False  # shown, never part of the mean rank or the Borda count
     breakdown: dict[str, Any] = field(default_factory=dict)  # {"levels": [...], "metrics": {metric: values}}
+    fractional_ranks: dict[str, float] = field(default_factory=dict)  # ties averaged (Friedman's ranks)
+    groups: dict[str, str] = field(
+        default_factory=dict
+    )  # compact letter display: shared letter = no difference
+    verdict: str = ""
 
     def to_dict(self) -> dict:
         return {
@@ -57,6 +64,10 @@ class TaskBoard:
             "n_items": self.n_items,
             "scores": {o: s.to_dict() for o, s in self.scores.items()},
             "ranks": self.ranks,
+            "rank_method": "rank of the mean score over seeds; ties share a rank",
+            "fractional_ranks": self.fractional_ranks,
+            "groups": self.groups,
+            "verdict": self.verdict,
             "significantly_better": self.better,
             "vs_baseline": {o: t.to_dict() for o, t in self.tests.items()},
             "metrics": {m: {o: s.to_dict() for o, s in d.items()} for m, d in self.metrics.items()},
@@ -128,7 +139,12 @@ def _task_board(
                 tests["bootstrap"] = (d_b, p_b)
             pair[(b, a)] = tests
             pair[(a, b)] = {k: (None if d is None else -d, p) for k, (d, p) in tests.items()}
-    better, ranks = significance_ranks(objs, pair, hib, alpha, rule)
+    better, _ = significance_ranks(objs, pair, hib, alpha, rule)
+    ranks, fractional = rank_of_means({o: scores[o].mean for o in objs}, hib)
+    order = sorted(objs, key=lambda o: (ranks[o], objs.index(o)))
+    different = {frozenset((a, b)) for a in objs for b in better[a]}
+    groups = compact_letters(order, different)
+    verdict = task_verdict(task, order, scores, better, pair, hib, alpha, rule)
 
     tests: dict[str, PairedTest] = {}
     if baseline in objs:
@@ -176,4 +192,7 @@ def _task_board(
         family=family,
         diagnostic=diagnostic,
         breakdown=breakdown,
+        fractional_ranks=fractional,
+        groups=groups,
+        verdict=verdict,
     )

@@ -3,6 +3,7 @@
 import argparse
 import base64
 import csv
+import html
 import io
 import json
 import math
@@ -374,10 +375,41 @@ def test_shared_and_distinct_ranks(board):
 
 
 def test_mean_rank_borda_and_order(board):
-    assert board.mean_rank == pytest.approx({"clip": 4 / 3, "siglip": 5 / 3, "weak": 7 / 3})
+    # fractional ranks of the means: clip and siglip tie on shapes-retrieval (1.5) and fake-error (2.5)
+    assert board.mean_rank == pytest.approx({"clip": 5 / 3, "siglip": 2.0, "weak": 7 / 3})
     assert board.borda == {"clip": 3, "siglip": 2, "weak": 2}
     assert board.objectives == ["clip", "siglip", "weak"]
     assert board.n_tasks == {"clip": 3, "siglip": 3, "weak": 3}
+
+
+def test_rank_of_mean_fractional_ranks_and_groups(board):
+    tb = board.task_boards
+    assert tb["shapes-retrieval"].fractional_ranks == {"clip": 1.5, "siglip": 1.5, "weak": 3.0}
+    assert tb["fake-error"].fractional_ranks == {"clip": 2.5, "siglip": 2.5, "weak": 1.0}
+    assert tb["shapes-retrieval"].groups == {"clip": "a", "siglip": "a", "weak": "b"}
+    assert tb["shapes-compositionality"].groups == {"clip": "a", "siglip": "b", "weak": "c"}
+    assert tb["fake-error"].groups == {"weak": "a", "clip": "b", "siglip": "b"}
+
+
+def test_friedman_and_verdicts(board):
+    fr = board.friedman
+    assert fr.tasks == ["shapes-retrieval", "shapes-compositionality", "fake-error"] and fr.k == 3
+    # 12 N / (k (k + 1)) (sum R_j^2 - k (k + 1)^2 / 4) = 3 (110 / 9 - 12) = 2 / 3
+    assert fr.chi2 == pytest.approx(2 / 3) and fr.p_chi2 == pytest.approx(stats.chi2.sf(2 / 3, 2))
+    assert fr.ff == pytest.approx(2 * (2 / 3) / (3 * 2 - 2 / 3)) and not fr.significant
+    assert fr.cd == pytest.approx(2.343 * math.sqrt(3 * 4 / 18)) and fr.differ == []
+    assert board.task_boards["shapes-retrieval"].verdict.startswith(
+        "clip and siglip lead shapes-retrieval; indistinguishable at alpha 0.05 over 3 seeds"
+    )
+    assert "weak is 0.295 behind clip, p < 0.001 (paired bootstrap over items)" in (
+        board.task_boards["shapes-retrieval"].verdict
+    )
+    assert board.task_boards["fake-error"].verdict.startswith(
+        "weak leads fake-error, significantly ahead of every other objective"
+    )
+    assert board.verdict.startswith("clip leads on mean rank (1.67) over 3 tasks")
+    assert "Friedman: chi2_F = 0.67 (p = 0.717)" in board.verdict
+    assert board.verdict.endswith("cannot be told apart across tasks (no post-hoc test)")
 
 
 def test_rank_rules_and_baseline_choice(store):
@@ -444,7 +476,9 @@ def test_html_is_self_contained_and_well_formed(board, tmp_path):
     assert not c.errors and not c.stack
     for section in (
         "provenance",
+        "verdict",
         "leaderboard",
+        "friedman",
         "tasks",
         "scores",
         "loss",
@@ -454,7 +488,10 @@ def test_html_is_self_contained_and_well_formed(board, tmp_path):
         "method",
     ):
         assert section in c.ids
-    assert len(c.imgs) == 4  # scores, loss, the breakdown shapes-compositionality recorded, cost
+    # the critical-difference diagram, scores, loss, the breakdown shapes-compositionality recorded, cost
+    assert len(c.imgs) == 5 and c.imgs[0]["alt"] == "critical-difference diagram"
+    assert html.escape(board.verdict) in page
+    assert html.escape(board.task_boards["fake-error"].verdict) in page
     breakdowns = page.split('<section id="breakdowns">')[1].split("</section>")[0]
     assert "<h3>shapes-compositionality</h3>" in breakdowns
     for img in c.imgs:
@@ -493,15 +530,21 @@ def test_markdown_round_trip(board):
     rows = lb.parse_markdown_table(md, "## Leaderboard")
     assert [r["objective"] for r in rows] == ["clip (baseline)", "siglip", "weak"]
     tb = board.task_boards["shapes-retrieval"]
-    assert rows[0]["shapes-retrieval (rank)"] == f"{lb.fmt_summary(tb.scores['clip'])} (1)"
-    assert rows[2]["fake-error (rank)"].endswith("(1)")
+    assert rows[0]["shapes-retrieval (rank group)"] == f"{lb.fmt_summary(tb.scores['clip'])} (1 a)"
+    assert rows[2]["fake-error (rank group)"].endswith("(1 a)")
     assert [(r["mean rank"], r["Borda"], r["seeds"]) for r in rows] == [
-        ("1.33", "3", "3"),
-        ("1.67", "2", "3"),
+        ("1.67", "3", "3"),
+        ("2.00", "2", "3"),
         ("2.33", "2", "3"),
     ]
     task = lb.parse_markdown_table(md, "## Task shapes-retrieval")
-    assert [r["rank"] for r in task] == ["1", "1", "3"]
+    assert [r["rank"] for r in task] == ["1", "1", "3"] and [r["group"] for r in task] == ["a", "a", "b"]
+    assert f"Verdict: {lb.md_escape(tb.verdict)}." in md
+    verdict = md.split("## Verdict\n\n")[1].split("\n\n")[0].splitlines()
+    assert verdict[0] == f"- overall: {lb.md_escape(board.verdict)}" and len(verdict) == 4
+    friedman = md.split("## Across tasks: Friedman and Nemenyi\n\n")[1].split("\n\n")[0]
+    assert "- Friedman chi2_F: 0.667, p = 0.717 (chi2, 2 df)" in friedman
+    assert "not applied: the Friedman test does not reject" in friedman
     assert task[2]["p (paired bootstrap, items)"] == lb.fmt_p(tb.tests["weak"].p_bootstrap)
     failed = lb.parse_markdown_table(md, "## Not ranked")
     assert failed[0]["objective"] == "broken" and failed[0]["reason"] == "RuntimeError: boom"
@@ -546,6 +589,19 @@ def test_json_round_trip(board):
     assert doc["provenance"]["command"] == "harness compare --objectives clip,siglip,weak"
     assert doc["objectives"] == ["clip", "siglip", "weak"] and doc["seeds"] == [0, 1, 2]
     assert doc["summary"]["clip"]["borda"] == 3 and doc["summary"]["weak"]["ranks"]["fake-error"] == 1
+    assert doc["summary"]["weak"]["groups"] == {
+        "shapes-retrieval": "b",
+        "shapes-compositionality": "c",
+        "fake-error": "a",
+    }
+    ret = doc["task_boards"]["shapes-retrieval"]
+    assert (
+        ret["groups"] == {"clip": "a", "siglip": "a", "weak": "b"}
+        and ret["verdict"] == doc["verdicts"]["shapes-retrieval"]
+    )
+    assert ret["fractional_ranks"] == {"clip": 1.5, "siglip": 1.5, "weak": 3.0}
+    assert doc["verdict"] == board.verdict and doc["friedman"]["chi2_f"] == pytest.approx(2 / 3)
+    assert doc["friedman"]["df_f"] == [2, 4] and doc["friedman"]["significant"] is False
     assert doc["task_boards"]["shapes-retrieval"]["scores"]["weak"]["values"]["1"] == pytest.approx(
         main_values("shapes-retrieval", "weak")[1]
     )
@@ -583,7 +639,10 @@ def test_terminal_table(board):
     con.print(lb.render_table(board))
     out = con.file.getvalue()
     assert "clip (baseline)" in out and "mean rank" in out and BUDGET in out
-    assert lb.fmt_summary(board.task_boards["fake-error"].scores["weak"]) + " (1)" in out
+    assert lb.fmt_summary(board.task_boards["fake-error"].scores["weak"]) + " (1 a)" in out
+    flat = " ".join(out.split())
+    assert "overall: clip leads on mean rank (1.67)" in flat
+    assert "fake-error: weak leads fake-error" in flat
 
 
 # -- command line -------------------------------------------------------------------------------------
@@ -768,7 +827,7 @@ def test_board_intervals_stay_within_the_metric_range_in_every_output():
     assert wall.low == 0.0 and board.cost["clip"]["final_loss"].bounds is None
     md = lb.render_markdown(board)
     rows = lb.parse_markdown_table(md, "## Leaderboard")
-    assert rows[0]["shapes-retrieval (rank)"] == "0.993 [0.965, 1.000] (1)"
+    assert rows[0]["shapes-retrieval (rank group)"] == "0.993 [0.965, 1.000] (1 a)"
     assert "0.0200 [0.0000, 0.1061]" in md and "-0.06" not in md
     doc = json.loads(lb.render_json(board))
     sc = doc["task_boards"]["shapes-retrieval"]["scores"]["siglip"]

@@ -9,7 +9,9 @@ import pytest
 from scipy import stats
 
 import harness.leaderboard as package
+from harness.leaderboard import ranking as rk
 from harness.leaderboard import stats as st
+from harness.leaderboard import verdict as vd
 from harness.leaderboard.render.cells import fmt_summary
 
 T975_2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2), by hand from a t table: 4.303
@@ -192,3 +194,139 @@ def test_linear_probe_keys_are_bounded():
     ):
         assert metric_bounds(key) == (0.0, 1.0), key
     assert metric_bounds("probe_iterations") == (0.0, float("inf"))
+
+
+# -- rank of the mean, significance groups, Friedman and Nemenyi, verdicts ----------------------------
+def test_demsar_worked_example_friedman_and_cd():
+    """Demsar (JMLR 2006), section 3.2.4: four classifiers on 14 data sets, mean ranks 3.143, 2.000,
+    2.893, 1.964. By hand: sum R^2 = 26.104, minus k(k+1)^2/4 = 25 gives 1.104, times 12 N / (k(k+1)) =
+    8.4 gives chi2_F = 9.28; F_F = 13 * 9.28 / (42 - 9.28) = 3.69; CD = 2.569 sqrt(20 / 84) = 1.25."""
+    chi2, ff = rk.friedman_stats([3.143, 2.000, 2.893, 1.964], 14)
+    assert chi2 == pytest.approx(9.28, abs=0.005) and ff == pytest.approx(3.69, abs=0.005)
+    assert rk.nemenyi_cd(4, 14, 0.05) == pytest.approx(1.25, abs=0.005)
+    assert rk.q_alpha(4, 0.05) == 2.569 and rk.q_alpha(3, 0.10) == 2.052
+    for k in range(2, 11):  # Demsar's table against the Studentized range over sqrt(2)
+        ref = stats.studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2)
+        assert rk.q_alpha(k, 0.05) == pytest.approx(ref, abs=0.002)
+    assert rk.q_alpha(12, 0.05) == pytest.approx(stats.studentized_range.ppf(0.95, 12, np.inf) / math.sqrt(2))
+
+
+def test_friedman_on_task_ranks_by_hand():
+    # four tasks rank a < b < c alike: mean ranks 1, 2, 3; chi2_F = 12*4/12 (14 - 12) = 8 = N (k - 1), where
+    # F_F's denominator vanishes (perfect agreement): F_F None, chi2_F's p decides
+    fr = rk.friedman({t: {"a": 1.0, "b": 2.0, "c": 3.0} for t in "wxyz"}, ["a", "b", "c"], 0.05)
+    assert fr.chi2 == pytest.approx(8.0) and fr.p_chi2 == pytest.approx(stats.chi2.sf(8.0, 2))
+    assert fr.ff is None and fr.p_ff == fr.p_chi2 == pytest.approx(0.0183, abs=1e-4) and fr.significant
+    assert fr.cd == pytest.approx(2.343 * math.sqrt(12 / 24))  # 1.657: only a and c differ
+    assert fr.differ == [("a", "c")] and rk.cd_cliques(fr.mean_ranks, fr.cd) == [["a", "b"], ["b", "c"]]
+    # a task missing an objective is left out; the ranks are re-ranked among the objectives compared
+    fr = rk.friedman(
+        {"w": {"a": 1.5, "b": 1.5, "c": 3.0}, "x": {"a": 2.0, "b": 1.0, "c": 3.0}, "y": {"a": 1.0}},
+        ["a", "b", "c"],
+        0.05,
+    )
+    assert fr.tasks == ["w", "x"] and fr.mean_ranks == {"a": 1.75, "b": 1.25, "c": 3.0}
+    # 12*2/12 (1.75^2 + 1.25^2 + 9 - 12) = 2 * 1.625 = 3.25; F_F = 1 * 3.25 / (4 - 3.25)
+    assert fr.chi2 == pytest.approx(3.25) and fr.ff == pytest.approx(3.25 / 0.75)
+    assert fr.p_ff == pytest.approx(stats.f.sf(3.25 / 0.75, 2, 2))
+    assert rk.friedman({"w": {"a": 1.0, "b": 2.0}}, ["a", "b"], 0.05) is None  # one task
+    # c has one task of three: dropping c keeps 2 x 3 cells, dropping tasks 3 x 1
+    fracs = {"w": {"a": 1.0, "b": 2.0, "c": 3.0}, "x": {"a": 1.0, "b": 2.0}, "y": {"a": 2.0, "b": 1.0}}
+    fr = rk.friedman(fracs, ["a", "b", "c"], 0.05)
+    assert fr.objectives == ["a", "b"] and fr.tasks == ["w", "x", "y"]
+    assert fr.mean_ranks == pytest.approx({"a": 4 / 3, "b": 5 / 3})
+
+
+def test_compact_letter_display():
+    # a-c, a-d and b-d differ: the groups {a, b}, {b, c}, {c, d}
+    diff = {frozenset(p) for p in (("a", "c"), ("a", "d"), ("b", "d"))}
+    assert rk.compact_letters(list("abcd"), diff) == {"a": "a", "b": "ab", "c": "bc", "d": "c"}
+    # not transitive: a and b differ, c differs from neither
+    assert rk.compact_letters(list("abc"), {frozenset("ab")}) == {"a": "a", "b": "b", "c": "ab"}
+    assert rk.compact_letters(list("abc"), set()) == {"a": "a", "b": "a", "c": "a"}
+    every = {frozenset(p) for p in (("a", "b"), ("a", "c"), ("b", "c"))}
+    assert rk.compact_letters(list("abc"), every) == {"a": "a", "b": "b", "c": "c"}
+
+
+def test_rank_of_the_mean_not_of_significance_shapes_sts():
+    """shapes-sts: dcl 69.6 ± 12.7 (noisy, so nothing is significantly better than it) was ranked 1 by
+    "1 + the number significantly better", and hn-nce 80.7 ± 0.8 ranked 4 behind three tighter ones."""
+    means = {"cua": 84.0, "clip": 83.0, "siglip": 82.0, "hn-nce": 80.7, "dcl": 69.6}
+    sig = {(b, "hn-nce"): {"ttest": (means[b] - 80.7, 0.001)} for b in ("cua", "clip", "siglip")}
+    objs = list(means)
+    tests = {(b, a): {"ttest": (means[b] - means[a], 0.5)} for a in objs for b in objs if a != b}
+    tests.update(sig)
+    better, old = st.significance_ranks(objs, tests, True, 0.05, "either")
+    assert old["dcl"] == 1 and old["hn-nce"] == 4  # the rule that was replaced
+    ranks, frac = rk.rank_of_means(means, True)
+    assert ranks == {"cua": 1, "clip": 2, "siglip": 3, "hn-nce": 4, "dcl": 5} and frac == ranks
+    order = sorted(objs, key=ranks.get)
+    groups = rk.compact_letters(order, {frozenset((a, b)) for a in objs for b in better[a]})
+    assert groups == {"cua": "a", "clip": "a", "siglip": "a", "hn-nce": "b", "dcl": "ab"}
+    # equal means share the first rank; the fractional rank averages the places; lower is better
+    assert rk.rank_of_means({"a": 0.5, "b": 0.5, "c": 0.2}, True) == (
+        {"a": 1, "b": 1, "c": 3},
+        {"a": 1.5, "b": 1.5, "c": 3.0},
+    )
+    assert rk.rank_of_means({"a": 0.5, "b": 0.5, "c": 0.2}, False)[0] == {"a": 2, "b": 2, "c": 1}
+
+
+def _summary(mean, n=3):
+    return st.Summary({s: mean for s in range(n)}, mean, 0.0, 0.0, n)
+
+
+def test_verdict_lines_for_a_constructed_board():
+    scores = {"clip": _summary(0.91), "hn-nce": _summary(0.90), "siglip": _summary(0.76), "x": _summary(0.5)}
+    order = ["clip", "hn-nce", "siglip", "x"]
+    better = {"clip": [], "hn-nce": [], "siglip": ["clip", "hn-nce"], "x": ["clip", "hn-nce", "siglip"]}
+    pair = {("clip", "siglip"): {"ttest": (0.15, 0.02), "bootstrap": (0.15, 0.007)}}
+    text = vd.task_verdict("shapes-retrieval", order, scores, better, pair, True, 0.05, "either")
+    assert text == (
+        "clip and hn-nce lead shapes-retrieval; indistinguishable at alpha 0.05 over 3 seeds (paired "
+        "bootstrap over items or paired t-test over seeds); siglip is 0.15 behind clip, p = 0.007 (paired "
+        "bootstrap over items); 1 more trails further"
+    )
+    both = vd.task_verdict("t", order, scores, better, pair, True, 0.05, "both")
+    assert "p = 0.020 (paired t-test over seeds)" in both  # the larger p decides under "both"
+    alone = vd.task_verdict(
+        "t", order[:1] + order[2:3], scores, {"clip": [], "siglip": ["clip"]}, pair, True, 0.05, "ttest"
+    )
+    assert alone.startswith("clip leads t, significantly ahead of every other objective at alpha 0.05")
+    assert alone.endswith("siglip is 0.15 behind clip, p = 0.020 (paired t-test over seeds)")
+    same = vd.task_verdict("t", order[:2], scores, {"clip": [], "hn-nce": []}, {}, True, 0.05, "either")
+    assert same.startswith("clip and hn-nce cannot be told apart on t at alpha 0.05 over 3 seeds")
+
+    mean_rank = {"cua": 2.29, "clip": 2.57, "hn-nce": 2.57, "siglip": 3.0, "x": 4.57}
+    fr = rk.Friedman(
+        list(mean_rank), list("abcdefg"), mean_rank, 12.3, 0.015, 3.9, 0.01, 2.31, 0.05, [("cua", "x")]
+    )
+    overall = vd.overall_verdict(list(mean_rank), mean_rank, 7, fr, 0.05)
+    assert overall == (
+        "cua, clip and hn-nce lead on mean rank (2.29, 2.57, 2.57) over 7 tasks; Friedman: chi2_F = 12.30 "
+        "(p = 0.015), Iman-Davenport F_F = 3.90 (p = 0.010), k = 5, N = 7; the Nemenyi CD at alpha 0.05 "
+        "is 2.31, so only cua and x differ"
+    )
+    fr.p_ff = 0.2
+    assert vd.overall_verdict(list(mean_rank), mean_rank, 8, fr, 0.05).endswith(
+        "at alpha 0.05 the objectives cannot be told apart across tasks (no post-hoc test)"
+    )
+    fr.objectives = ["cua", "clip", "hn-nce", "siglip"]
+    assert "Friedman without x (not on every task): " in vd.overall_verdict(
+        list(mean_rank), mean_rank, 7, fr, 0.05
+    )
+    fr.objectives = list(mean_rank)
+    assert "over the 7 tasks every objective has" in vd.overall_verdict(
+        list(mean_rank), mean_rank, 8, fr, 0.05
+    )
+    # fewer objectives, fewer leaders; ties with the last leader lead too; F_F undefined
+    assert vd.overall_verdict(list("abc"), {"a": 1.0, "b": 1.0, "c": 3.0}, 2, None, 0.05).startswith(
+        "a and b lead on mean rank (1.00, 1.00) over 2 tasks"
+    )
+    fr.ff, fr.p_ff = None, 0.135
+    assert (
+        "chi2_F = 12.30 (p = 0.015), Iman-Davenport F_F undefined (every task ranks the objectives "
+        "alike), k = 5" in (vd.overall_verdict(list(mean_rank), mean_rank, 7, fr, 0.05))
+    )
+    assert vd.overall_verdict(["a"], {"a": 1.0}, 1, None, 0.05).endswith(
+        "no Friedman test (it needs 2 objectives that share 2 ranked tasks)"
+    )

@@ -12,18 +12,20 @@ from .cells import (
     fmt_num,
     fmt_p,
     fmt_summary,
+    friedman_items,
     method_lines,
     metric_rows,
     provenance_items,
     summary_rows,
     task_rows,
     text_rows,
+    verdict_lines,
 )
 from .csvfile import render_csv
 from .htmlpage import render_html
 from .jsonfile import jsonable, render_json
 from .markdown import md_escape, md_unescape, parse_markdown_table, render_markdown
-from .plots import breakdown_data, plot_breakdown, plot_cost, plot_loss, plot_scores
+from .plots import breakdown_data, plot_breakdown, plot_cd, plot_cost, plot_loss, plot_scores
 from .table import render_failed_table, render_table, render_text_table
 
 
@@ -52,6 +54,7 @@ __all__ = [
     "fmt_num",
     "fmt_p",
     "fmt_summary",
+    "friedman_items",
     "jsonable",
     "md_escape",
     "md_unescape",
@@ -59,6 +62,7 @@ __all__ = [
     "metric_rows",
     "parse_markdown_table",
     "plot_breakdown",
+    "plot_cd",
     "plot_cost",
     "plot_loss",
     "plot_scores",
@@ -74,4 +78,5 @@ __all__ = [
     "summary_rows",
     "task_rows",
     "text_rows",
+    "verdict_lines",
 ]

@@ -62,7 +62,7 @@ def summary_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """The main table: header and rows of strings (shared by the terminal, Markdown and HTML)."""
     header = (
         ["objective"]
-        + [f"{t} (rank)" for t in board.tasks]
+        + [f"{t} (rank group)" for t in board.tasks]
         + ["mean rank", "Borda", "seeds"]
         + [h for _, h, _, _ in COST_COLUMNS]
     )
@@ -71,7 +71,9 @@ def summary_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
         cells = [o + (" (baseline)" if o == board.baseline else "")]
         for t in board.tasks:
             tb = board.task_boards[t]
-            cells.append(f"{fmt_summary(tb.scores[o])} ({tb.ranks[o]})" if o in tb.scores else "–")
+            cells.append(
+                f"{fmt_summary(tb.scores[o])} ({tb.ranks[o]} {tb.groups[o]})" if o in tb.scores else "–"
+            )
         cells += [fmt_num(board.mean_rank[o], 2), str(board.borda[o]), str(board.seeds_of(o))]
         cells += [_cost_cell(board, o, k, sc, d) for k, _, sc, d in COST_COLUMNS]
         rows.append(cells)
@@ -84,6 +86,7 @@ def task_rows(board: Leaderboard, task: str) -> tuple[list[str], list[list[str]]
         "objective",
         "mean, 95% CI",
         "rank",
+        "group",
         f"Δ vs {board.baseline}",
         "p (paired t, seeds)",
         "p (paired bootstrap, items)",
@@ -101,6 +104,7 @@ def task_rows(board: Leaderboard, task: str) -> tuple[list[str], list[list[str]]
                 o,
                 fmt_summary(tb.scores[o]),
                 str(tb.ranks[o]),
+                tb.groups[o],
                 "(baseline)" if o == board.baseline else fmt_num(t.delta if t else None, 4),
                 fmt_p(t.p_ttest) if t else "",
                 fmt_p(t.p_bootstrap) if t else "",
@@ -160,24 +164,63 @@ def method_lines(board: Leaderboard) -> list[str]:
             "ranks >= 1, cost >= 0; an unknown metric is unbounded): shown mean ± half-width, or mean "
             "[low, high] where an end was cut (± n/a: one seed)."
         ),
-        f"Rank per task: 1 + the number of objectives significantly better, where B is significantly better "
-        f"than A when the difference favours B and {rule[board.rank_rule]} (alpha = {board.alpha}); "
-        f"objectives that cannot be told apart share a rank. Without any test (one seed, no item scores) "
-        f"objectives share a rank.",
+        "Rank per task: the rank of the mean score over seeds (1 = best; equal means share a rank).",
+        f"Significance groups (compact letter display): objectives sharing a letter are not significantly "
+        f"different; B is significantly better than A when the difference favours B and "
+        f"{rule[board.rank_rule]} "
+        f"(alpha = {board.alpha}, every pair of objectives tested). Letter a holds the best mean. Without "
+        f"any test (one seed, no item scores) objectives share a letter.",
         "Paired t-test: scipy.stats.ttest_rel over the seeds both objectives have (two or more).",
         f"Paired bootstrap: the per-item differences of the item scores (matched by item index and "
         f"seed), averaged over the common seeds; items resampled with replacement {board.n_boot} times "
         f"(seeded numpy Generator); two-sided p = (1 + #|d* - d| >= |d|) / (B + 1).",
-        "Mean rank: over the tasks an objective has, diagnostic tasks excluded (as each run recorded "
-        "them: the geometry family, aggregates such as sts-avg). Borda count: per task, the number of "
-        "objectives with a strictly worse rank, summed over tasks. Order: mean rank, then Borda count, "
-        "then name.",
+        "Mean rank: the ranks of the means with ties averaged (1.5, 1.5, 3), over the tasks an objective "
+        "has, diagnostic tasks excluded (as each run recorded them: the geometry family, aggregates such "
+        "as sts-avg). Borda count: per task, the number of objectives with a strictly worse mean, summed "
+        "over tasks. Order: mean rank, then Borda count, then name.",
+        "Across tasks (Demsar 2006): the Friedman test on those ranks over the tasks every objective has, "
+        "chi2_F = 12N / (k(k+1)) (sum R_j^2 - k(k+1)^2 / 4) and Iman-Davenport's F_F = (N-1) chi2_F / "
+        "(N(k-1) - chi2_F) with (k-1, (k-1)(N-1)) degrees of freedom (its p decides); when it rejects at "
+        "alpha, the Nemenyi post-hoc test: two objectives differ when their mean ranks differ by at least "
+        "CD = q_alpha sqrt(k(k+1) / (6N)).",
         "Cost columns: means over seeds of cost/wall_seconds, cost/samples_per_second, cost/peak_memory_mb "
         "and cost/flops_per_step (GFLOPs, forward + backward, one step).",
         (
             "Not ranked: runs that did not finish, by state: FAILED and KILLED (MLflow's status), running "
             "(RUNNING with a fresh harness.heartbeat), interrupted (RUNNING without a heartbeat for over "
             f"{duration(STALE_AFTER_S)}: the process was killed before it could end the run)."
+        ),
+    ]
+
+
+def verdict_lines(board: Leaderboard) -> list[tuple[str, str]]:
+    """(label, verdict): the board's, then one per ranked task, then the diagnostic tasks'."""
+    tasks = sorted(board.task_boards.values(), key=lambda tb: tb.diagnostic)
+    return [("overall", board.verdict)] + [
+        (tb.task + (" (diagnostic)" if tb.diagnostic else ""), tb.verdict) for tb in tasks
+    ]
+
+
+def friedman_items(board: Leaderboard) -> list[tuple[str, str]]:
+    """The Friedman and Nemenyi statistics as (label, value), empty when there is no test."""
+    fr = board.friedman
+    if fr is None:
+        return []
+    return [
+        ("objectives", f"k = {fr.k}: {', '.join(fr.objectives)}"),
+        ("tasks", f"N = {fr.n}: {', '.join(fr.tasks)}"),
+        ("Friedman chi2_F", f"{fr.chi2:.3f}, p = {fmt_p(fr.p_chi2)} (chi2, {fr.k - 1} df)"),
+        (
+            "Iman-Davenport F_F",
+            f"{fmt_num(fr.ff)}, p = {fmt_p(fr.p_ff)} (F, {fr.k - 1} and {(fr.k - 1) * (fr.n - 1)} df)",
+        ),
+        (
+            f"Nemenyi CD (alpha {fr.alpha})",
+            f"{fr.cd:.3f}" + ("" if fr.significant else " (not applied: the Friedman test does not reject)"),
+        ),
+        (
+            "pairs that differ",
+            (", ".join(f"{a} vs {b}" for a, b in fr.differ) or "none") if fr.significant else "n/a",
         ),
     ]
 

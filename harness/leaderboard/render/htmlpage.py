@@ -8,14 +8,16 @@ from ..board import Leaderboard
 from .cells import (
     CELL,
     failed_rows,
+    friedman_items,
     method_lines,
     metric_rows,
     provenance_items,
     summary_rows,
     task_rows,
     text_rows,
+    verdict_lines,
 )
-from .plots import breakdown_data, plot_breakdown, plot_cost, plot_loss, plot_scores
+from .plots import breakdown_data, plot_breakdown, plot_cd, plot_cost, plot_loss, plot_scores
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
@@ -76,10 +78,33 @@ def render_html(board: Leaderboard) -> str:
     parts += [
         "</dl>",
         "</section>",
+        '<section id="verdict">',
+        "<h2>Verdict</h2>",
+        "<ul>",
+    ]
+    parts += [f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in verdict_lines(board)]
+    parts += [
+        "</ul>",
+        "</section>",
         '<section id="leaderboard">',
         "<h2>Leaderboard</h2>",
         _html_table(*summary_rows(board)),
-        f'<p class="note">Score cells: {e(CELL)}, then the rank on that task in parentheses.</p>',
+        f'<p class="note">Score cells: {e(CELL)}, then the rank of the mean on that task and its '
+        "significance groups in parentheses (objectives sharing a letter are not significantly "
+        "different).</p>",
+        "</section>",
+        '<section id="friedman">',
+        "<h2>Across tasks: Friedman and Nemenyi</h2>",
+    ]
+    fr_items = friedman_items(board)
+    if fr_items:
+        parts += ["<dl>"] + [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in fr_items] + ["</dl>"]
+    parts += [
+        _img(
+            plot_cd(board),
+            "critical-difference diagram",
+            "no Friedman test: it needs 2 objectives that share 2 ranked tasks",
+        ),
         "</section>",
     ]
     if board.text is not None:
@@ -99,6 +124,7 @@ def render_html(board: Leaderboard) -> str:
             f"<h3>{e(t)}</h3>",
             f'<p class="note">Main metric <code>{e(tb.main_metric)}</code> ({arrow}); '
             f"{tb.n_items or 'no'} test items in the bootstrap.</p>",
+            f"<p>Verdict: {e(tb.verdict)}.</p>",
             _html_table(*task_rows(board, t)),
             f"<details><summary>all metrics of {e(t)} (* paired t-test p &lt; {board.alpha} against "
             f"{e(board.baseline)})</summary>",

@@ -8,17 +8,19 @@ from ..board import Leaderboard
 from .cells import (
     CELL,
     failed_rows,
+    friedman_items,
     method_lines,
     metric_rows,
     provenance_items,
     summary_rows,
     task_rows,
     text_rows,
+    verdict_lines,
 )
 
 # GFM: '_' inside words and '<' before a digit are literal
 _MD_SPECIAL = re.compile(r"([\\|*`]|<(?=[A-Za-z/!?]))")
-_TEXT_COLUMNS = {"objective", "metric", "status", "run", "reason", "significantly better"}
+_TEXT_COLUMNS = {"objective", "metric", "status", "run", "reason", "significantly better", "group"}
 
 
 def md_escape(s: str) -> str:
@@ -49,9 +51,20 @@ def render_markdown(board: Leaderboard) -> str:
     ]
     for k, v in provenance_items(board):
         lines.append(f"- {k}: `{v}`" if k in ("command", "tracking URI") else f"- {k}: {md_escape(v)}")
+    lines += ["", "## Verdict", ""]
+    lines += [f"- {md_escape(k)}: {md_escape(v)}" for k, v in verdict_lines(board)]
     lines += ["", "## Leaderboard", ""]
     lines += _md_table(*summary_rows(board))
-    lines += ["", f"Score cells: {CELL}, then the rank on that task in parentheses.", ""]
+    lines += [
+        "",
+        f"Score cells: {CELL}, then the rank of the mean on that task and its significance groups in "
+        "parentheses (objectives sharing a letter are not significantly different).",
+        "",
+    ]
+    fr_items = friedman_items(board)
+    if fr_items:
+        lines += ["## Across tasks: Friedman and Nemenyi", ""]
+        lines += [f"- {md_escape(k)}: {md_escape(v)}" for k, v in fr_items] + [""]
     if board.text is not None:
         lines += (
             ["## Text (STS)", ""]
@@ -69,6 +82,8 @@ def render_markdown(board: Leaderboard) -> str:
             f"## Task {md_escape(t)}",
             "",
             f"Main metric `{tb.main_metric}` ({arrow}); {tb.n_items or 'no'} test items in the bootstrap.",
+            "",
+            f"Verdict: {md_escape(tb.verdict)}.",
             "",
         ]
         lines += _md_table(*task_rows(board, t))

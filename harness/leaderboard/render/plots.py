@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..board import Leaderboard
+from ..ranking import cd_cliques
 from ..stats import Summary, hull, metric_bounds
 from .cells import err
 
@@ -55,7 +56,11 @@ def plot_scores(board: Leaderboard) -> str | None:
             ax.errorbar([i], [s.mean], yerr=[[below], [above]], fmt="o", color=colors[o], capsize=4)
             ax.scatter([i] * s.n, list(s.values.values()), s=10, color=colors[o], alpha=0.4)
         ax.set_xticks(
-            range(len(objs)), [f"{o}\n#{tb.ranks[o]}" for o in objs], rotation=30, ha="right", fontsize=8
+            range(len(objs)),
+            [f"{o}\n#{tb.ranks[o]} {tb.groups[o]}" for o in objs],
+            rotation=30,
+            ha="right",
+            fontsize=8,
         )
         ax.set_title(
             f"{t}\n{tb.main_metric} ({'higher' if tb.higher_is_better else 'lower'} is better)", fontsize=9
@@ -65,6 +70,46 @@ def plot_scores(board: Leaderboard) -> str | None:
         "main score per task: mean and 95% CI over seeds, within the metric's range (dots: seeds)",
         fontsize=10,
     )
+    return _png(fig)
+
+
+def plot_cd(board: Leaderboard) -> str | None:
+    """The critical-difference diagram (Demsar 2006): objectives on a mean-rank axis (1 = best, at the
+    left), bars joining objectives whose mean ranks differ by less than the Nemenyi CD, the CD drawn
+    above. None without a Friedman test."""
+    fr = board.friedman
+    if fr is None:
+        return None
+    from matplotlib.figure import Figure
+
+    k, mr = fr.k, fr.mean_ranks
+    order = sorted(mr, key=lambda o: (mr[o], fr.objectives.index(o)))
+    half = math.ceil(k / 2)
+    fig = Figure(figsize=(7, 1.2 + 0.3 * half), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlim(0.5 - 0.6, k + 0.5 + 0.6)
+    ax.set_ylim(-(half * 0.6 + 0.4), 1.6)
+    ax.axis("off")
+    ax.hlines(0, 1, k, color="k", lw=1)
+    for r in range(1, k + 1):
+        ax.vlines(r, 0, 0.12, color="k", lw=1)
+        ax.text(r, 0.2, str(r), ha="center", va="bottom", fontsize=8)
+    ax.hlines(1.2, 1, 1 + fr.cd, color="k", lw=1.5)
+    ax.vlines([1, 1 + fr.cd], 1.12, 1.28, color="k", lw=1.5)
+    ax.text(1 + fr.cd / 2, 1.32, f"CD = {fr.cd:.2f}", ha="center", va="bottom", fontsize=8)
+    for i, o in enumerate(order):
+        left = i < half
+        y = -(i + 1) * 0.6 if left else -(k - i) * 0.6
+        x_end = 0.5 - 0.1 if left else k + 0.5 + 0.1
+        ax.plot([mr[o], mr[o], x_end], [0, y, y], color="k", lw=0.8)
+        ax.text(x_end, y, f"{o} ({mr[o]:.2f})", ha="right" if left else "left", va="center", fontsize=8)
+    for j, group in enumerate(cd_cliques(mr, fr.cd)):
+        y = -0.25 - 0.15 * j
+        ax.hlines(y, mr[group[0]] - 0.03, mr[group[-1]] + 0.03, color="k", lw=3)
+    test = f"Friedman p = {fr.p_ff:.3g} (Iman-Davenport), k = {k}, N = {fr.n}" + (
+        "" if fr.significant else f", not significant at alpha {fr.alpha}"
+    )
+    ax.set_title(f"critical-difference diagram, Nemenyi at alpha {fr.alpha}; {test}", fontsize=9)
     return _png(fig)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..board import Leaderboard
 from ..runs import by_state
-from .cells import CELL, failed_rows, summary_rows, text_rows
+from .cells import CELL, failed_rows, summary_rows, text_rows, verdict_lines
 
 
 def render_table(board: Leaderboard):
@@ -16,16 +16,21 @@ def render_table(board: Leaderboard):
     )
     if board.provenance.get("parent_run_id"):
         title += f" | comparison {board.provenance['parent_run_id'][:8]}"
-    return _rich_table(
-        title, f"score: {CELL} (rank); shared rank = not significantly different", header, rows
+    caption = "\n".join(
+        [
+            f"score: {CELL} (rank of the mean, significance groups: a shared letter = not "
+            "significantly different)"
+        ]
+        + [f"{k}: {v}" for k, v in verdict_lines(board)]
     )
+    return _rich_table(title, caption, header, rows)
 
 
 def _rich_table(title: str, caption: str, header: list[str], rows: list[list[str]]):
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(title), title_justify="left", caption=caption, caption_justify="left")
+    table = Table(title=escape(title), title_justify="left", caption=escape(caption), caption_justify="left")
     for i, h in enumerate(header):
         table.add_column(escape(h), justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in rows:
