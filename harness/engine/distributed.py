@@ -15,9 +15,12 @@ sum over the ``W`` ranks of ``dL/dx_r``, i.e.
 and the gradient of the objective's own parameters (scale, bias) on every rank is ``dL/dtheta``.
 Averaging gradients over ranks, as ``DistributedDataParallel`` does (all-reduce sum / W), therefore
 gives exactly the single-process gradient of ``L`` on the concatenated batch for the towers'
-parameters *and* the objective's parameters. Without DDP, call :func:`average_gradients` after
-``backward()``. Dividing the loss by ``W`` instead would make the local-embedding gradients equal
-but would shrink the objective-parameter gradients by ``W``; do not mix the two conventions.
+parameters *and* the objective's parameters. The trainer (``harness.engine.trainer.forward_backward``)
+wraps the towers in ``DistributedDataParallel`` (its bucketed all-reduce overlaps with backward) and
+averages the objective's few parameters with :func:`average_gradients` after ``backward()`` (they
+are equal on every rank already; the mean keeps them, and covers an objective with per-rank terms).
+Dividing the loss by ``W`` instead would make the local-embedding gradients equal but would shrink
+the objective-parameter gradients by ``W``; do not mix the two conventions.
 
 The logged loss is already the global one (identical on all ranks). Every rank must contribute the
 same local batch size (all-gather needs equal shapes).
@@ -186,8 +189,9 @@ def gather_batch(emb: EmbeddingBatch, impl: str = "auto") -> EmbeddingBatch:
 
 @torch.no_grad()
 def average_gradients(params) -> None:
-    """All-reduce (mean over ranks) the ``.grad`` of ``params``: what DDP does, for models not wrapped
-    in ``DistributedDataParallel`` (including the objective's own parameters)."""
+    """All-reduce (mean over ranks) the ``.grad`` of ``params``: what DDP does, for parameters not
+    wrapped in ``DistributedDataParallel`` (the trainer: the objective's own parameters). One
+    blocking all-reduce per tensor: for many tensors (the towers) use DDP."""
     _, world = world_info()
     if world == 1:
         return

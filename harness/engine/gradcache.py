@@ -151,6 +151,7 @@ def gradcache_step(
     device: torch.device | str | None = None,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     restore_rng: bool = True,
+    no_sync: Callable[[], ContextManager] | None = None,
 ) -> LossOutput:
     """One GradCache forward/backward over ``batch`` in sub-batches of ``chunk`` rows.
 
@@ -161,6 +162,9 @@ def gradcache_step(
     ``autocast()`` is entered around every forward (towers and loss), never around a backward,
     e.g. ``lambda: torch.autocast("cuda", dtype=torch.bfloat16)``. ``restore_rng=False`` skips the
     RNG replay (only to demonstrate why it is needed: dropout then differs between the passes).
+    ``no_sync``: under ``DistributedDataParallel`` (``encode`` being the wrapped module), its
+    ``no_sync``: every sub-batch re-forward and backward but the last runs under it, so the
+    gradients accumulate locally and are all-reduced once, in the last sub-batch's backward.
 
     Gradients are *accumulated* into ``.grad`` of the towers' and the objective's parameters
     (zero them before, as before ``loss.backward()``); the caller does not call ``backward``.
@@ -200,10 +204,10 @@ def gradcache_step(
     ]
     del full, cached, leaves
     # (3) re-embed each sub-batch with autograd under its RNG state; push the cached gradients
-    for sub, state, sub_grads in zip(subs, states, grads):
-        if not sub_grads:
-            continue
-        with state if state is not None else contextlib.nullcontext():
+    todo = [(sub, state, g) for sub, state, g in zip(subs, states, grads) if g]
+    for k, (sub, state, sub_grads) in enumerate(todo):
+        sync = no_sync() if no_sync is not None and k < len(todo) - 1 else contextlib.nullcontext()
+        with sync, state if state is not None else contextlib.nullcontext():
             with autocast():
                 emb = encode(sub)
             tensors, grad_tensors = [], []

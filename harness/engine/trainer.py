@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.config import Budget
-from harness.core.batch import BATCH_FIELDS, EmbeddingBatch
+from harness.core.batch import BATCH_FIELDS, EmbeddingBatch, LossOutput
 from harness.core.errors import UserError
 from harness.data.batches import Batch, Prefetcher
 from harness.engine.distributed import average_gradients, broadcast_parameters, gather_batch, world_info
@@ -117,6 +117,93 @@ def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
     return out
 
 
+class Towers(torch.nn.Module):
+    """The towers as one module whose forward encodes a batch's fields (:func:`embed`): what
+    ``DistributedDataParallel`` wraps under torchrun, as open_clip_train wraps its model, so that
+    DDP's bucketed all-reduce of the towers' gradients overlaps with backward. ``fns`` (``encode_image``,
+    ``encode_text``; compiled ones with ``budget.compile``) default to the model's own."""
+
+    def __init__(self, model: torch.nn.Module, encoder, device, fns=None):
+        super().__init__()
+        self.model = model
+        # plain attributes, not submodules: DDP replicates and reduces the model's parameters only
+        self.__dict__.update(encoder=encoder, device=device)
+        self.__dict__["fns"] = fns or SimpleNamespace(
+            encode_image=model.encode_image, encode_text=model.encode_text
+        )
+
+    def forward(self, batch: Batch) -> EmbeddingBatch:
+        return embed(self.fns, self.encoder, batch, self.device)
+
+
+def wrap_ddp(towers: torch.nn.Module) -> torch.nn.Module:
+    """``towers`` in ``DistributedDataParallel`` when torch.distributed is initialised with more
+    than one rank and some parameter trains; else ``towers`` unchanged.
+
+    ``find_unused_parameters``: a text-only objective leaves the image tower unused, and open_clip's
+    ``logit_scale`` is never used by the towers. No buffer broadcast before every forward
+    (``forward_sync_buffers=False``, or ``broadcast_buffers=False`` on older torch): buffers are
+    equal from the start (the trainer broadcasts rank 0's model state) and the towers do not change
+    them. ``device_ids=None`` (a single-device module): DDP leaves the batch where it is;
+    :func:`embed` moves it to the device."""
+    _, world = world_info()
+    if world == 1 or not any(p.requires_grad for p in towers.parameters()):
+        return towers
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # newer torch deprecates broadcast_buffers for forward_sync_buffers (which still syncs at init)
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    buffers = (
+        {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(towers, device_ids=None, find_unused_parameters=True, **buffers)
+
+
+def forward_backward(
+    towers: torch.nn.Module,
+    objective: torch.nn.Module,
+    batch: Batch,
+    *,
+    gradcache_chunk: int | None = None,
+    device: torch.device | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> LossOutput:
+    """One step's forward and backward; ``.grad`` of the towers' and the objective's parameters
+    then hold the gradient of the global batch's loss. Returns ``LossOutput(loss (float32, detached), logs)``.
+
+    ``towers`` maps a batch to its :class:`EmbeddingBatch` (a :class:`Towers`, or any module), in
+    ``DistributedDataParallel`` (:func:`wrap_ddp`) under torchrun. There the local embeddings are
+    gathered with autograd (every rank computes the global loss), DDP averages the towers'
+    gradients during backward and the objective's few parameters are averaged here: both then equal
+    one process's gradient on the concatenated batch (the convention of harness/engine/distributed.py).
+    With ``gradcache_chunk`` the batch is encoded in sub-batches (GradCache), the sub-batch
+    backward passes under DDP's ``no_sync`` but the last.
+    """
+    _, world = world_info()
+    loss_fn = (lambda e: objective(gather_batch(e))) if world > 1 else objective
+    if gradcache_chunk:  # exact gradients of the whole batch, encoded in sub-batches
+        out = gradcache_step(
+            towers,
+            loss_fn,
+            batch,
+            gradcache_chunk,
+            device=device,
+            autocast=autocast,
+            no_sync=getattr(towers, "no_sync", None),
+        )
+        loss = out.loss.float()
+    else:
+        with autocast():
+            out = loss_fn(towers(batch))
+        loss = out.loss.float()
+        loss.backward()
+    if world > 1:  # the objective is outside DDP: every rank has dL/dtheta; the mean keeps it
+        average_gradients([p for p in objective.parameters() if p.requires_grad])
+    return LossOutput(loss.detach(), out.logs)
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -184,9 +271,9 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(budget.warmup_steps, budget.steps))
     params = [p for g in opt.param_groups for p in g["params"]]
     use_bf16 = budget.precision == "bf16" and device.type == "cuda"
-    towers = SimpleNamespace(encode_image=model.encode_image, encode_text=model.encode_text)
+    fns = None
     if budget.compile:
-        towers = SimpleNamespace(
+        fns = SimpleNamespace(
             encode_image=torch.compile(model.encode_image), encode_text=torch.compile(model.encode_text)
         )
     if device.type == "cuda":
@@ -195,7 +282,7 @@ def train(
     if world > 1:  # torchrun: rank 0's initial weights everywhere; each step sees the global batch
         broadcast_parameters(model)
         broadcast_parameters(objective)
-    loss_fn = (lambda e: objective(gather_batch(e))) if world > 1 else objective
+    towers = wrap_ddp(Towers(model, encoder, device, fns))
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
 
     if budget.loader_workers:
@@ -218,23 +305,15 @@ def train(
         counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
         with counter:
             opt.zero_grad(set_to_none=True)
-            if budget.gradcache_chunk:  # exact gradients of the whole batch, encoded in sub-batches
-                out = gradcache_step(
-                    lambda b: embed(towers, encoder, b, device),
-                    loss_fn,
-                    batch,
-                    budget.gradcache_chunk,
-                    device=device,
-                    autocast=autocast,
-                )
-                loss = out.loss.float()
-            else:
-                with autocast():
-                    out = loss_fn(embed(towers, encoder, batch, device))
-                loss = out.loss.float()
-                loss.backward()
-        if world > 1:  # what DDP does: the mean over ranks of the local gradients
-            average_gradients(params)
+            out = forward_backward(
+                towers,
+                objective,
+                batch,
+                gradcache_chunk=budget.gradcache_chunk,
+                device=device,
+                autocast=autocast,
+            )
+            loss = out.loss
         if step == 0:
             flops = float(counter.get_total_flops())
         if budget.grad_clip is not None:
