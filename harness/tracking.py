@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
+from harness.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,22 @@ def tracking_uri(configured: str | None, output_dir: str | Path) -> str:
     root = Path(output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def check_remote_store(uri: str, where: str) -> None:
+    """Refuse a store that only this machine can write (a SQLite file, a local directory) when
+    runs may execute on other machines (``where``, e.g. ``--ray-address HOST:6379``): their runs
+    would be lost or written to another disk. Raises before anything runs, with the fix."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme not in ("", "file", "sqlite"):
+        return
+    raise UserError(
+        f"the MLflow store {uri!r} is a file on this machine, but {where} runs workers on other "
+        "machines that cannot write it. Start a tracking server that every node can reach, e.g. "
+        "`mlflow server --backend-store-uri sqlite:///$PWD/.harness/mlflow.db "
+        "--artifacts-destination $PWD/.harness/artifacts --host 0.0.0.0 --port 5000`, and pass "
+        "`--tracking-uri http://<this host>:5000` (or set MLFLOW_TRACKING_URI)"
+    )
 
 
 def metric_key(key: str) -> str:

@@ -205,6 +205,7 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
     flags = _flags(a)
     flags["objective"] = objectives[0]
     cfg = resolve_config(a.budget, a.config, flags, a.set)
+    executor = _executor(a)
     tuned = None
     if a.tuned:
         from harness.run.runner import expand_tasks
@@ -213,7 +214,7 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
         tuned = tuned_parameters(cfg, objectives, tune_task, a.storage)
     # compare() validates every pair before MLflow is touched; a pair's own failure is recorded
     # inside it and the sweep goes on
-    outcome = compare(cfg, objectives, a.seeds, rep, tuned=tuned)
+    outcome = compare(cfg, objectives, a.seeds, rep, tuned=tuned, executor=executor)
     rep.info(f"comparison run {outcome.parent_run_id} in experiment {outcome.experiment!r}")
     return EXIT_FAILED if outcome.failed else 0
 
@@ -228,6 +229,7 @@ def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
     flags = _flags(a)
     flags["objective"] = objectives[0] if objectives else None
     cfg = resolve_config(a.budget, a.config, flags, a.set)
+    executor = _executor(a)
     summaries = tune(
         cfg,
         objectives,
@@ -240,6 +242,7 @@ def cmd_tune(a: argparse.Namespace, rep: Reporter) -> int:
         tune_lr=a.tune_lr,
         validate_every=a.validate_every,
         seed=a.sampler_seed,
+        executor=executor,
     )
     table = Table(title="tuning (validation split)", title_justify="left")
     for c in ("objective", "study", "trials", "states", "best value", "best parameters"):
@@ -369,6 +372,29 @@ def _output_args(p: argparse.ArgumentParser, default: Any) -> None:
     p.add_argument("--verbose", "-v", action="store_true", default=default, help="show tracebacks")
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where each run executes: in this process (default) or as a Ray task",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="join this Ray cluster (HOST:PORT or ray://HOST:PORT; default: start a local instance)",
+    )
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each Ray task asks for (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for (default 0)")
+
+
+def _executor(a: argparse.Namespace):
+    from harness.run.executors import ExecutorSpec
+
+    spec = ExecutorSpec(a.executor, a.ray_address, a.cpus_per_run, a.gpus_per_run)
+    spec.check()
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness", description="Benchmark contrastive objectives under identical budgets."
@@ -404,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tuned-on", help="the task the studies optimised (default: the first task)")
     p.add_argument("--storage", help="Optuna storage of the studies (default .harness/optuna.db)")
+    _executor_args(p)
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser(
         "tune", parents=[common], help="equal-budget Optuna tuning of objectives on the validation split"
@@ -426,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-lr", action="store_true", help="also tune the shared learning rate")
     p.add_argument("--validate-every", type=int, help="steps between validation reports to the pruner")
     p.add_argument("--sampler-seed", type=int, default=0)
+    _executor_args(p)
     p.set_defaults(fn=cmd_tune)
     p = sub.add_parser(
         "leaderboard",

@@ -25,6 +25,13 @@ from harness.leaderboard import (
     summarize_comparison,
 )
 from harness.run.console import Reporter
+from harness.run.executors import (
+    ExecutorSpec,
+    RayExecutor,
+    absolute_tracking,
+    interruption_reason,
+    kill_running_children,
+)
 from harness.run.runner import Plan, execute, prepare, resolve_train_data
 from harness.run.tune import best_params
 from harness.tracking import HEARTBEAT_TAG, MlflowRun, is_stale, open_store, tracking_uri, versions
@@ -146,10 +153,14 @@ def compare(
     reporter: Reporter | None = None,
     tuned: dict[str, dict] | None = None,
     command: str | None = None,
+    executor: ExecutorSpec | None = None,
 ) -> CompareOutcome:
     """Run the sweep. With ``tuned`` (from :func:`tuned_parameters`) it is the "tuned" track: each
-    objective trains with its tuned parameters, and its runs keep the base budget id."""
+    objective trains with its tuned parameters, and its runs keep the base budget id.
+    ``executor`` (default: in this process) may run each pair as a Ray task."""
     reporter = reporter or Reporter(quiet=True)
+    spec = executor or ExecutorSpec()
+    spec.check()
     resolve_train_data(base)
     track = "tuned" if tuned is not None else "default"
     pairs = plan_pairs(base, objectives, seeds, tuned)
@@ -172,93 +183,154 @@ def compare(
         **versions(),
     }
     outcome = CompareOutcome(parent_run_id=None, experiment=experiment)
+    ray_ex = None
+    if spec.kind == "ray":  # every check of the executor, before any run is created
+        ray_ex = RayExecutor(spec)
+        ray_ex.start(uri)
     parent = MlflowRun(
         uri, experiment, base.tracking.run_name or f"compare-{key}", tags, artifact_root=out_dir / "artifacts"
     )
     total = len(pairs)
     t_start = time.perf_counter()
-    executed: list[float] = []
-    with parent:
-        outcome.parent_run_id = parent.run_id
-        for i, (cfg, plan) in enumerate(pairs):
-            left = total - i
-            eta = f", eta {_fmt(sum(executed) / len(executed) * left)}" if executed else ""
-            n_done = sum(p.status in ("FINISHED", "SKIPPED") for p in outcome.pairs)
-            n_failed = len(outcome.failed)
-            reporter.info(
-                f"[bold]compare[/] {i}/{total} done ({n_done} ok, {n_failed} failed), running "
-                f"{cfg.objective} seed {cfg.seed}, {left - 1} left{eta}"
-            )
-            if cfg.identity in done:
-                outcome.pairs.append(
-                    PairResult(cfg.objective, cfg.seed, cfg.identity, "SKIPPED", done[cfg.identity])
-                )
-                reporter.info(
-                    f"  {cfg.objective} seed {cfg.seed}: already finished "
-                    f"(run {done[cfg.identity][:8]}), skipped"
-                )
-                continue
-            if cfg.identity in interrupted:
-                run_id, silent = interrupted[cfg.identity]
-                reporter.info(
-                    f"  {cfg.objective} seed {cfg.seed}: run {run_id[:8]} was interrupted (no heartbeat "
-                    f"for {_fmt(silent)}: its process was killed); running it again"
-                )
-            t0 = time.perf_counter()
-            pair = PairResult(cfg.objective, cfg.seed, cfg.identity, "FAILED")
-            try:
-                run = execute(
-                    cfg,
-                    reporter,
-                    plan,
-                    nested=True,
-                    extra_tags={
-                        "harness.track": track,
-                        "harness.compare_key": key,
-                        # tuned runs may differ in a tuned learning rate only
-                        "harness.budget_id": base.budget_id,
-                    },
-                )
-                pair.status, pair.run_id = run.status, run.run_id
-            except KeyboardInterrupt:
-                pair.status = "KILLED"
-                outcome.pairs.append(pair)
-                raise
-            except Exception as e:  # recorded FAILED in its own run; the sweep goes on
-                pair.error = f"{type(e).__name__}: {e}"
-                reporter.error(f"{cfg.objective} seed {cfg.seed} failed: {pair.error}")
-            pair.seconds = time.perf_counter() - t0
-            executed.append(pair.seconds)
-            outcome.pairs.append(pair)
-        reporter.info(
-            f"[bold]compare[/] {total}/{total} done in {_fmt(time.perf_counter() - t_start)}: "
-            f"{sum(p.status == 'FINISHED' for p in outcome.pairs)} trained, "
-            f"{sum(p.status == 'SKIPPED' for p in outcome.pairs)} skipped, {len(outcome.failed)} failed"
-        )
-        MlflowRun.log_metrics(
-            {
-                "compare/runs_failed": len(outcome.failed),
-                "compare/wall_seconds": time.perf_counter() - t_start,
-            }
-        )
-        # every pair of this comparison, reused runs included: the leaderboard reads this list
-        MlflowRun.log_dict(
-            {
-                "pairs": [
-                    {
-                        "objective": p.objective,
-                        "seed": p.seed,
-                        "run_id": p.run_id,
-                        "status": p.status,
-                        "identity": p.identity,
-                    }
-                    for p in outcome.pairs
-                ]
-            },
-            "pairs.json",
-        )
+    child_tags = {
+        "harness.track": track,
+        "harness.compare_key": key,
+        # tuned runs may differ in a tuned learning rate only
+        "harness.budget_id": base.budget_id,
+    }
+    try:
+        with parent:
+            outcome.parent_run_id = parent.run_id
+            if ray_ex is not None:
+                _run_on_ray(ray_ex, pairs, done, interrupted, outcome, uri, child_tags, reporter)
+            else:
+                _run_here(pairs, done, interrupted, outcome, child_tags, reporter)
+            _finish(outcome, total, t_start, reporter)
+    finally:
+        if ray_ex is not None:
+            ray_ex.stop()
     outcome.leaderboard = _leaderboard(outcome, uri, out_dir, reporter)
     return outcome
+
+
+def _run_here(
+    pairs, done, interrupted, outcome: CompareOutcome, child_tags: dict, reporter: Reporter
+) -> None:
+    """The in-process executor: one pair after the other."""
+    total = len(pairs)
+    executed: list[float] = []
+    for i, (cfg, plan) in enumerate(pairs):
+        left = total - i
+        eta = f", eta {_fmt(sum(executed) / len(executed) * left)}" if executed else ""
+        n_done = sum(p.status in ("FINISHED", "SKIPPED") for p in outcome.pairs)
+        n_failed = len(outcome.failed)
+        reporter.info(
+            f"[bold]compare[/] {i}/{total} done ({n_done} ok, {n_failed} failed), running "
+            f"{cfg.objective} seed {cfg.seed}, {left - 1} left{eta}"
+        )
+        if _skip(cfg, done, interrupted, outcome, reporter):
+            continue
+        t0 = time.perf_counter()
+        pair = PairResult(cfg.objective, cfg.seed, cfg.identity, "FAILED")
+        try:
+            run = execute(cfg, reporter, plan, nested=True, extra_tags=child_tags)
+            pair.status, pair.run_id = run.status, run.run_id
+        except KeyboardInterrupt:
+            pair.status = "KILLED"
+            outcome.pairs.append(pair)
+            raise
+        except Exception as e:  # recorded FAILED in its own run; the sweep goes on
+            pair.error = f"{type(e).__name__}: {e}"
+            reporter.error(f"{cfg.objective} seed {cfg.seed} failed: {pair.error}")
+        pair.seconds = time.perf_counter() - t0
+        executed.append(pair.seconds)
+        outcome.pairs.append(pair)
+
+
+def _skip(cfg, done, interrupted, outcome: CompareOutcome, reporter: Reporter) -> bool:
+    """A pair that already FINISHED is skipped (True); an interrupted one is said to be rerun."""
+    if cfg.identity in done:
+        outcome.pairs.append(PairResult(cfg.objective, cfg.seed, cfg.identity, "SKIPPED", done[cfg.identity]))
+        reporter.info(
+            f"  {cfg.objective} seed {cfg.seed}: already finished (run {done[cfg.identity][:8]}), skipped"
+        )
+        return True
+    if cfg.identity in interrupted:
+        run_id, silent = interrupted[cfg.identity]
+        reporter.info(
+            f"  {cfg.objective} seed {cfg.seed}: run {run_id[:8]} was interrupted (no heartbeat "
+            f"for {_fmt(silent)}: its process was killed); running it again"
+        )
+    return False
+
+
+def _run_on_ray(
+    ex: RayExecutor, pairs, done, interrupted, outcome: CompareOutcome, uri: str, child_tags: dict, reporter
+) -> None:
+    """The Ray executor: every pair not yet finished is one task; results are kept in plan order."""
+    slots: list[PairResult | None] = []
+    refs = {}
+    tags = {**child_tags, "mlflow.parentRunId": outcome.parent_run_id}
+    for cfg, plan in pairs:
+        if _skip(cfg, done, interrupted, outcome, reporter):
+            slots.append(outcome.pairs.pop())
+            continue
+        slots.append(None)
+        refs[ex.submit(absolute_tracking(cfg, uri), plan, tags)] = len(slots) - 1
+    reporter.info(f"[bold]compare[/] {len(refs)} runs submitted to Ray ({len(pairs) - len(refs)} skipped)")
+    finished = 0
+    try:
+        for i, res in ex.as_completed(refs):
+            cfg = pairs[i][0]
+            pair = PairResult(cfg.objective, cfg.seed, cfg.identity, res["status"], res["run_id"])
+            pair.seconds, pair.error = res.get("seconds", 0.0), res.get("error")
+            if pair.error:
+                reporter.error(f"{cfg.objective} seed {cfg.seed} failed: {pair.error}")
+            slots[i] = pair
+            finished += 1
+            reporter.info(
+                f"[bold]compare[/] {finished}/{len(refs)} Ray runs done ({cfg.objective} seed {cfg.seed})"
+            )
+    except KeyboardInterrupt as e:  # cancel what is left; its runs end KILLED, as in-process
+        ex.cancel(list(refs))
+        kill_running_children(uri, outcome.parent_run_id, interruption_reason(e))
+        for i, slot in enumerate(slots):
+            if slot is None:
+                cfg = pairs[i][0]
+                slots[i] = PairResult(cfg.objective, cfg.seed, cfg.identity, "KILLED")
+        outcome.pairs.extend(slots)
+        raise
+    outcome.pairs.extend(slots)
+
+
+def _finish(outcome: CompareOutcome, total: int, t_start: float, reporter: Reporter) -> None:
+    reporter.info(
+        f"[bold]compare[/] {total}/{total} done in {_fmt(time.perf_counter() - t_start)}: "
+        f"{sum(p.status == 'FINISHED' for p in outcome.pairs)} trained, "
+        f"{sum(p.status == 'SKIPPED' for p in outcome.pairs)} skipped, {len(outcome.failed)} failed"
+    )
+    MlflowRun.log_metrics(
+        {
+            "compare/runs_failed": len(outcome.failed),
+            "compare/wall_seconds": time.perf_counter() - t_start,
+        }
+    )
+    # every pair of this comparison, reused runs included: the leaderboard reads this list
+    MlflowRun.log_dict(
+        {
+            "pairs": [
+                {
+                    "objective": p.objective,
+                    "seed": p.seed,
+                    "run_id": p.run_id,
+                    "status": p.status,
+                    "identity": p.identity,
+                }
+                for p in outcome.pairs
+            ]
+        },
+        "pairs.json",
+    )
 
 
 def _leaderboard(outcome: CompareOutcome, uri: str, out_dir: Path, reporter: Reporter) -> dict | None:

@@ -26,6 +26,14 @@ from harness.core.errors import UserError
 from harness.core.objective import OBJECTIVES
 from harness.core.task import TASKS
 from harness.run.console import Reporter
+from harness.run.executors import (
+    ExecutorSpec,
+    RayExecutor,
+    absolute_tracking,
+    interruption_reason,
+    is_remote,
+    kill_running_children,
+)
 from harness.run.runner import execute, prepare, resolve_train_data
 from harness.tracking import MlflowRun, tracking_uri, versions
 
@@ -206,6 +214,104 @@ def _optimize(
     )
 
 
+def _ray_trial(
+    base_json, objective, task, params, storage_spec, name, seed, direction, trial_id, every, parent, threads
+):
+    """One trial as a Ray task: trains and scores ``params`` in its own nested MLflow run, reporting
+    validation scores to the shared study's pruner. Returns the state for the driver to tell."""
+    import optuna
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = _make_study(open_storage(storage_spec), name, seed, direction)
+    trial = optuna.trial.Trial(study, trial_id)
+
+    def report(step: int, score: float) -> None:
+        trial.report(score, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"validation score {score:.4f} at step {step}")
+
+    tags = {"harness.role": "trial", "harness.study": name, "harness.trial": str(trial.number)}
+    tags["mlflow.parentRunId"] = parent
+    try:
+        cfg = trial_config(RunConfig.model_validate(base_json), objective, task, params)
+        out = execute(
+            cfg,
+            Reporter(quiet=True),
+            prepare(cfg),
+            extra_tags=tags,
+            validation=True,
+            on_validation=report,
+            validate_every=every,
+        )
+    except optuna.TrialPruned:
+        return {"state": "PRUNED"}
+    except Exception as e:
+        trial.set_user_attr("harness.failure_reason", f"{type(e).__name__}: {e}")
+        return {"state": "FAIL"}
+    trial.set_user_attr("mlflow_run_id", out.run_id)
+    return {"state": "COMPLETE", "value": out.results[0].main_score}
+
+
+def _optimize_on_ray(
+    ex: RayExecutor,
+    storage,
+    base: RunConfig,
+    uri: str,
+    objective,
+    task,
+    n_trials,
+    storage_spec,
+    name,
+    seed,
+    direction,
+    tune_lr,
+    validate_every,
+    parent_run_id,
+    quiet,
+) -> None:
+    """Trials as Ray tasks sharing one study: this process asks the sampler for each trial and tells
+    the result, keeping as many in flight as the cluster holds, so exactly ``n_trials`` are run."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = _make_study(storage, name, seed, direction)
+    objective_cls = OBJECTIVES.get(objective)
+    left = max(0, n_trials - len([t for t in study.trials if t.state != TrialState.WAITING]))
+    base_json = absolute_tracking(base, uri).model_dump(mode="json")
+    width, pending = ex.slots(), {}
+    try:
+        while left or pending:
+            while left and len(pending) < width:
+                trial, left = study.ask(), left - 1
+                try:
+                    params = _suggest(trial, objective_cls, tune_lr)
+                    prepare(trial_config(base, objective, task, params))
+                except Exception as e:  # an invalid configuration: this trial fails, the study goes on
+                    trial.set_user_attr("harness.failure_reason", f"{type(e).__name__}: {e}")
+                    study.tell(trial, state=TrialState.FAIL)
+                    continue
+                args = (base_json, objective, task, params, storage_spec, name, seed, direction)
+                ref = ex.submit_call(_ray_trial, *args, trial._trial_id, validate_every, parent_run_id)
+                pending[ref] = trial
+            if not pending:
+                continue
+            done, _ = ex.ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                trial, res = pending.pop(ref), ex.ray.get(ref)
+                if res["state"] == "COMPLETE":
+                    study.tell(trial, res["value"])
+                else:
+                    study.tell(trial, state=TrialState[res["state"]])
+    except KeyboardInterrupt as e:  # cancel the trials in flight; their runs end KILLED
+        ex.cancel(list(pending))
+        kill_running_children(uri, parent_run_id, interruption_reason(e))
+        for trial in pending.values():
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+
+
 def _worker(kwargs: dict) -> None:  # a spawned worker process
     kwargs["base"] = RunConfig.model_validate(kwargs["base"])
     _optimize(**kwargs)
@@ -223,8 +329,12 @@ def tune(
     tune_lr: bool = False,
     validate_every: int | None = None,
     seed: int = 0,
+    executor: ExecutorSpec | None = None,
 ) -> list[StudySummary]:
-    """Tune each objective with the same number of trials; returns one summary per study."""
+    """Tune each objective with the same number of trials; returns one summary per study.
+    ``executor`` (default: worker processes on this machine) may run each trial as a Ray task."""
+    spec = executor or ExecutorSpec()
+    spec.check()
     import optuna
 
     reporter = reporter or Reporter(quiet=True)
@@ -255,72 +365,91 @@ def tune(
             "(the default with --workers) or a database server URL"
         )
     storage_obj = open_storage(url)  # fails early on an unreachable storage; reused below
+    ray_ex = None
+    if spec.kind == "ray":  # every check of the executor, before any run is created
+        if workers > 1:
+            raise TuneError("--workers is for --executor local; on Ray the cluster's CPUs decide")
+        if is_remote(spec.address) and not url.split(":", 1)[0].startswith(("postgresql", "mysql")):
+            raise TuneError(
+                f"Optuna storage {url!r} is a file on this machine, but --ray-address {spec.address} "
+                "runs trials on other machines: pass --storage with a database server URL"
+            )
+        ray_ex = RayExecutor(spec)
+        ray_ex.start(tracking_uri(base.tracking.tracking_uri, base.tracking.output_dir))
     direction = "maximize" if task_cls.higher_is_better else "minimize"
     every = validate_every or max(1, base.budget.steps // 4)
     uri = tracking_uri(base.tracking.tracking_uri, base.tracking.output_dir)
     summaries = []
-    for obj in objectives:
-        name = study or study_name(obj, task, base.budget_id)
-        st = _make_study(storage_obj, name, seed, direction)
-        defaults = paper_defaults(OBJECTIVES.get(obj), base, tune_lr)
-        if not st.trials:
-            st.enqueue_trial(defaults, user_attrs={"harness.paper_defaults": True})
-        tags = {
-            "harness.role": "study",
-            "harness.study": name,
-            "harness.objective": obj,
-            "harness.tasks": task,
-            "harness.trials": str(n_trials),
-            "harness.storage": url.split("@")[-1],
-            "harness.budget_id": base.budget_id,
-            **versions(),
-        }
-        reporter.info(
-            f"tuning [bold]{obj}[/] on {task} (validation split): study {name!r}, "
-            f"{len(st.trials)}/{n_trials} trials so far, storage {url.split('@')[-1]}"
-        )
-        parent = MlflowRun(
-            uri,
-            base.tracking.experiment,
-            f"tune-{obj}",
-            tags,
-            artifact_root=Path(base.tracking.output_dir) / "artifacts",
-        )
-        with parent:
-            kwargs = dict(
-                objective=obj,
-                task=task,
-                n_trials=n_trials,
-                storage_spec=url,
-                name=name,
-                seed=seed,
-                direction=direction,
-                tune_lr=tune_lr,
-                validate_every=every,
-                parent_run_id=parent.run_id,
-                quiet=reporter.quiet,
+    try:
+        for obj in objectives:
+            name = study or study_name(obj, task, base.budget_id)
+            st = _make_study(storage_obj, name, seed, direction)
+            defaults = paper_defaults(OBJECTIVES.get(obj), base, tune_lr)
+            if not st.trials:
+                st.enqueue_trial(defaults, user_attrs={"harness.paper_defaults": True})
+            tags = {
+                "harness.role": "study",
+                "harness.study": name,
+                "harness.objective": obj,
+                "harness.tasks": task,
+                "harness.trials": str(n_trials),
+                "harness.storage": url.split("@")[-1],
+                "harness.budget_id": base.budget_id,
+                **versions(),
+            }
+            reporter.info(
+                f"tuning [bold]{obj}[/] on {task} (validation split): study {name!r}, "
+                f"{len(st.trials)}/{n_trials} trials so far, storage {url.split('@')[-1]}"
             )
-            procs = []
-            if workers > 1:
-                ctx = mp.get_context("spawn")
-                for w in range(workers - 1):
-                    p = ctx.Process(
-                        target=_worker,
-                        args=(
-                            {
-                                **kwargs,
-                                "base": base.model_dump(mode="json"),
-                                "seed": seed + w + 1,
-                                "quiet": True,
-                            },
-                        ),
-                    )
-                    p.start()
-                    procs.append(p)
-            _optimize(base=base, **kwargs)
-            for p in procs:
-                p.join()
-            summaries.append(_summarise(storage_obj, name, obj, parent.run_id, reporter))
+            parent = MlflowRun(
+                uri,
+                base.tracking.experiment,
+                f"tune-{obj}",
+                tags,
+                artifact_root=Path(base.tracking.output_dir) / "artifacts",
+            )
+            with parent:
+                kwargs = dict(
+                    objective=obj,
+                    task=task,
+                    n_trials=n_trials,
+                    storage_spec=url,
+                    name=name,
+                    seed=seed,
+                    direction=direction,
+                    tune_lr=tune_lr,
+                    validate_every=every,
+                    parent_run_id=parent.run_id,
+                    quiet=reporter.quiet,
+                )
+                procs = []
+                if ray_ex is not None:
+                    _optimize_on_ray(ray_ex, storage_obj, base, uri, **kwargs)
+                    summaries.append(_summarise(storage_obj, name, obj, parent.run_id, reporter))
+                    continue
+                if workers > 1:
+                    ctx = mp.get_context("spawn")
+                    for w in range(workers - 1):
+                        p = ctx.Process(
+                            target=_worker,
+                            args=(
+                                {
+                                    **kwargs,
+                                    "base": base.model_dump(mode="json"),
+                                    "seed": seed + w + 1,
+                                    "quiet": True,
+                                },
+                            ),
+                        )
+                        p.start()
+                        procs.append(p)
+                _optimize(base=base, **kwargs)
+                for p in procs:
+                    p.join()
+                summaries.append(_summarise(storage_obj, name, obj, parent.run_id, reporter))
+    finally:
+        if ray_ex is not None:
+            ray_ex.stop()
     return summaries
 
 

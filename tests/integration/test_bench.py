@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # slowest first, so that two workers finish together
 BENCHES = [
     "gpu_check",
+    "sweep_scaling",
+    "ddp_step",
     "tiled_loss",
     "eval_speed",
     "train_overhead",
@@ -91,6 +93,16 @@ EXPECTED = {  # lines (substrings) every tiny report must print
         "\nnegclip ",
         "lowest ratio loader/step =",
     ],
+    "ddp_step": [
+        "ddp_step: TINY",
+        "mode    | processes | median step s |   min s | towers",
+        "\none     |         1 |",
+        "\nmanual  |         2 |",
+        "| DistributedDataParallel",
+        "same losses",
+        "ratio ddp/manual =",
+        "ratio ddp/one =",
+    ],
     "eval_speed": [
         "# TINY",
         "# memory method:",
@@ -117,6 +129,16 @@ EXPECTED = {  # lines (substrings) every tiny report must print
         "PASS: checks passed",
     ],
     "render_speed": ["500 scenes at 32px: sample", "scenes/s"],
+    "sweep_scaling": [
+        "sweep_scaling: TINY",
+        "2 objectives x 1 seed (clip, siglip)",
+        "sweep                      | wall s | sum of run s",
+        "\nin-process (2 threads) ",
+        "\nray (2 workers x 1 thread) ",
+        "ratio ray/in-process = ",
+        "per-run overhead of Ray = ",
+        "all runs finished: True; identical ranks: True; identical scores: True",
+    ],
     "tiled_loss": [
         "# TINY",
         "# tiled vs naive loss, forward+backward",

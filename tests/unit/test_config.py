@@ -10,7 +10,7 @@ def test_defaults_and_presets():
     assert smoke.budget.steps < 20 and smoke.model.name == "harness-micro"
     gpu = resolve_config("gpu")
     assert gpu.budget.precision == "bf16" and gpu.budget.device == "cuda"
-    assert set(BUDGET_PRESETS) == {"smoke", "default", "gpu"}
+    assert set(BUDGET_PRESETS) == {"smoke", "default", "gpu", "datacomp-small", "datacomp-medium"}
 
 
 def test_unknown_key_names_key_and_valid_ones(tmp_path):
