@@ -92,6 +92,22 @@ def open_store(uri: str) -> None:
     _STORES_READY.add(uri)
 
 
+def use_store(uri: str) -> None:
+    """Point MLflow's fluent API at ``uri`` for this process, without leaving it in the environment.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``; since
+    :func:`tracking_uri` honours that variable, a second run in the same process with another
+    output directory would otherwise write into the first run's store."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def tracking_uri(configured: str | None, output_dir: str | Path) -> str:
     if configured:
         return configured
@@ -204,7 +220,7 @@ class MlflowRun:
         import mlflow
 
         open_store(self.uri)
-        mlflow.set_tracking_uri(self.uri)
+        use_store(self.uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is None:
             location = None

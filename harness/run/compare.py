@@ -34,7 +34,7 @@ from harness.run.executors import (
 )
 from harness.run.runner import Plan, execute, prepare, resolve_train_data
 from harness.run.tune import best_params
-from harness.tracking import HEARTBEAT_TAG, MlflowRun, is_stale, open_store, tracking_uri, versions
+from harness.tracking import HEARTBEAT_TAG, MlflowRun, is_stale, open_store, tracking_uri, use_store, versions
 
 
 class CompareError(UserError):
@@ -102,7 +102,7 @@ def finished_identities(uri: str, experiment: str) -> dict[str, str]:
     import mlflow
 
     open_store(uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return {}
@@ -119,7 +119,7 @@ def interrupted_runs(uri: str, experiment: str) -> dict[str, tuple[str, float]]:
     whose process stopped beating (killed outright: SIGKILL, a lost node). Compare reruns them."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return {}

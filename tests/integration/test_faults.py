@@ -405,3 +405,23 @@ def test_an_objective_past_its_first_version_is_another_run(monkeypatch):
     again = resolve_config("smoke", None, {"objective": "clip + 0.1*tic"}, [])
     prepare(again)
     assert again.identity != before and again.budget_id == clip.budget_id
+
+
+def test_two_runs_in_one_process_write_to_their_own_stores(tmp_path, shared_cache, template_db, monkeypatch):
+    """mlflow.set_tracking_uri leaves MLFLOW_TRACKING_URI in os.environ; the harness must not then
+    send a later run with another output directory into the first run's store."""
+    import shutil
+
+    from conftest import runs
+
+    monkeypatch.setenv("HARNESS_CACHE", str(shared_cache))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        shutil.copy(template_db, d / "mlflow.db")
+    assert main(smoke_args(a, "--objective", "clip", "--no-checkpoint", "--steps", "2")) == 0
+    assert os.environ.get("MLFLOW_TRACKING_URI") is None
+    assert main(smoke_args(b, "--objective", "clip", "--no-checkpoint", "--steps", "2")) == 0
+    assert len(runs(a)) == 1 and len(runs(b)) == 1
