@@ -27,6 +27,21 @@ the start of this script): a measurement that would not fit is skipped and liste
     and utilisation against ``--peak-tflops`` (default 989, the H200's dense bf16 peak):
     HFU counts every FLOP executed (GradCache's extra no-grad forward included); MFU leaves that
     recomputation out (model FLOPs = forward + backward once).
+(d) ``datacomp-small`` wiring at scale (CUDA only): ``python -m harness run --budget datacomp-small``
+    (ViT-B-32, 224 px, bf16) for ``--d-steps`` (default 25, not the preset's 3,125) steps of
+    ``--d-batch`` (default 4096) with ``budget.gradcache_chunk`` / ``budget.loss_chunk_size`` set to
+    (c)'s chunks, for ``clip`` and ``siglip``, on synthetic webdataset shards written to a temporary
+    folder (4 x 64 smooth random 256-px JPEGs in img2dataset's layout, resampled cyclically).
+    Samples/s is the trainer's ``cost/samples_per_second`` (step 0 left out; JPEG decoding in the
+    loader workers included), read from the run's MLflow store. Printed: the projected wall time of
+    a full datacomp-small run (12.8M samples) per objective, and of a 10-objective x 3-seed
+    comparison on 1 GPU and on 8 GPUs (assumed: the one-GPU rate x 8 x 0.9); training only.
+(e) DDP on every GPU of the node (CUDA only, skipped on one GPU): ``torchrun --standalone
+    --nproc-per-node N -m harness run --budget smoke --device cuda``, exit code 0.
+(f) A Ray sweep with one run per GPU (CUDA only, skipped without Ray): ``harness compare
+    --executor ray --gpus-per-run 1 --budget smoke --seeds 1`` with as many objectives as GPUs.
+(d), (e) and (f) run after (b) and before (c), each under a timeout (``--d-timeout`` per objective,
+``--e-timeout``, ``--f-timeout``); (c) gets the time left (``--sections c`` gives it all).
 
 ``--smoke`` runs the same code on tiny settings (harness-micro, B = 64/128, short steps) so it can
 be checked on a CPU: ``python bench/gpu_check.py --smoke --device cpu``. ``--tiny`` is smaller
@@ -34,8 +49,9 @@ still and runs in seconds on the CPU (the test suite's check that the script sti
 ``cpu`` unless ``--device`` is given, (a1) at B = 16, (a2) at B = 128, (c) at B = 16 with one
 warmup and one timed step, and (b) left out (a CLI smoke run takes half a minute;
 tests/integration/test_cli.py covers it). On a CPU the CUDA-only parts -- CUDA against the CPU,
-CUDA bf16 autocast, CUDA peak memory, MFU/HFU -- are listed as skipped, with what stands in for
-them. Exit code: 0 when every check that ran passed (measurements never fail), 1 otherwise.
+CUDA bf16 autocast, CUDA peak memory, MFU/HFU, and sections (d), (e), (f) -- are listed as
+skipped, with what stands in for them. Exit code: 0 when every check that ran passed
+(measurements never fail), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -649,6 +665,269 @@ def estimate_seconds(done: list[dict], name: str, impl: str, B: int, args) -> fl
     return steps * r["s_per_step"] * B / r["B"] * 1.3 + 10.0
 
 
+# -- (d), (e), (f): the harness CLI at scale (CUDA only) ------------------------------------------
+
+
+def harness_cli_missing() -> str | None:
+    """Why ``python -m harness ...`` cannot run here, or None."""
+    from importlib.metadata import entry_points
+
+    missing = [
+        m for m in ("mlflow", "open_clip", "pydantic", "rich", "yaml") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        return f"missing Python packages: {', '.join(missing)}"
+    if not [e for e in entry_points(group="harness.objectives") if e.name == "siglip"]:
+        return "the package is not installed (no 'harness.objectives' entry points)"
+    return None
+
+
+def run_cli(cmd: list[str], timeout: float, extra_env: dict | None = None) -> tuple[int | None, str, float]:
+    """Runs a harness CLI command in its own process group; (exit code or None when it timed out,
+    output, seconds). On a timeout the whole group is killed (torchrun's workers and DataLoader
+    workers included), so that nothing is left holding GPU memory for the next section."""
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HARNESS_CACHE")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra_env or {})
+    t0 = time.perf_counter()
+    p = subprocess.Popen(
+        cmd,
+        cwd=str(ROOT),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        text, _ = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+        text, _ = p.communicate()
+        rc = None
+    return rc, text or "", time.perf_counter() - t0
+
+
+def last_metric(out_dir: Path, key: str) -> float | None:
+    """The last value of one MLflow metric in a run's output directory (its sqlite store)."""
+    import sqlite3
+
+    db = out_dir / "mlflow.db"
+    if not db.exists():
+        return None
+    try:
+        con = sqlite3.connect(str(db))
+        try:
+            row = con.execute(
+                "SELECT value FROM metrics WHERE key = ? ORDER BY timestamp DESC, step DESC LIMIT 1", (key,)
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None else float(row[0])
+
+
+def cli_result(rep: Report, what: str, key: str, cmd: list[str], rc, text: str, dt: float, **extra) -> bool:
+    ok = rc == 0
+    rep.failed |= not ok
+    tail = text.strip().splitlines()[-25:]
+    rep.data[key] = {"cmd": cmd[1:], "exit_code": rc, "seconds": dt, "pass": ok, "output_tail": tail, **extra}
+    rep.line(
+        f"  {'PASS' if ok else 'FAIL'} {what}: exit code "
+        f"{rc if rc is not None else 'none (timed out)'} in {dt:.0f} s"
+    )
+    if not ok:
+        for t in tail[-12:]:
+            rep.line(f"    | {t}")
+    rep.write()
+    return ok
+
+
+def write_fake_shards(root: Path, count: int, per_shard: int, size: int = 256) -> str:
+    """Synthetic webdataset shards in img2dataset's layout ({key}.jpg, .txt, .json), smooth random
+    ``size``-px JPEGs; returns the brace pattern of the shard paths."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    words = "red green blue small large circle square photo of a dog cat tree car house".split()
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(count):
+        with tarfile.open(root / f"{s:05d}.tar", "w") as tar:
+            for i in range(per_shard):
+                key = f"{s:05d}{i:04d}"
+                low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                img = Image.fromarray(low).resize((size, size), Image.BILINEAR)
+                buf = io.BytesIO()
+                img.save(buf, format="JPEG", quality=90)
+                caption = " ".join(rng.choice(words, 6))
+                files = {
+                    f"{key}.jpg": buf.getvalue(),
+                    f"{key}.txt": caption.encode(),
+                    f"{key}.json": json.dumps({"key": key, "status": "success"}).encode(),
+                }
+                for name, data in files.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(root / ("{00000..%05d}.tar" % (count - 1)))
+
+
+DATACOMP_SMALL_SAMPLES = 12_800_000
+
+
+def check_datacomp(rep: Report, args, device: torch.device) -> None:
+    what = "(d) datacomp-small"
+    if device.type != "cuda":
+        rep.skip(f"CUDA-only {what} wiring at scale", f"no CUDA device (device {device.type})")
+        return
+    why = harness_cli_missing()
+    if why:
+        rep.skip(what, why)
+        rep.data["datacomp"] = {"skipped": why}
+        return
+    B, steps = args.d_batch, args.d_steps
+    from harness.data.streaming import worker_count
+
+    workers = str(worker_count(max(1, (os.cpu_count() or 4) - 2)))  # rounded to a divisor of 8
+    with tempfile.TemporaryDirectory(prefix="gpu_check_wds-") as tmp:
+        t0 = time.perf_counter()
+        pattern = write_fake_shards(Path(tmp) / "shards", args.d_shards, args.d_per_shard)
+        n = args.d_shards * args.d_per_shard
+        rep.line(
+            f"{what}: --budget datacomp-small (ViT-B-32, 224 px, bf16) for {steps} steps of B = {B} "
+            f"(GradCache chunk {args.gradcache_chunk}, loss chunk {args.loss_chunk}) per objective, on "
+            f"{n} synthetic 256-px JPEGs in {args.d_shards} img2dataset shards (resampled cyclically; "
+            f"written in {time.perf_counter() - t0:.1f} s), loader workers {workers}; samples/s is the "
+            "trainer's (step 0, under the FLOP counter, left out)"
+        )
+        rows = []
+        for name in ("clip", "siglip"):
+            timeout = min(args.d_timeout, rep.left() - args.reserve)
+            if timeout < 30:
+                rep.skip(f"{what} {name}", f"out of time ({rep.left():.0f} s left)")
+                continue
+            out_dir = Path(tmp) / f"run-{name}"
+            cmd = [
+                sys.executable, "-m", "harness", "run", "--budget", "datacomp-small",
+                "--objective", name, "--task", "shapes-retrieval", "--data", f"wds={pattern}",
+                "--device", "cuda", "--output-dir", str(out_dir), "--no-checkpoint",
+                "--steps", str(steps), "--batch-size", str(B),
+                "--set", f"budget.gradcache_chunk={args.gradcache_chunk}",
+                "--set", f"budget.loss_chunk_size={args.loss_chunk}",
+                "--set", "shapes.n_test=256", "--set", "shapes.n_train=256",
+            ]  # fmt: skip
+            rc, text, dt = run_cli(cmd, timeout, {"HARNESS_WDS_WORKERS": workers})
+            sps = last_metric(out_dir, "cost/samples_per_second")
+            peak = last_metric(out_dir, "cost/peak_memory_mb")
+            row = {"objective": name, "B": B, "steps": steps, "samples_per_s": sps, "peak_memory_mb": peak}
+            ok = cli_result(rep, f"{what} {name}", f"datacomp_{name}", cmd, rc, text, dt, **row)
+            if ok and sps:
+                full = DATACOMP_SMALL_SAMPLES / sps
+                row["full_run_hours"] = full / 3600
+                rows.append(row)
+                rep.line(
+                    f"    {name}: {sps:.0f} samples/s, peak {(peak or float('nan')) / 1024:.1f} GiB; "
+                    f"a full datacomp-small run (12.8M samples) ~ {full / 3600:.1f} h on one GPU"
+                )
+        if rows:
+            rate = sum(r["samples_per_s"] for r in rows) / len(rows)
+            runs = 10 * 3
+            one = runs * DATACOMP_SMALL_SAMPLES / rate / 3600
+            eight = runs * DATACOMP_SMALL_SAMPLES / (rate * 8 * 0.9) / 3600
+            rep.data["datacomp_projection"] = {
+                "mean_samples_per_s": rate,
+                "objectives_measured": [r["objective"] for r in rows],
+                "comparison_10x3_hours_1gpu": one,
+                "comparison_10x3_hours_8gpu": eight,
+                "assumption_8gpu": "measured one-GPU rate x 8 x 0.9",
+            }
+            rep.line(
+                f"    10 objectives x 3 seeds (30 runs of 12.8M samples) at the mean measured rate "
+                f"{rate:.0f} samples/s: ~ {one:.0f} h on 1 GPU; ~ {eight:.0f} h on 8 GPUs (assumed: the "
+                "one-GPU rate x 8 x 0.9); training only, evaluation and start-up left out"
+            )
+    rep.write()
+
+
+def check_ddp(rep: Report, args, device: torch.device) -> None:
+    what = "(e) DDP under torchrun"
+    if device.type != "cuda":
+        rep.skip(f"CUDA-only {what}", f"no CUDA device (device {device.type})")
+        return
+    n = torch.cuda.device_count()
+    if n < 2:
+        rep.skip(what, f"one GPU on this node ({n}): DDP needs at least two")
+        rep.data["ddp"] = {"skipped": f"{n} GPU"}
+        return
+    why = harness_cli_missing()
+    if why:
+        rep.skip(what, why)
+        return
+    timeout = min(args.e_timeout, rep.left() - args.reserve)
+    if timeout < 30:
+        rep.skip(what, f"out of time ({rep.left():.0f} s left)")
+        return
+    with tempfile.TemporaryDirectory(prefix="gpu_check_ddp-") as tmp:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+            "-m", "harness", "run", "--budget", "smoke", "--device", "cuda",
+            "--output-dir", tmp, "--no-checkpoint",
+        ]  # fmt: skip
+        rep.line(
+            f"{what}: torchrun --nproc-per-node {n} -m harness run --budget smoke (timeout {timeout:.0f} s)"
+        )
+        rc, text, dt = run_cli(cmd, timeout)
+        cli_result(rep, what, "ddp", cmd, rc, text, dt, nproc=n)
+
+
+def check_ray(rep: Report, args, device: torch.device) -> None:
+    what = "(f) Ray sweep, one run per GPU"
+    if device.type != "cuda":
+        rep.skip(f"CUDA-only {what}", f"no CUDA device (device {device.type})")
+        return
+    if importlib.util.find_spec("ray") is None:
+        rep.skip(what, "Ray is not installed (pip install -e '.[ray]')")
+        rep.data["ray"] = {"skipped": "no ray"}
+        return
+    why = harness_cli_missing()
+    if why:
+        rep.skip(what, why)
+        return
+    timeout = min(args.f_timeout, rep.left() - args.reserve)
+    if timeout < 30:
+        rep.skip(what, f"out of time ({rep.left():.0f} s left)")
+        return
+    from importlib.metadata import entry_points
+
+    n = torch.cuda.device_count()
+    known = sorted(e.name for e in entry_points(group="harness.objectives"))
+    preferred = [o for o in ("clip", "siglip") if o in known] + [
+        o for o in known if o not in ("clip", "siglip")
+    ]
+    objectives = preferred[: max(1, n)]
+    with tempfile.TemporaryDirectory(prefix="gpu_check_ray-") as tmp:
+        cmd = [
+            sys.executable, "-m", "harness", "compare", "--objectives", ",".join(objectives),
+            "--seeds", "1", "--budget", "smoke", "--device", "cuda", "--executor", "ray",
+            "--gpus-per-run", "1", "--output-dir", tmp,
+        ]  # fmt: skip
+        rep.line(
+            f"{what}: harness compare --executor ray --gpus-per-run 1 --budget smoke, {len(objectives)} "
+            f"objective(s) on {n} GPU(s): {', '.join(objectives)} (timeout {timeout:.0f} s)"
+        )
+        rc, text, dt = run_cli(cmd, timeout)
+        cli_result(rep, what, "ray", cmd, rc, text, dt, gpus=n, objectives=objectives)
+
+
 # -- main -------------------------------------------------------------------------------------
 
 CUDA_ONLY = [  # (what, what a CPU run does instead)
@@ -676,7 +955,9 @@ def main(argv=None) -> int:
         "--time-budget", type=float, default=280.0, help="seconds for the whole script (default 280)"
     )
     ap.add_argument("--reserve", type=float, default=10.0, help="seconds kept back for the final report")
-    ap.add_argument("--sections", default=None, help="which sections to run (default a,b,c; tiny a,c)")
+    ap.add_argument(
+        "--sections", default=None, help="which sections to run (default a,b,c,d,e,f; tiny a,c,d,e,f)"
+    )
     ap.add_argument("--a-batch", type=int, default=None, help="(a1) batch size (default 256; smoke 64)")
     ap.add_argument("--tiled-batch", type=int, default=None, help="(a2) B (default 4096; smoke 512)")
     ap.add_argument("--tiled-chunk", type=int, default=None, help="(a2) chunk (default 1024; smoke 128)")
@@ -697,6 +978,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--timed", type=int, default=None, help="(c) timed steps (default 5; smoke 2; tiny 1)")
     ap.add_argument("--fp32", action="store_true", help="(c) no bf16 autocast")
+    ap.add_argument("--d-steps", type=int, default=25, help="(d) steps per objective (default 25)")
+    ap.add_argument("--d-batch", type=int, default=4096, help="(d) batch size (default 4096)")
+    ap.add_argument("--d-shards", type=int, default=4, help="(d) synthetic shards (default 4)")
+    ap.add_argument("--d-per-shard", type=int, default=64, help="(d) JPEGs per shard (default 64)")
+    ap.add_argument("--d-timeout", type=float, default=90.0, help="(d) seconds per objective at most")
+    ap.add_argument("--e-timeout", type=float, default=60.0, help="(e) seconds at most")
+    ap.add_argument("--f-timeout", type=float, default=75.0, help="(f) seconds at most")
     ap.add_argument(
         "--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H200 SXM: 989)"
     )
@@ -711,7 +999,7 @@ def main(argv=None) -> int:
         else "left out by --tiny (a CLI smoke run takes half a minute on a CPU; "
         "tests/integration/test_cli.py covers it)"
     )
-    args.sections = args.sections or ("a,c" if tiny else "a,b,c")
+    args.sections = args.sections or ("a,c,d,e,f" if tiny else "a,b,c,d,e,f")
     args.a_batch = args.a_batch or (16 if tiny else 64 if small else 256)
     args.tiled_batch = args.tiled_batch or (128 if tiny else 512 if small else 4096)
     args.tiled_chunk = args.tiled_chunk or (32 if tiny else 128 if small else 1024)
@@ -792,6 +1080,9 @@ def main(argv=None) -> int:
             ("a", "(a1) CPU vs device", lambda: check_devices(rep, args, device, Path(cache))),
             ("a", "(a2) tiled vs naive", lambda: check_tiled(rep, args, device)),
             ("b", "(b) harness run", lambda: check_run(rep, args, device)),
+            ("d", "(d) datacomp-small", lambda: check_datacomp(rep, args, device)),
+            ("e", "(e) DDP", lambda: check_ddp(rep, args, device)),
+            ("f", "(f) Ray sweep", lambda: check_ray(rep, args, device)),
             ("c", "(c) throughput", lambda: check_throughput(rep, args, device)),
         ]
         for key, what, fn in steps:
