@@ -32,6 +32,22 @@ HEARTBEAT_INTERVAL_S = 60.0
 STALE_AFTER_S = 600.0
 
 
+def heartbeat_time(tags: dict[str, str]) -> float | None:
+    """The Unix time of a run's last heartbeat, or None (no tag, or an unreadable one)."""
+    try:
+        return float(tags[HEARTBEAT_TAG])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def last_sign_of_life(tags: dict[str, str], start_time_ms: int | float | None) -> float | None:
+    """The last heartbeat, or the start for runs recorded before heartbeats existed."""
+    beat = heartbeat_time(tags)
+    if beat is None and HEARTBEAT_TAG not in tags and start_time_ms:
+        return float(start_time_ms) / 1000.0
+    return beat
+
+
 def is_stale(
     status: str,
     tags: dict[str, str],
@@ -43,11 +59,7 @@ def is_stale(
     if status != "RUNNING":
         return False
     now = time.time() if now is None else now
-    beat = tags.get(HEARTBEAT_TAG)
-    try:
-        last = float(beat) if beat is not None else (float(start_time_ms) / 1000.0 if start_time_ms else None)
-    except ValueError:
-        last = None
+    last = last_sign_of_life(tags, start_time_ms)
     return last is not None and now - last > stale_after
 
 

@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from harness.core.batch import BATCH_FIELDS, EmbeddingBatch
+from harness.data.batches import world_info  # noqa: F401 - one definition, re-exported for the engine
 
 try:  # functional collectives (PyTorch >= 2.3); names are in flux, feature-detect below
     from torch.distributed import _functional_collectives as _fcol
@@ -52,13 +53,6 @@ except ImportError:  # pragma: no cover - very old torch
 
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def world_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group; ``(0, 1)`` when not initialised."""
-    if not is_initialized():
-        return 0, 1
-    return dist.get_rank(), dist.get_world_size()
 
 
 def is_main() -> bool:

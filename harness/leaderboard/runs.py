@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness.tracking import HEARTBEAT_TAG, is_stale, metric_key, open_store
+from harness.tracking import HEARTBEAT_TAG, heartbeat_time, is_stale, metric_key, open_store
 
 from .errors import LeaderboardError, NoRunsError
 
@@ -192,10 +192,7 @@ def _state(status: str, tags: dict[str, str], start_time_ms: int | None, now: fl
             "SCHEDULED": "never started",
         }.get(status, "no failure reason recorded")
     beat = tags.get(HEARTBEAT_TAG)
-    try:
-        last = float(beat) if beat is not None else None
-    except ValueError:
-        last = None
+    last = heartbeat_time(tags)
     started = start_time_ms / 1000.0 if start_time_ms else None
     if is_stale(status, tags, start_time_ms, now):
         killed = (

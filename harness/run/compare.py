@@ -34,7 +34,15 @@ from harness.run.executors import (
 )
 from harness.run.runner import Plan, execute, prepare, resolve_train_data
 from harness.run.tune import best_params
-from harness.tracking import HEARTBEAT_TAG, MlflowRun, is_stale, open_store, tracking_uri, use_store, versions
+from harness.tracking import (
+    MlflowRun,
+    is_stale,
+    last_sign_of_life,
+    open_store,
+    tracking_uri,
+    use_store,
+    versions,
+)
 
 
 class CompareError(UserError):
@@ -132,8 +140,7 @@ def interrupted_runs(uri: str, experiment: str) -> dict[str, tuple[str, float]]:
     out = {}
     for r in runs:
         if is_stale(r.info.status, r.data.tags, r.info.start_time, now=now):
-            beat = r.data.tags.get(HEARTBEAT_TAG)
-            last = float(beat) if beat else r.info.start_time / 1000.0
+            last = last_sign_of_life(r.data.tags, r.info.start_time)
             out[r.data.tags.get("harness.identity")] = (r.info.run_id, now - last)
     return out
 

@@ -122,30 +122,26 @@ def check_task_data(tasks: list, cfg: RunConfig, objective=None) -> None:
             if not t.has_validation():
                 raise UserError(
                     f"evaluation=validation, but task {t.name!r} has no validation split "
-                    "(its only split is the test split)"
+                    "(its only split is the test split); drop --set evaluation=validation or pick a task "
+                    "that has one (stsb, the CIFAR tasks, any shapes task)"
                 )
-    checks: list[tuple[str, Callable[[], None]]] = [
-        (t.name, functools.partial(t.check_data, options)) for t in tasks
-    ]
+    checks: list[Callable[[], None]] = [functools.partial(t.check_data, options) for t in tasks]
     if objective is not None:
         checks.append(
-            (
-                f"training data {cfg.train_data!r}",
-                functools.partial(
-                    train_data.check,
-                    cfg.train_data,
-                    objective,
-                    cfg.objective,
-                    options,
-                    cfg.train_samples,
-                    model=cfg.model,
-                    batch_size=cfg.budget.batch_size,
-                    cache_dir=default_cache_dir(Path(cfg.tracking.output_dir)),
-                ),
+            functools.partial(
+                train_data.check,
+                cfg.train_data,
+                objective,
+                cfg.objective,
+                options,
+                cfg.train_samples,
+                model=cfg.model,
+                batch_size=cfg.budget.batch_size,
+                cache_dir=default_cache_dir(Path(cfg.tracking.output_dir)),
             )
         )
     problems: list[DataError] = []
-    for _, check in checks:
+    for check in checks:
         try:
             check()
         except DataError as e:

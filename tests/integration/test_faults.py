@@ -323,7 +323,8 @@ def test_compare_finds_runs_whose_process_was_killed(tmp_path, template_db):
     alive = client.create_run(
         exp, tags={"harness.role": "run", "harness.identity": "alive", HEARTBEAT_TAG: f"{time.time():.0f}"}
     )
-    found = interrupted_runs(uri, "harness")
+    client.create_run(exp, tags={"harness.role": "run", "harness.identity": "garbled", HEARTBEAT_TAG: "?"})
+    found = interrupted_runs(uri, "harness")  # an unreadable heartbeat is no evidence of death
     assert set(found) == {"dead"} and found["dead"][0] == dead.info.run_id and found["dead"][1] > 3500
     assert alive.info.status == "RUNNING"
 
