@@ -195,7 +195,7 @@ def cmd_eval(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
-    from harness.run.compare import CompareError, compare, tuned_parameters
+    from harness.run.compare import CompareError, compare, parse_tuned_on, tuned_parameters
 
     objectives = [o.strip() for o in (a.objectives or "").split(",") if o.strip()]
     if not objectives:
@@ -206,15 +206,19 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
     flags["objective"] = objectives[0]
     cfg = resolve_config(a.budget, a.config, flags, a.set)
     executor = _executor(a)
-    tuned = None
+    tuning = None
     if a.tuned:
         from harness.run.runner import expand_tasks
 
-        tune_task = a.tuned_on or expand_tasks(cfg.tasks)[0].name
-        tuned = tuned_parameters(cfg, objectives, tune_task, a.storage)
+        tune_on = parse_tuned_on(a.tuned_on or expand_tasks(cfg.tasks)[0].name, objectives)
+        # the studies' own budget: the comparison's, or the shorter one they were tuned under
+        tune_cfg = resolve_config(a.budget, a.config, flags, a.set + a.tuning_set) if a.tuning_set else cfg
+        tuning = tuned_parameters(tune_cfg, objectives, tune_on, a.storage)
+    elif a.tuning_set or a.tuned_on:
+        raise CompareError("--tuned-on and --tuning-set apply to --tuned only")
     # compare() validates every pair before MLflow is touched; a pair's own failure is recorded
     # inside it and the sweep goes on
-    outcome = compare(cfg, objectives, a.seeds, rep, tuned=tuned, executor=executor)
+    outcome = compare(cfg, objectives, a.seeds, rep, executor=executor, tuning=tuning)
     rep.info(f"comparison run {outcome.parent_run_id} in experiment {outcome.experiment!r}")
     return EXIT_FAILED if outcome.failed else 0
 
@@ -428,7 +432,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain each objective's best tuned "
         "configuration (from `harness tune`), as the 'tuned' leaderboard track",
     )
-    p.add_argument("--tuned-on", help="the task the studies optimised (default: the first task)")
+    p.add_argument(
+        "--tuned-on",
+        help="the task the studies optimised (default: the first task); OBJ=TASK for one objective, "
+        "e.g. shapes-retrieval,supcon=shapes-linear",
+    )
+    p.add_argument(
+        "--tuning-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the --set overrides the studies were tuned under when that budget was shorter than "
+        "the comparison's (e.g. --tuning-set budget.steps=150); they name the studies",
+    )
     p.add_argument("--storage", help="Optuna storage of the studies (default .harness/optuna.db)")
     _executor_args(p)
     p.set_defaults(fn=cmd_compare)

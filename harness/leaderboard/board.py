@@ -9,6 +9,7 @@ board (:class:`TaskBoard`) is built in :mod:`.task_board`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -343,6 +344,38 @@ def _select_budget(runs: list[RunRecord], budget_id: str | None, where: str) -> 
     return runs, next(iter(counts))
 
 
+#: how each track is named wherever a board is shown
+TRACK_LABELS = {"default": "paper defaults", "tuned": "equal tuning"}
+
+
+def track_caveat(track: str, tuning: str | None = None) -> str:
+    """The one line every format shows under a board's title."""
+    if track == "default":
+        return (
+            "paper defaults: each objective trains with its published hyperparameters, taken from "
+            "the regime its paper used (data, batch size, views, pretrained or not), which may not "
+            "transplant here; sources in docs/objective-defaults.md"
+        )
+    if track == "tuned":
+        return "equal tuning: each objective's best configuration from harness tune" + (
+            f": {tuning}" if tuning else " (the same number of trials for every objective)"
+        )
+    return f"track {track}"
+
+
+def _tuned_from(runs: Iterable[RunRecord]) -> dict[str, dict]:
+    """objective -> the study its tuned runs came from (``harness.tuned_from``)."""
+    out = {}
+    for r in runs:
+        raw = r.tags.get("harness.tuned_from")
+        if raw and r.objective not in out:
+            try:
+                out[r.objective] = json.loads(raw)
+            except ValueError:
+                continue
+    return out
+
+
 def _distinct(runs: Iterable[RunRecord], tag: str) -> list[str]:
     return sorted({r.tags[tag] for r in runs if r.tags.get(tag)})
 
@@ -440,6 +473,10 @@ def build(
             "budget_preset": pt.get("harness.budget_preset")
             or ", ".join(_distinct(truns, "harness.budget_preset")),
             "track": track,
+            "track_label": TRACK_LABELS.get(track, track),
+            "caveat": track_caveat(track, pt.get("harness.tuning")),
+            "tuning": pt.get("harness.tuning"),
+            "tuned_from": _tuned_from(truns),
             "seeds": seeds,
             "objectives": objectives,
             "tasks": tasks,
@@ -477,7 +514,7 @@ def build(
                 rank_rule=rank_rule,
                 text=_text_section(boards_t, truns, objectives, base),
                 friedman=fr,
-                verdict=overall_verdict(objectives, mean_rank, len(ranked), fr, alpha),
+                verdict=overall_verdict(objectives, mean_rank, len(ranked), fr, alpha, n_tasks),
             )
         )
     return boards

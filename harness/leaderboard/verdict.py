@@ -83,12 +83,31 @@ def task_verdict(
 
 
 def overall_verdict(
-    order: list[str], mean_rank: dict[str, float | None], n_ranked: int, fr: Friedman | None, alpha: float
+    order: list[str],
+    mean_rank: dict[str, float | None],
+    n_ranked: int,
+    fr: Friedman | None,
+    alpha: float,
+    n_tasks: dict[str, int] | None = None,
 ) -> str:
-    """``order``: the board's order (mean rank, Borda, name); ``n_ranked``: tasks ranked (no diagnostics)."""
+    """``order``: the board's order (mean rank, Borda, name); ``n_ranked``: tasks ranked (no
+    diagnostics); ``n_tasks``: tasks each objective is ranked on. An objective ranked on fewer tasks
+    than the others (an image-only objective) does not lead: its mean rank covers other tasks."""
     ranked = [o for o in order if mean_rank.get(o) is not None]
     if not ranked:
         return "no ranked task"
+    full = [o for o in ranked if (n_tasks or {}).get(o, n_ranked) >= n_ranked] or ranked
+    partial = [o for o in ranked if o not in full]
+    text = _lead_text(full, mean_rank, n_ranked)
+    if partial:
+        text += "; " + ", ".join(
+            f"{o} is ranked on {n_tasks[o]} of {n_ranked} tasks only (mean rank {mean_rank[o]:.2f} there)"
+            for o in partial
+        )
+    return text + _friedman_text(ranked, n_ranked, fr, alpha)
+
+
+def _lead_text(ranked: list[str], mean_rank: dict[str, float | None], n_ranked: int) -> str:
     # the first three (two from 4 objectives, one below), and any tied with the last of them
     n_lead = 3 if len(ranked) >= 6 else 2 if len(ranked) >= 4 else 1
     lead = [o for o in ranked if mean_rank[o] <= mean_rank[ranked[n_lead - 1]]]
@@ -97,8 +116,12 @@ def overall_verdict(
         f"{_names(lead)} lead{'s' if len(lead) == 1 else ''} on mean rank ({ranks}) "
         f"over {n_ranked} task{'' if n_ranked == 1 else 's'}"
     )
+    return text
+
+
+def _friedman_text(ranked: list[str], n_ranked: int, fr: Friedman | None, alpha: float) -> str:
     if fr is None:
-        return text + "; no Friedman test (it needs 2 objectives that share 2 ranked tasks)"
+        return "; no Friedman test (it needs 2 objectives that share 2 ranked tasks)"
     left = [o for o in ranked if o not in fr.objectives]
     over = "" if fr.n == n_ranked else f" over the {fr.n} tasks every objective has"
     if left:
@@ -108,7 +131,7 @@ def overall_verdict(
         if fr.ff is None
         else f"= {fr.ff:.2f} ({_p(fr.p_ff)})"
     )
-    text += (
+    text = (
         f"; Friedman{over}: chi2_F = {fr.chi2:.2f} ({_p(fr.p_chi2)}), Iman-Davenport F_F {ff}, "
         f"k = {fr.k}, N = {fr.n}"
     )

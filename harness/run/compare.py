@@ -9,6 +9,7 @@ before the first run starts.
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import sys
 import time
@@ -33,7 +34,7 @@ from harness.run.executors import (
     kill_running_children,
 )
 from harness.run.runner import Plan, execute, prepare, resolve_train_data
-from harness.run.tune import best_params
+from harness.run.tune import tuned_study
 from harness.tracking import (
     MlflowRun,
     is_stale,
@@ -146,11 +147,64 @@ def interrupted_runs(uri: str, experiment: str) -> dict[str, tuple[str, float]]:
 
 
 def tuned_parameters(
-    base: RunConfig, objectives: list[str], task: str, storage: str | None
+    base: RunConfig, objectives: list[str], task: str | dict[str, str], storage: str | None
 ) -> dict[str, dict]:
-    """Each objective's best parameters from its ``harness tune`` study on ``task``."""
+    """Each objective's finished ``harness tune`` study (:func:`harness.run.tune.tuned_study`: its
+    best ``params`` and what the board states about the tuning). ``task`` is the task the studies
+    optimised, or a map objective -> task (an image-only objective tuned on an image task). ``base``
+    is the configuration the studies ran under: its budget id names them."""
     resolve_train_data(base)
-    return {obj: best_params(obj, task, base, storage) for obj in objectives}
+    tasks = task if isinstance(task, dict) else dict.fromkeys(objectives, task)
+    missing = [o for o in objectives if o not in tasks]
+    if missing:
+        raise CompareError(f"no tuning task given for {', '.join(missing)}")
+    return {obj: tuned_study(obj, tasks[obj], base, storage) for obj in objectives}
+
+
+def parse_tuned_on(spec: str, objectives: list[str]) -> dict[str, str]:
+    """``--tuned-on shapes-retrieval,supcon=shapes-linear`` -> objective -> task (the bare name is
+    every other objective's)."""
+    default, per = None, {}
+    for part in (x.strip() for x in spec.split(",") if x.strip()):
+        obj, eq, task = part.partition("=")
+        if eq:
+            if obj.strip() not in objectives:
+                raise CompareError(f"--tuned-on names {obj.strip()!r}, which is not among --objectives")
+            per[obj.strip()] = task.strip()
+        elif default is not None:
+            raise CompareError(f"--tuned-on gives two default tasks ({default!r}, {part!r}); use OBJ=TASK")
+        else:
+            default = part
+    out = {o: per.get(o, default) for o in objectives}
+    missing = [o for o, t in out.items() if not t]
+    if missing:
+        raise CompareError(f"--tuned-on names no task for {', '.join(missing)}")
+    return out
+
+
+def describe_tuning(studies: dict[str, dict]) -> str:
+    """One line for the board: trials, split, tuning budget and task(s) of the studies."""
+    trials = sorted({st["trials"] for st in studies.values()})
+    budgets = sorted(
+        {f"{b.get('steps')} steps x {b.get('batch_size')}" for b in (st["budget"] for st in studies.values())}
+    )
+    ids = sorted({st["budget_id"] for st in studies.values()})
+    by_task: dict[str, list[str]] = {}
+    for obj, st in studies.items():
+        by_task.setdefault(st["task"], []).append(obj)
+    main = max(by_task, key=lambda t: len(by_task[t]))
+    tasks = [f"on {main}"] + [f"{', '.join(objs)} on {t}" for t, objs in by_task.items() if t != main]
+    n_default = sum(st["best_is_paper_defaults"] for st in studies.values())
+    return (
+        f"{' / '.join(map(str, trials))} Optuna trials per objective, validation split, "
+        f"{'; '.join(tasks)}; tuning budget {' / '.join(budgets)} (budget id {', '.join(ids)}); "
+        f"paper defaults were the best trial for {n_default} of {len(studies)}"
+    )
+
+
+def tuning_tags(studies: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """Per objective, the tag its tuned runs carry: the study it came from (JSON)."""
+    return {obj: {"harness.tuned_from": json.dumps(st, sort_keys=True)} for obj, st in studies.items()}
 
 
 def compare(
@@ -161,10 +215,15 @@ def compare(
     tuned: dict[str, dict] | None = None,
     command: str | None = None,
     executor: ExecutorSpec | None = None,
+    tuning: dict[str, dict] | None = None,
 ) -> CompareOutcome:
     """Run the sweep. With ``tuned`` (from :func:`tuned_parameters`) it is the "tuned" track: each
     objective trains with its tuned parameters, and its runs keep the base budget id.
-    ``executor`` (default: in this process) may run each pair as a Ray task."""
+    ``executor`` (default: in this process) may run each pair as a Ray task. ``tuning`` (from
+    :func:`tuned_parameters`) gives the tuned parameters and the studies they came from, which
+    each tuned run records (``harness.tuned_from``); it implies ``tuned``."""
+    if tuning is not None and tuned is None:
+        tuned = {obj: st["params"] for obj, st in tuning.items()}
     reporter = reporter or Reporter(quiet=True)
     spec = executor or ExecutorSpec()
     spec.check()
@@ -189,6 +248,8 @@ def compare(
         "harness.command": command or " ".join(shlex.quote(a) for a in sys.argv),
         **versions(),
     }
+    if tuning:
+        tags["harness.tuning"] = describe_tuning(tuning)
     outcome = CompareOutcome(parent_run_id=None, experiment=experiment)
     ray_ex = None
     if spec.kind == "ray":  # every check of the executor, before any run is created
@@ -205,13 +266,14 @@ def compare(
         # tuned runs may differ in a tuned learning rate only
         "harness.budget_id": base.budget_id,
     }
+    per_obj = tuning_tags(tuning or {})
     try:
         with parent:
             outcome.parent_run_id = parent.run_id
             if ray_ex is not None:
-                _run_on_ray(ray_ex, pairs, done, interrupted, outcome, uri, child_tags, reporter)
+                _run_on_ray(ray_ex, pairs, done, interrupted, outcome, uri, child_tags, per_obj, reporter)
             else:
-                _run_here(pairs, done, interrupted, outcome, child_tags, reporter)
+                _run_here(pairs, done, interrupted, outcome, child_tags, per_obj, reporter)
             _finish(outcome, total, t_start, reporter)
     finally:
         if ray_ex is not None:
@@ -221,7 +283,7 @@ def compare(
 
 
 def _run_here(
-    pairs, done, interrupted, outcome: CompareOutcome, child_tags: dict, reporter: Reporter
+    pairs, done, interrupted, outcome: CompareOutcome, child_tags: dict, per_obj: dict, reporter: Reporter
 ) -> None:
     """The in-process executor: one pair after the other."""
     total = len(pairs)
@@ -240,7 +302,8 @@ def _run_here(
         t0 = time.perf_counter()
         pair = PairResult(cfg.objective, cfg.seed, cfg.identity, "FAILED")
         try:
-            run = execute(cfg, reporter, plan, nested=True, extra_tags=child_tags)
+            tags = {**child_tags, **per_obj.get(cfg.objective, {})}
+            run = execute(cfg, reporter, plan, nested=True, extra_tags=tags)
             pair.status, pair.run_id = run.status, run.run_id
         except KeyboardInterrupt:
             pair.status = "KILLED"
@@ -272,7 +335,15 @@ def _skip(cfg, done, interrupted, outcome: CompareOutcome, reporter: Reporter) -
 
 
 def _run_on_ray(
-    ex: RayExecutor, pairs, done, interrupted, outcome: CompareOutcome, uri: str, child_tags: dict, reporter
+    ex: RayExecutor,
+    pairs,
+    done,
+    interrupted,
+    outcome: CompareOutcome,
+    uri: str,
+    child_tags: dict,
+    per_obj: dict,
+    reporter,
 ) -> None:
     """The Ray executor: every pair not yet finished is one task; results are kept in plan order."""
     slots: list[PairResult | None] = []
@@ -283,7 +354,8 @@ def _run_on_ray(
             slots.append(outcome.pairs.pop())
             continue
         slots.append(None)
-        refs[ex.submit(absolute_tracking(cfg, uri), plan, tags)] = len(slots) - 1
+        run_tags = {**tags, **per_obj.get(cfg.objective, {})}
+        refs[ex.submit(absolute_tracking(cfg, uri), plan, run_tags)] = len(slots) - 1
     reporter.info(f"[bold]compare[/] {len(refs)} runs submitted to Ray ({len(pairs) - len(refs)} skipped)")
     finished = 0
     try:

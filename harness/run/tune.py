@@ -520,15 +520,42 @@ def _log_plots(st, n_complete: int) -> None:
 
 def best_params(objective: str, task: str, base: RunConfig, storage: str | None = None) -> dict[str, Any]:
     """The best parameters of a finished study (for ``harness compare --tuned``)."""
+    return tuned_study(objective, task, base, storage)["params"]
+
+
+def tuned_study(objective: str, task: str, base: RunConfig, storage: str | None = None) -> dict[str, Any]:
+    """What ``harness compare --tuned`` takes from a finished study and records beside its runs:
+    the best parameters, the study's name, task, budget id, trial count and states, the best
+    validation value and whether the best trial was the enqueued paper defaults."""
     import optuna
 
     url = storage_url(storage, base.tracking.output_dir, 1)
     name = study_name(objective, task, base.budget_id)
     try:
         st = optuna.load_study(study_name=name, storage=open_storage(url))
-        return dict(st.best_params)
+        best = st.best_trial
     except (KeyError, ValueError) as e:
         raise TuneError(
             f"no finished tuning study {name!r} in {url}: run `harness tune --objective "
-            f"{objective} --task {task}` with the same budget first ({e})"
+            f"{objective} --task {task}` with the same budget first (or name the tuning budget with "
+            f"`--tuning-set KEY=VALUE`) ({e})"
         ) from None
+    states: dict[str, int] = {}
+    for t in st.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    return {
+        "params": dict(best.params),
+        "study": name,
+        "task": task,
+        "budget_id": base.budget_id,
+        "budget": {k: v for k, v in base.budget.model_dump(mode="json").items() if k in _BUDGET_SHOWN},
+        "trials": len(st.trials),
+        "states": states,
+        "best_value": best.value,
+        "best_trial": best.number,
+        "best_is_paper_defaults": bool(best.user_attrs.get("harness.paper_defaults")),
+    }
+
+
+#: the budget fields a tuned board states for its tuning budget
+_BUDGET_SHOWN = ("steps", "batch_size", "lr", "warmup_steps")

@@ -684,7 +684,11 @@ def test_cli_formats_and_out(store, tmp_path, capsys):
     assert max(len(line) for line in out.splitlines()) > 100  # not squeezed into 80 columns when piped
     code, err = cli(store, "--out", str(tmp_path / "w"), "--format", "md")
     assert code == 0 and (tmp_path / "w" / "tuned" / "leaderboard.md").exists()
-    assert "# Leaderboard: harness, track tuned" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the tracks are named for what they are, each with its one-line caveat
+    assert "# Leaderboard: harness, equal tuning" in out and "# Leaderboard: harness, paper defaults" in out
+    assert "> paper defaults: each objective trains with its published hyperparameters" in out
+    assert "docs/objective-defaults.md" in out
 
 
 @pytest.mark.skipif(

@@ -199,3 +199,86 @@ def test_compare_tuned_retrains_the_best_configuration(workdir):
         )
         == 2
     )
+
+
+def test_tuned_compare_with_a_shorter_tuning_budget_and_an_image_task_for_supcon(workdir):
+    """The studies ran at 4 steps, the comparison at 6 (--tuning-set names the studies' budget);
+    supcon (image tower only) was tuned on shapes-linear; each tuned run records its study, and the
+    board states the tuning and the tuned parameters."""
+    short = ["--set", "budget.steps=4"]
+    base = tune_args(workdir, "--objective", "clip", "--trials", "2")
+    assert main(base[: base.index("--set")] + short + base[base.index("--set") + 2 :]) == 0
+    sup = tune_args(workdir, "--objective", "supcon", "--trials", "2")
+    sup[sup.index("shapes-retrieval")] = "shapes-linear"
+    assert main(sup[: sup.index("--set")] + short + sup[sup.index("--set") + 2 :]) == 0
+
+    def compare(*extra):
+        return main(
+            [
+                "-q",
+                "compare",
+                "--budget",
+                "smoke",
+                "--output-dir",
+                str(workdir),
+                "--no-checkpoint",
+                "--tasks",
+                "shapes",  # the suite: supcon gets its image tasks only
+                "--set",
+                "budget.steps=6",
+                "--objectives",
+                "clip,supcon",
+                "--seeds",
+                "1",
+                *extra,
+            ]
+        )
+
+    # the comparison's own budget names no study: refused before training
+    assert compare("--tuned", "--tuned-on", "shapes-retrieval,supcon=shapes-linear") == 2
+    assert compare("--tuned-on", "shapes-retrieval") == 2  # --tuned-on without --tuned
+    assert (
+        compare(
+            "--tuned", "--tuned-on", "shapes-retrieval,siglip=shapes-linear", "--tuning-set", "budget.steps=4"
+        )
+        == 2
+    )
+    assert [r for r in runs(workdir) if r.data.tags.get("harness.track") == "tuned"] == []
+    assert (
+        compare(
+            "--tuned", "--tuned-on", "shapes-retrieval,supcon=shapes-linear", "--tuning-set", "budget.steps=4"
+        )
+        == 0
+    )
+    tuned = [
+        r
+        for r in runs(workdir)
+        if r.data.tags.get("harness.track") == "tuned" and r.data.tags.get("harness.role") == "run"
+    ]
+    assert sorted(r.data.tags["harness.objective"] for r in tuned) == ["clip", "supcon"]
+    import json
+
+    for r in tuned:
+        src = json.loads(r.data.tags["harness.tuned_from"])
+        obj = r.data.tags["harness.objective"]
+        assert src["task"] == ("shapes-linear" if obj == "supcon" else "shapes-retrieval")
+        assert src["trials"] == 2 and src["budget"]["steps"] == 4
+        assert src["params"]["temperature"] == pytest.approx(float(r.data.params["objective.temperature"]))
+        assert r.data.params["budget.steps"] == "6"  # the final runs keep the comparison's budget
+    parent = next(r for r in runs(workdir) if r.data.tags.get("harness.role") == "compare")
+    assert parent.data.tags["harness.tuning"].startswith(
+        "2 Optuna trials per objective, validation split, on shapes-retrieval; supcon on shapes-linear; "
+        "tuning budget 4 steps x 32"
+    )
+    from harness.leaderboard import leaderboard
+    from harness.leaderboard.render import render_markdown
+
+    (board,) = leaderboard(
+        parent_run_id=parent.info.run_id, tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}"
+    )
+    assert board.provenance["track_label"] == "equal tuning"
+    assert set(board.provenance["tuned_from"]) == {"clip", "supcon"}
+    md = render_markdown(board)
+    assert "# Leaderboard: harness, equal tuning" in md and "> equal tuning: 2 Optuna trials" not in md
+    assert "> equal tuning: each objective's best configuration from harness tune: 2 Optuna trials" in md
+    assert "- tuned supcon: temperature=" in md and "on shapes-linear validation" in md

@@ -330,3 +330,15 @@ def test_verdict_lines_for_a_constructed_board():
     assert vd.overall_verdict(["a"], {"a": 1.0}, 1, None, 0.05).endswith(
         "no Friedman test (it needs 2 objectives that share 2 ranked tasks)"
     )
+
+
+def test_overall_verdict_never_crowns_an_objective_ranked_on_fewer_tasks():
+    # an image-only objective (supcon) ranked 1st on its 2 tasks has mean rank 1.0 there: it does
+    # not lead a board of 7 tasks; the verdict says how many it is ranked on
+    mean_rank = {"supcon": 1.0, "dcl": 1.71, "clip": 2.29}
+    n_tasks = {"supcon": 2, "dcl": 7, "clip": 7}
+    text = vd.overall_verdict(list(mean_rank), mean_rank, 7, None, 0.05, n_tasks)
+    assert text.startswith("dcl leads on mean rank (1.71) over 7 tasks; supcon is ranked on 2 of 7 tasks")
+    assert "(mean rank 1.00 there)" in text
+    # without the task counts (older callers) the order decides, as before
+    assert vd.overall_verdict(list(mean_rank), mean_rank, 7, None, 0.05).startswith("supcon leads")

@@ -262,7 +262,7 @@ def provenance_items(board: Leaderboard) -> list[tuple[str, str]]:
         ("tracking URI", p["tracking_uri"]),
         ("comparison (parent run)", p["parent_run_id"] or "none: every run of the experiment"),
         ("budget id", p["budget_id"] + (f" (preset {p['budget_preset']})" if p.get("budget_preset") else "")),
-        ("track", p["track"]),
+        ("track", f"{p.get('track_label', p['track'])} ({p['track']})"),
         ("seeds", ", ".join(map(str, p["seeds"]))),
         ("baseline", board.baseline),
         ("objectives", ", ".join(p["objectives"])),
@@ -279,5 +279,26 @@ def provenance_items(board: Leaderboard) -> list[tuple[str, str]]:
     ):
         if p.get(key):
             items.append((label, str(p[key])))
+    for obj, st in (p.get("tuned_from") or {}).items():
+        items.append((f"tuned {obj}", tuned_line(st)))
     items.append(("generated", p["generated"]))
     return items
+
+
+def tuned_line(st: dict) -> str:
+    """An objective's tuned parameters and the study they came from, in one line."""
+    params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(st.get("params", {}).items()))
+    best = fmt_num(st.get("best_value"), 4)
+    origin = "the paper defaults" if st.get("best_is_paper_defaults") else f"trial {st.get('best_trial')}"
+    return (
+        f"{params or 'no parameters'} (best of {st.get('trials')} trials on {st.get('task')} "
+        f"validation: {best}, {origin})"
+    )
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def board_title(board: Leaderboard) -> str:
+    return f"Leaderboard: {board.experiment}, {board.provenance.get('track_label', board.track)}"

@@ -7,6 +7,7 @@ import html
 from ..board import Leaderboard
 from .cells import (
     CELL,
+    board_title,
     failed_rows,
     friedman_items,
     method_lines,
@@ -57,7 +58,7 @@ def _img(png: str | None, alt: str, missing: str) -> str:
 def render_html(board: Leaderboard) -> str:
     """One self-contained page: inline CSS, figures as base64 PNG, no script, no external resource."""
     e = html.escape
-    title = f"Leaderboard: {board.experiment}, track {board.track}"
+    title = board_title(board)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -68,6 +69,7 @@ def render_html(board: Leaderboard) -> str:
         "</head>",
         "<body>",
         f"<h1>{e(title)}</h1>",
+        f'<p class="caveat">{e(board.provenance.get("caveat") or "")}</p>',
         '<section id="provenance">',
         "<h2>Provenance</h2>",
         "<dl>",

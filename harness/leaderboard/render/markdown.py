@@ -7,6 +7,7 @@ import re
 from ..board import Leaderboard
 from .cells import (
     CELL,
+    board_title,
     failed_rows,
     friedman_items,
     method_lines,
@@ -44,7 +45,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def render_markdown(board: Leaderboard) -> str:
     lines = [
-        f"# Leaderboard: {md_escape(board.experiment)}, track {md_escape(board.track)}",
+        f"# {md_escape(board_title(board))}",
+        "",
+        f"> {md_escape(board.provenance.get('caveat') or '')}",
         "",
         "## Provenance",
         "",

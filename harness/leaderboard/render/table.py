@@ -11,7 +11,8 @@ def render_table(board: Leaderboard):
     """The leaderboard as a rich Table (terminal)."""
     header, rows = summary_rows(board)
     title = (
-        f"{board.experiment} | track {board.track} | budget {board.budget_id} | seeds "
+        f"{board.experiment} | {board.provenance.get('track_label', board.track)} | "
+        f"budget {board.budget_id} | seeds "
         f"{', '.join(map(str, board.seeds))} | baseline {board.baseline}"
     )
     if board.provenance.get("parent_run_id"):
@@ -19,7 +20,8 @@ def render_table(board: Leaderboard):
     caption = "\n".join(
         [
             f"score: {CELL} (rank of the mean, significance groups: a shared letter = not "
-            "significantly different)"
+            "significantly different)",
+            board.provenance.get("caveat") or "",
         ]
         + [f"{k}: {v}" for k, v in verdict_lines(board)]
     )
