@@ -40,8 +40,17 @@ the start of this script): a measurement that would not fit is skipped and liste
     --nproc-per-node N -m harness run --budget smoke --device cuda``, exit code 0.
 (f) A Ray sweep with one run per GPU (CUDA only, skipped without Ray): ``harness compare
     --executor ray --gpus-per-run 1 --budget smoke --seeds 1`` with as many objectives as GPUs.
-(d), (e) and (f) run after (b) and before (c), each under a timeout (``--d-timeout`` per objective,
-``--e-timeout``, ``--f-timeout``); (c) gets the time left (``--sections c`` gives it all).
+(g) FSDP2, ``budget.shard=fsdp`` (CUDA only; tests/integration/test_fsdp.py covers 2 gloo CPU
+    processes). (g1) on any GPU: harness-micro's towers sharded by ``harness.engine.fsdp.shard`` in
+    a one-rank NCCL group against the plain towers (fp32, TF32 off): loss (1e-6 relative),
+    gradients (1e-5 relative norm), the trainer's clipping norm and the parameters after one
+    AdamW step (1e-6), and the full state gathered back into a plain model. (g2) on two or more
+    GPUs: ``torchrun --nproc-per-node N -m harness run --budget smoke --device cuda --set
+    budget.shard=fsdp --set budget.gradcache_chunk=8``, exit code 0 and one checkpoint of plain
+    tensors with harness-micro's full shapes.
+(d), (e), (g) and (f) run after (b) and before (c), each under a timeout (``--d-timeout`` per
+objective, ``--e-timeout``, ``--g-timeout``, ``--f-timeout``); (c) gets the time left
+(``--sections c`` gives it all).
 
 ``--smoke`` runs the same code on tiny settings (harness-micro, B = 64/128, short steps) so it can
 be checked on a CPU: ``python bench/gpu_check.py --smoke --device cpu``. ``--tiny`` is smaller
@@ -49,7 +58,7 @@ still and runs in seconds on the CPU (the test suite's check that the script sti
 ``cpu`` unless ``--device`` is given, (a1) at B = 16, (a2) at B = 128, (c) at B = 16 with one
 warmup and one timed step, and (b) left out (a CLI smoke run takes half a minute;
 tests/integration/test_cli.py covers it). On a CPU the CUDA-only parts -- CUDA against the CPU,
-CUDA bf16 autocast, CUDA peak memory, MFU/HFU, and sections (d), (e), (f) -- are listed as
+CUDA bf16 autocast, CUDA peak memory, MFU/HFU, and sections (d), (e), (f), (g) -- are listed as
 skipped, with what stands in for them. Exit code: 0 when every check that ran passed
 (measurements never fail), 1 otherwise.
 """
@@ -889,6 +898,147 @@ def check_ddp(rep: Report, args, device: torch.device) -> None:
         cli_result(rep, what, "ddp", cmd, rc, text, dt, nproc=n)
 
 
+def fsdp_one_gpu(cache: Path, B: int, device: torch.device) -> dict:
+    """(g1): harness-micro's towers through ``harness.engine.fsdp.shard`` in a one-rank NCCL group
+    against the plain towers on the same GPU (fp32, TF32 off): one ``forward_backward`` with
+    ``clip``, the trainer's clipping and one AdamW step; then ``copy_full_state`` into a plain
+    model. One rank: FSDP's shards are whole tensors, but its CUDA path runs (all-gather and
+    reduce-scatter streams, inputs moved by the root, DTensor parameters and gradients)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from harness.engine.fsdp import clip_grad_norm_, copy_full_state, is_sharded, shard
+    from harness.engine.models import Encoder
+    from harness.engine.trainer import Towers, forward_backward
+    from objectives.infonce import CLIP
+
+    model0, enc_args, batch = shapes_batch(cache, B, "harness-micro")
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    backend = "nccl" if device.type == "cuda" else "gloo"  # gloo: to try this function on a CPU
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        results = {}
+        for sharded in (False, True):
+            model = copy.deepcopy(model0).to(device).train()
+            towers = Towers(model, Encoder(model, *enc_args, device=device), device)
+            if sharded:
+                shard(towers, device)
+                assert is_sharded(towers), "fully_shard did not apply"
+            objective = CLIP().to(device).train()
+            params = [*towers.parameters(), *objective.parameters()]
+            opt = torch.optim.AdamW(params, lr=1e-3)
+            with strict_fp32():
+                loss = forward_backward(towers, objective, batch, device=device).loss
+                grads = {n: p.grad for n, p in towers.named_parameters() if p.grad is not None}
+                grads = {
+                    n: (g.full_tensor() if hasattr(g, "full_tensor") else g).double().cpu()
+                    for n, g in grads.items()
+                }
+                clip = clip_grad_norm_ if sharded else torch.nn.utils.clip_grad_norm_
+                norm = float(clip(params, 0.01))
+                opt.step()
+            plain = copy.deepcopy(model0).to(device)
+            copy_full_state(model, plain) if sharded else plain.load_state_dict(model.state_dict())
+            after = {k: v.double().cpu() for k, v in plain.state_dict().items()}
+            kinds = sorted({type(v).__name__ for v in plain.state_dict().values()})
+            results[sharded] = (float(loss), grads, norm, after, kinds)
+            del towers, model, opt
+        (l0, g0, n0, a0, _), (l1, g1, n1, a1, kinds) = results[False], results[True]
+        cmp = compare_grads(g1, g0)
+        return {
+            "loss_rel": abs(l1 - l0) / max(abs(l0), 1e-30),
+            "grad_rel_norm": cmp.get("grad_rel_norm"),
+            "grad_error": cmp.get("error"),
+            "clip_norm_rel": abs(n1 - n0) / max(abs(n0), 1e-30),
+            "param_max_abs_diff": max(float((a1[k] - a0[k]).abs().max()) for k in a0),
+            "full_state_kinds": kinds,
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+def check_fsdp(rep: Report, args, device: torch.device, cache: Path) -> None:
+    what = "(g) FSDP2 (budget.shard=fsdp)"
+    if device.type != "cuda":
+        rep.skip(
+            f"CUDA-only {what}",
+            f"no CUDA device (device {device.type}); tests/integration/test_fsdp.py checks FSDP2 on 2 CPU "
+            "processes (gloo)",
+        )
+        return
+    import torch.distributed as dist
+
+    if not dist.is_nccl_available():
+        rep.skip(what, "this torch has no NCCL")
+        return
+    B = args.a_batch
+    rep.line(
+        f"(g1) fully_shard on one GPU: harness-micro, clip, one shapes batch B = {B}: the sharded towers "
+        "against the plain ones (loss, gradients, clipping norm, parameters after one AdamW step)"
+    )
+    r = fsdp_one_gpu(cache, B, device)
+    ok = (
+        r["grad_error"] is None
+        and r["loss_rel"] <= 1e-6
+        and r["grad_rel_norm"] <= 1e-5
+        and r["clip_norm_rel"] <= 1e-5
+        and r["param_max_abs_diff"] <= 1e-6
+        and r["full_state_kinds"] == ["Tensor"]
+    )
+    rep.failed |= not ok
+    rep.data["fsdp_one_gpu"] = {**r, "pass": ok}
+    rep.line(
+        f"  {'PASS' if ok else 'FAIL'} loss rel {r['loss_rel']:.1e}, grad rel norm "
+        f"{r['grad_rel_norm'] if r['grad_rel_norm'] is None else format(r['grad_rel_norm'], '.1e')}, "
+        f"clip norm rel {r['clip_norm_rel']:.1e}, parameters max |diff| {r['param_max_abs_diff']:.1e}, "
+        f"full state {r['full_state_kinds']}" + (f"; {r['grad_error']}" if r["grad_error"] else "")
+    )
+    rep.write()
+    n = torch.cuda.device_count()
+    what2 = "(g2) FSDP2 under torchrun"
+    if n < 2:
+        rep.skip(what2, f"one GPU on this node ({n}): sharding needs at least two")
+        rep.data["fsdp"] = {"skipped": f"{n} GPU"}
+        return
+    why = harness_cli_missing()
+    if why:
+        rep.skip(what2, why)
+        return
+    timeout = min(args.g_timeout, rep.left() - args.reserve)
+    if timeout < 30:
+        rep.skip(what2, f"out of time ({rep.left():.0f} s left)")
+        return
+    with tempfile.TemporaryDirectory(prefix="gpu_check_fsdp-") as tmp:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+            "-m", "harness", "run", "--budget", "smoke", "--device", "cuda",
+            "--output-dir", tmp, "--set", "budget.shard=fsdp", "--set", "budget.gradcache_chunk=8",
+        ]  # fmt: skip
+        rep.line(
+            f"{what2}: torchrun --nproc-per-node {n} -m harness run --budget smoke --set budget.shard=fsdp "
+            f"--set budget.gradcache_chunk=8, with its checkpoint (timeout {timeout:.0f} s)"
+        )
+        rc, text, dt = run_cli(cmd, timeout)
+        ckpts = sorted(Path(tmp).glob("checkpoints/*.pt"))
+        extra: dict = {"nproc": n, "checkpoints": len(ckpts)}
+        if rc == 0:  # rank 0 wrote one checkpoint of plain, full tensors: harness-micro's shapes
+            from harness.data.shapes import vocabulary
+            from harness.engine.models import ModelConfig, build_model
+
+            want = build_model(ModelConfig(name="harness-micro"), words=vocabulary())[0].state_dict()
+            state = torch.load(ckpts[0], weights_only=True)["model"] if len(ckpts) == 1 else {}
+            full = state.keys() == want.keys() and all(
+                type(v) is torch.Tensor and v.shape == want[k].shape for k, v in state.items()
+            )
+            extra["checkpoint_full"] = full
+            if not full:
+                rc = f"0, but {len(ckpts)} checkpoint(s), full state: {full}"
+        cli_result(rep, what2, "fsdp", cmd, rc, text, dt, **extra)
+
+
 def check_ray(rep: Report, args, device: torch.device) -> None:
     what = "(f) Ray sweep, one run per GPU"
     if device.type != "cuda":
@@ -956,7 +1106,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--reserve", type=float, default=10.0, help="seconds kept back for the final report")
     ap.add_argument(
-        "--sections", default=None, help="which sections to run (default a,b,c,d,e,f; tiny a,c,d,e,f)"
+        "--sections", default=None, help="which sections to run (default a,b,c,d,e,f,g; tiny a,c,d,e,f,g)"
     )
     ap.add_argument("--a-batch", type=int, default=None, help="(a1) batch size (default 256; smoke 64)")
     ap.add_argument("--tiled-batch", type=int, default=None, help="(a2) B (default 4096; smoke 512)")
@@ -985,6 +1135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--d-timeout", type=float, default=90.0, help="(d) seconds per objective at most")
     ap.add_argument("--e-timeout", type=float, default=60.0, help="(e) seconds at most")
     ap.add_argument("--f-timeout", type=float, default=75.0, help="(f) seconds at most")
+    ap.add_argument("--g-timeout", type=float, default=75.0, help="(g2) seconds at most")
     ap.add_argument(
         "--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H200 SXM: 989)"
     )
@@ -999,7 +1150,7 @@ def main(argv=None) -> int:
         else "left out by --tiny (a CLI smoke run takes half a minute on a CPU; "
         "tests/integration/test_cli.py covers it)"
     )
-    args.sections = args.sections or ("a,c,d,e,f" if tiny else "a,b,c,d,e,f")
+    args.sections = args.sections or ("a,c,d,e,f,g" if tiny else "a,b,c,d,e,f,g")
     args.a_batch = args.a_batch or (16 if tiny else 64 if small else 256)
     args.tiled_batch = args.tiled_batch or (128 if tiny else 512 if small else 4096)
     args.tiled_chunk = args.tiled_chunk or (32 if tiny else 128 if small else 1024)
@@ -1082,6 +1233,7 @@ def main(argv=None) -> int:
             ("b", "(b) harness run", lambda: check_run(rep, args, device)),
             ("d", "(d) datacomp-small", lambda: check_datacomp(rep, args, device)),
             ("e", "(e) DDP", lambda: check_ddp(rep, args, device)),
+            ("g", "(g) FSDP2", lambda: check_fsdp(rep, args, device, Path(cache))),
             ("f", "(f) Ray sweep", lambda: check_ray(rep, args, device)),
             ("c", "(c) throughput", lambda: check_throughput(rep, args, device)),
         ]

@@ -2,7 +2,8 @@
 # The one prepared GPU check (what it checks: bench/gpu_check.py's docstring): (a) CUDA against
 # the CPU, (b) `harness run` on CUDA, (c) ViT-B/32 throughput, (d) the datacomp-small preset at
 # scale on synthetic shards with projected run times, (e) DDP under torchrun on every GPU (two or
-# more), (f) a Ray sweep with one run per GPU (when Ray is installed).
+# more), (f) a Ray sweep with one run per GPU (when Ray is installed), (g) FSDP2 (budget.shard=fsdp):
+# fully_shard on one GPU against the plain towers, and under torchrun on every GPU (two or more).
 #
 # On the lent GPU machine the device tool runs, in the repo root of a copy of the working tree:
 #

@@ -85,6 +85,13 @@ class Budget(BaseModel):
         description="background threads preparing batches ahead "
         "(pinned memory on CUDA); 0 = prepare each batch in the training loop",
     )
+    shard: Literal["none", "fsdp"] = Field(
+        "none",
+        description="under torchrun: 'fsdp' shards the towers' parameters, gradients and optimiser "
+        "state over the ranks with FSDP2 (torch.distributed.fsdp.fully_shard) instead of "
+        "replicating them in DDP; for towers too large to replicate (ViT-L/14 and up). A no-op in "
+        "one process. Not part of the run identity (it changes how, not what, is computed)",
+    )
     eval_batch_size: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1, description="step-metric logging interval")
 
@@ -195,7 +202,11 @@ class RunConfig(BaseModel):
         d.pop("tracking")
         d.pop("data")
         d.pop("budget_preset")  # its values are in 'budget', 'model' and 'shapes'
-        for k in ("log_every", "eval_batch_size", "device", "loader_workers"):
+        # how the run is executed, not what it computes: left out at every value. budget.shard is
+        # one of them (popped, not a _LATER_KEYS entry): sharded or replicated towers get the same
+        # gradients, like one process or torchrun (the world size is not in the identity either),
+        # so an FSDP run resumes, and compares with, the DDP or single-process run of its budget
+        for k in ("log_every", "eval_batch_size", "device", "loader_workers", "shard"):
             d["budget"].pop(k)
         # keys added after the first release leave the identity at their defaults, so the runs
         # recorded before them keep their identity (and compare can resume them)

@@ -16,7 +16,8 @@ and the gradient of the objective's own parameters (scale, bias) on every rank i
 Averaging gradients over ranks, as ``DistributedDataParallel`` does (all-reduce sum / W), therefore
 gives exactly the single-process gradient of ``L`` on the concatenated batch for the towers'
 parameters *and* the objective's parameters. The trainer (``harness.engine.trainer.forward_backward``)
-wraps the towers in ``DistributedDataParallel`` (its bucketed all-reduce overlaps with backward) and
+wraps the towers in ``DistributedDataParallel`` (its bucketed all-reduce overlaps with backward; or
+shards them with FSDP2, whose reduce-scatter averages the same way: harness/engine/fsdp.py) and
 averages the objective's few parameters with :func:`average_gradients` after ``backward()`` (they
 are equal on every rank already; the mean keeps them, and covers an objective with per-rank terms).
 Dividing the loss by ``W`` instead would make the local-embedding gradients equal but would shrink

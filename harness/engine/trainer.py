@@ -25,6 +25,7 @@ from harness.core.batch import BATCH_FIELDS, EmbeddingBatch, LossOutput
 from harness.core.errors import UserError
 from harness.data.batches import Batch, Prefetcher
 from harness.engine.distributed import average_gradients, broadcast_parameters, gather_batch, world_info
+from harness.engine.fsdp import ShardedTowers, clip_grad_norm_, is_sharded, shard
 from harness.engine.gradcache import gradcache_step
 
 
@@ -120,7 +121,8 @@ def embed(model, encoder, batch: Batch, device) -> EmbeddingBatch:
 class Towers(torch.nn.Module):
     """The towers as one module whose forward encodes a batch's fields (:func:`embed`): what
     ``DistributedDataParallel`` wraps under torchrun, as open_clip_train wraps its model, so that
-    DDP's bucketed all-reduce of the towers' gradients overlaps with backward. ``fns`` (``encode_image``,
+    DDP's bucketed all-reduce of the towers' gradients overlaps with backward; with
+    ``budget.shard=fsdp``, the root FSDP2 unit (harness/engine/fsdp.py). ``fns`` (``encode_image``,
     ``encode_text``; compiled ones with ``budget.compile``) default to the model's own."""
 
     def __init__(self, model: torch.nn.Module, encoder, device, fns=None):
@@ -133,7 +135,12 @@ class Towers(torch.nn.Module):
         )
 
     def forward(self, batch: Batch) -> EmbeddingBatch:
-        return embed(self.fns, self.encoder, batch, self.device)
+        out = embed(self.fns, self.encoder, batch, self.device)
+        if is_sharded(self):  # FSDP2 hooks the root's outputs for backward: copies, not views
+            for name, t in out.tensors().items():
+                if BATCH_FIELDS[name].tower is not None:
+                    out[name] = t.clone()
+        return out
 
 
 def wrap_ddp(towers: torch.nn.Module) -> torch.nn.Module:
@@ -174,12 +181,15 @@ def forward_backward(
     then hold the gradient of the global batch's loss. Returns ``LossOutput(loss (float32, detached), logs)``.
 
     ``towers`` maps a batch to its :class:`EmbeddingBatch` (a :class:`Towers`, or any module), in
-    ``DistributedDataParallel`` (:func:`wrap_ddp`) under torchrun. There the local embeddings are
+    ``DistributedDataParallel`` (:func:`wrap_ddp`) under torchrun, or sharded by FSDP2
+    (``harness.engine.fsdp.shard``, ``budget.shard=fsdp``). There the local embeddings are
     gathered with autograd (every rank computes the global loss), DDP averages the towers'
-    gradients during backward and the objective's few parameters are averaged here: both then equal
-    one process's gradient on the concatenated batch (the convention of harness/engine/distributed.py).
-    With ``gradcache_chunk`` the batch is encoded in sub-batches (GradCache), the sub-batch
-    backward passes under DDP's ``no_sync`` but the last.
+    gradients during backward (FSDP: reduce-scatters their mean into each rank's shard) and the
+    objective's few parameters (and, under FSDP, the towers' unsharded scalars) are averaged here:
+    all then equal one process's gradient on the concatenated batch (the convention of
+    harness/engine/distributed.py). With ``gradcache_chunk`` the batch is encoded in sub-batches
+    (GradCache), the sub-batch backward passes under DDP's ``no_sync`` but the last (FSDP: each
+    sub-batch's backward reduce-scatters, so no full-size gradient is held).
     """
     _, world = world_info()
     loss_fn = (lambda e: objective(gather_batch(e))) if world > 1 else objective
@@ -200,7 +210,10 @@ def forward_backward(
         loss = out.loss.float()
         loss.backward()
     if world > 1:  # the objective is outside DDP: every rank has dL/dtheta; the mean keeps it
-        average_gradients([p for p in objective.parameters() if p.requires_grad])
+        outside = [p for p in objective.parameters() if p.requires_grad]
+        # under FSDP, the towers' scalar parameters are left out of the shards (harness/engine/fsdp.py)
+        outside += towers.__dict__.get("replicated_params", [])
+        average_gradients(outside)
     return LossOutput(loss.detach(), out.logs)
 
 
@@ -265,24 +278,32 @@ def train(
     model.to(device).train()
     objective.to(device).train()
     fields = set(objective.requires)
-    opt = torch.optim.AdamW(
-        param_groups(model, objective, budget.weight_decay), lr=budget.lr, betas=budget.betas, eps=budget.eps
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(budget.warmup_steps, budget.steps))
-    params = [p for g in opt.param_groups for p in g["params"]]
-    use_bf16 = budget.precision == "bf16" and device.type == "cuda"
-    fns = None
-    if budget.compile:
-        fns = SimpleNamespace(
-            encode_image=torch.compile(model.encode_image), encode_text=torch.compile(model.encode_text)
-        )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     _, world = world_info()
     if world > 1:  # torchrun: rank 0's initial weights everywhere; each step sees the global batch
         broadcast_parameters(model)
         broadcast_parameters(objective)
-    towers = wrap_ddp(Towers(model, encoder, device, fns))
+    # budget.shard=fsdp under torchrun: a sharded copy of the model trains (harness/engine/fsdp.py)
+    # and ``model`` gets its full weights before every validation and at the end; else the model
+    # itself trains, replicated in DDP under torchrun
+    trainable = any(p.requires_grad for p in model.parameters())
+    sharded = ShardedTowers(model, device) if budget.shard == "fsdp" and world > 1 and trainable else None
+    net = sharded.net if sharded is not None else model
+    use_bf16 = budget.precision == "bf16" and device.type == "cuda"
+    fns = None
+    if budget.compile:
+        fns = SimpleNamespace(
+            encode_image=torch.compile(net.encode_image), encode_text=torch.compile(net.encode_text)
+        )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    towers = Towers(net, encoder, device, fns)
+    towers = shard(towers, device) if sharded is not None else wrap_ddp(towers)
+    # after sharding: fully_shard replaces the parameters (with DTensors of this rank's shards)
+    opt = torch.optim.AdamW(
+        param_groups(net, objective, budget.weight_decay), lr=budget.lr, betas=budget.betas, eps=budget.eps
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(budget.warmup_steps, budget.steps))
+    params = [p for g in opt.param_groups for p in g["params"]]
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
 
     if budget.loader_workers:
@@ -317,7 +338,10 @@ def train(
         if step == 0:
             flops = float(counter.get_total_flops())
         if budget.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, budget.grad_clip)
+            if sharded is not None:  # the towers' gradients are DTensors: the joint norm over ranks
+                clip_grad_norm_(params, budget.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, budget.grad_clip)
         opt.step()
         sched.step()
         objective.after_step()
@@ -350,12 +374,19 @@ def train(
             t_first = time.perf_counter() - t0
         if validate is not None and validate_every and (step + 1) % validate_every == 0 and not last:
             tv = time.perf_counter()
+            if sharded is not None:
+                sharded.sync()  # the validation evaluates ``model``: the full weights, every rank
             validate(step + 1)
+            if sharded is not None:
+                sharded.park()
             model.train()
             t0 += time.perf_counter() - tv  # evaluation is not training time
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
+    if sharded is not None:  # evaluation and checkpoints use ``model``: the trained weights, in full
+        sharded.sync()
+        del towers, opt, sched, params, sharded, net
     if isinstance(data, Prefetcher):
         data.close()
     # throughput leaves out step 0, which runs under the FLOP counter
