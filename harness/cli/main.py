@@ -206,6 +206,18 @@ def cmd_compare(a: argparse.Namespace, rep: Reporter) -> int:
     flags["objective"] = objectives[0]
     cfg = resolve_config(a.budget, a.config, flags, a.set)
     executor = _executor(a)
+    if a.sweep:
+        if a.tuned:
+            raise CompareError("--sweep runs the paper-defaults track; it cannot be combined with --tuned")
+        from harness.run.sweep import parse_sweep, run_sweep
+
+        axis, values = parse_sweep(a.sweep)
+        sid, outcomes = run_sweep(cfg, objectives, a.seeds, axis, values, rep, a.lr_rule, executor)
+        rep.info(
+            f"sweep {sid}: {len(outcomes)} comparisons in experiment {cfg.tracking.experiment!r}; "
+            f"`harness leaderboard --sweep {sid} --out DIR` draws it"
+        )
+        return EXIT_FAILED if any(o.failed for o in outcomes) else 0
     tuning = None
     if a.tuned:
         from harness.run.runner import expand_tasks
@@ -446,6 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the comparison's (e.g. --tuning-set budget.steps=150); they name the studies",
     )
     p.add_argument("--storage", help="Optuna storage of the studies (default .harness/optuna.db)")
+    p.add_argument(
+        "--sweep",
+        metavar="AXIS=V1,V2,...",
+        help="run the comparison at each value of one budget axis, e.g. budget.batch_size=64,256,1024 "
+        "(samples seen held constant; see --lr-rule)",
+    )
+    p.add_argument(
+        "--lr-rule",
+        choices=["sqrt", "linear", "constant"],
+        default="sqrt",
+        help="with --sweep budget.batch_size: how the learning rate follows the batch (default sqrt)",
+    )
     _executor_args(p)
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser(

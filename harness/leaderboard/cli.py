@@ -18,8 +18,10 @@ from .render import (
     render_table,
     render_text_table,
 )
+from .render.sweepfile import render_sweep_all, render_sweep_markdown
 from .runs import collect, log_to_mlflow
 from .stats import RANK_RULES
+from .sweep import sweep_board
 
 FORMATS = ("table", "md", "json", "csv")
 
@@ -69,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=RANK_RULES,
         default="either",
         help="which paired tests must be significant for a rank difference (default: either)",
+    )
+    p.add_argument(
+        "--sweep",
+        metavar="ID",
+        help="a sweep of `harness compare --sweep` (its id, a prefix, or 'latest'): each objective's "
+        "score against the swept value, and one board per value",
     )
     p.add_argument("--out", metavar="DIR", help="write leaderboard.{md,html,json,csv} there")
     p.add_argument(
@@ -128,6 +136,8 @@ def main(args: argparse.Namespace, reporter) -> int:
     if problem:
         reporter.error(problem)
         return 2
+    if getattr(args, "sweep", None):
+        return _sweep_main(args, uri, reporter)
     try:
         collected = collect(
             getattr(args, "experiment", None) or "harness",
@@ -173,4 +183,29 @@ def main(args: argparse.Namespace, reporter) -> int:
                     reporter.info(f"logged under leaderboard/ of run {collected.parent_run_id}")
                 else:
                     reporter.error("--log needs --parent (there is no comparison run to attach the files to)")
+    return 0
+
+
+def _sweep_main(args: argparse.Namespace, uri: str, reporter) -> int:
+    """``harness leaderboard --sweep ID``: the sweep's Markdown on stdout, its files with ``--out``."""
+    import sys
+
+    try:
+        sb = sweep_board(
+            getattr(args, "experiment", None) or "harness",
+            args.sweep,
+            uri,
+            baseline=getattr(args, "baseline", None),
+            rank_rule=getattr(args, "rank_rule", None) or "either",
+        )
+    except LeaderboardError as e:
+        reporter.error(str(e))
+        return 2
+    if (getattr(args, "format", None) or "table") in ("table", "md"):
+        sys.stdout.write(render_sweep_markdown(sb))
+    else:
+        sys.stdout.write(json.dumps(jsonable(sb.to_dict()), indent=1) + "\n")
+    if getattr(args, "out", None):
+        paths = render_sweep_all(sb, args.out)
+        reporter.info(f"wrote {', '.join(str(p) for p in paths.values())} and one board per value")
     return 0

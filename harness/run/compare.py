@@ -216,6 +216,7 @@ def compare(
     command: str | None = None,
     executor: ExecutorSpec | None = None,
     tuning: dict[str, dict] | None = None,
+    parent_tags: dict[str, str] | None = None,
 ) -> CompareOutcome:
     """Run the sweep. With ``tuned`` (from :func:`tuned_parameters`) it is the "tuned" track: each
     objective trains with its tuned parameters, and its runs keep the base budget id.
@@ -250,6 +251,7 @@ def compare(
     }
     if tuning:
         tags["harness.tuning"] = describe_tuning(tuning)
+    tags.update(parent_tags or {})  # e.g. the sweep this comparison is one point of
     outcome = CompareOutcome(parent_run_id=None, experiment=experiment)
     ray_ex = None
     if spec.kind == "ray":  # every check of the executor, before any run is created
