@@ -83,7 +83,8 @@ class Budget(BaseModel):
         0,
         ge=0,
         description="background threads preparing batches ahead "
-        "(pinned memory on CUDA); 0 = prepare each batch in the training loop",
+        "(pinned memory on CUDA); 0 = prepare each batch in the training loop. A streamed "
+        "webdataset set (wds): its DataLoader worker processes (0 = $HARNESS_WDS_WORKERS or up to 4)",
     )
     shard: Literal["none", "fsdp"] = Field(
         "none",

@@ -75,6 +75,8 @@ class TrainContext:
     seed: int = 0
     image_size: int | None = None
     preprocess_cfg: dict | None = None
+    #: ``budget.loader_workers``: a streaming set's DataLoader worker processes (0: its own default)
+    loader_workers: int = 0
 
 
 class TrainSet:

@@ -342,8 +342,9 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 
 def worker_count(requested: int | None = None) -> int:
-    """DataLoader workers: ``requested`` (default ``$HARNESS_WDS_WORKERS``, else up to 4 of the
-    CPUs), rounded down to a divisor of :data:`STREAMS` (0: decode in the training process)."""
+    """DataLoader workers: ``requested`` (``budget.loader_workers`` when set; default
+    ``$HARNESS_WDS_WORKERS``, else up to 4 of the CPUs), rounded down to a divisor of
+    :data:`STREAMS` (0: decode in the training process)."""
     if requested is None:
         env = os.environ.get("HARNESS_WDS_WORKERS")
         requested = int(env) if env else min(4, max(1, (os.cpu_count() or 1) - 1))
@@ -356,6 +357,8 @@ class StreamingTrainData:
     of order is served from the batches kept ahead, or by restarting the stream and skipping)."""
 
     provides = frozenset({"image", "text", "image_view", "labels"})
+    #: decodes ahead in its own DataLoader workers: the trainer adds no prefetch threads on top
+    prefetches = True
 
     def __init__(
         self,
@@ -468,7 +471,7 @@ class WebDatasetSet(TrainSet):
         shards = shard_list(self.name, ctx.options.paths.get(self.name))
         return StreamingTrainData(
             self.name, shards, ctx.tokenizer, ctx.seed, ctx.image_size, ctx.preprocess_cfg,
-            strict=ctx.options.strict_images,
+            strict=ctx.options.strict_images, workers=ctx.loader_workers or None,
         )  # fmt: skip
 
     def fingerprint(self, data, ctx: TrainContext) -> str:

@@ -284,6 +284,7 @@ def build(
     preprocess_cfg: dict | None,
     cache_dir: Path,
     max_samples: int | None = None,
+    loader_workers: int = 0,
 ):
     """The training data object (``len``, ``batch(step, batch_size, fields)``, ``fingerprint``) of
     ``name``: :meth:`TrainSet.build`, fingerprinted by :meth:`TrainSet.fingerprint`."""
@@ -296,6 +297,7 @@ def build(
         seed=seed,
         image_size=image_size,
         preprocess_cfg=preprocess_cfg,
+        loader_workers=loader_workers,
     )
     ts = spec(name)()
     data = ts.build(ctx)

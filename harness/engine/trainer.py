@@ -306,7 +306,7 @@ def train(
     params = [p for g in opt.param_groups for p in g["params"]]
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
 
-    if budget.loader_workers:
+    if budget.loader_workers and not getattr(data, "prefetches", False):  # a stream has its own workers
         data = Prefetcher(
             data,
             budget.steps,

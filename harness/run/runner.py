@@ -318,6 +318,7 @@ def execute(
         preprocess_cfg=getattr(model.visual, "preprocess_cfg", None),
         cache_dir=default_cache_dir(out_dir),
         max_samples=cfg.train_samples,
+        loader_workers=cfg.budget.loader_workers,
     )
 
     tags = {

@@ -249,6 +249,37 @@ def test_smoke_run_streams_one_shard(workdir, tmp_path, monkeypatch):
     )
 
 
+def test_budget_loader_workers_sets_the_stream_workers_and_no_prefetch_threads(
+    workdir, tmp_path, monkeypatch
+):
+    """budget.loader_workers is the stream's DataLoader worker count (it overrides the environment);
+    the trainer adds no prefetch threads on top; the batches, so the metrics, do not change."""
+    from conftest import runs
+
+    import harness.engine.trainer as trainer_mod
+
+    seen = []
+    real_init = st.StreamingTrainData.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        seen.append(self.workers)
+
+    class NoPrefetch(trainer_mod.Prefetcher):
+        def __init__(self, *a, **kw):
+            raise AssertionError("a stream must not be wrapped in prefetch threads")
+
+    monkeypatch.setattr(st.StreamingTrainData, "__init__", init)
+    monkeypatch.setattr(trainer_mod, "Prefetcher", NoPrefetch)
+    monkeypatch.setenv("HARNESS_WDS_WORKERS", "0")
+    pattern = shards(tmp_path / "s", 1, 6)
+    assert _run(workdir, tmp_path, "--data", f"wds={pattern}", "--set", "budget.loader_workers=2") == 0
+    assert _run(workdir, tmp_path, "--data", f"wds={pattern}") == 0
+    assert seen == [2, 0]
+    a, b = runs(workdir)
+    assert a.data.metrics["train/loss"] == b.data.metrics["train/loss"]
+
+
 def test_strict_images_fails_the_run_on_a_bad_sample(workdir, tmp_path, monkeypatch, capsys):
     from conftest import runs
 
