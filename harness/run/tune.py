@@ -554,6 +554,10 @@ def tuned_study(objective: str, task: str, base: RunConfig, storage: str | None 
         "best_value": best.value,
         "best_trial": best.number,
         "best_is_paper_defaults": bool(best.user_attrs.get("harness.paper_defaults")),
+        # the enqueued first trial: what the tuned parameters moved from
+        "defaults": next(
+            (dict(t.params) for t in st.trials if t.user_attrs.get("harness.paper_defaults")), {}
+        ),
     }
 
 

@@ -263,6 +263,10 @@ def test_tuned_compare_with_a_shorter_tuning_budget_and_an_image_task_for_supcon
         obj = r.data.tags["harness.objective"]
         assert src["task"] == ("shapes-linear" if obj == "supcon" else "shapes-retrieval")
         assert src["trials"] == 2 and src["budget"]["steps"] == 4
+        assert set(src["defaults"]) == set(src["params"])  # the paper defaults the study started from
+        assert src["defaults"]["temperature"] == pytest.approx(
+            0.1 if obj == "supcon" else 1 / 14.2857, rel=1e-3
+        )
         assert src["params"]["temperature"] == pytest.approx(float(r.data.params["objective.temperature"]))
         assert r.data.params["budget.steps"] == "6"  # the final runs keep the comparison's budget
     parent = next(r for r in runs(workdir) if r.data.tags.get("harness.role") == "compare")
