@@ -35,7 +35,9 @@ BENCHES = [
     "data_throughput",
     "render_speed",
 ]
-TIMEOUT = 180
+# generous: a bench's tiny mode takes ~60 s alone, but sweep_scaling (two Ray starts) took 178 s
+# on the 2-core machine while a comparison ran beside it; the limit catches hangs, not slowness
+TIMEOUT = 600
 
 
 def run_bench(name: str, out_dir: Path) -> subprocess.CompletedProcess:
