@@ -66,14 +66,26 @@ def _told_apart(board: dict, task: str, objs: list[str]) -> float | None:
     return sep / len(pairs)
 
 
-def contrast(a: dict, b: dict, names: tuple[str, str] = ("paper defaults", "equal tuning")) -> dict[str, Any]:
+def contrast(
+    a: dict,
+    b: dict,
+    names: tuple[str, str] = ("paper defaults", "equal tuning"),
+    drop_tasks: tuple[str, ...] = (),
+    drop_objectives: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """``drop_tasks`` / ``drop_objectives``: leave out what the two boards do not measure alike
+    (a task whose protocol changed between them, an objective whose code did)."""
     from scipy.stats import kendalltau, wilcoxon
 
-    tasks = _ranked_tasks(a, b)
+    tasks = [t for t in _ranked_tasks(a, b) if t not in drop_tasks]
     rows, per_task = [], {}
     for t in tasks:
         higher = bool(b["task_boards"][t]["higher_is_better"])
-        objs = [o for o in a["objectives"] if _mean(a, t, o) is not None and _mean(b, t, o) is not None]
+        objs = [
+            o
+            for o in a["objectives"]
+            if o not in drop_objectives and _mean(a, t, o) is not None and _mean(b, t, o) is not None
+        ]
         if len(objs) < 2:
             continue
         ma = {o: _mean(a, t, o) for o in objs}
@@ -127,6 +139,7 @@ def contrast(a: dict, b: dict, names: tuple[str, str] = ("paper defaults", "equa
         "on_every_task": full,
         "moved": moved,
         "verdict": _verdict(names, per_task, shrank, ratios, test),
+        "dropped": {"tasks": list(drop_tasks), "objectives": list(drop_objectives)},
     }
 
 
@@ -163,6 +176,10 @@ def _verdict(names, per_task: dict, shrank: int, ratios: list[float], test: dict
 def render_markdown(c: dict) -> str:
     na, nb = c["names"]
     lines = [f"# {na} against {nb}", "", f"**Verdict:** {c['verdict']}.", ""]
+    dropped = c.get("dropped") or {}
+    if dropped.get("tasks") or dropped.get("objectives"):
+        left = ", ".join(dropped.get("tasks", []) + dropped.get("objectives", []))
+        lines += [f"Left out (not measured alike on the two boards): {left}.", ""]
     lines += [
         f"## Spread of the objectives per task ({na} -> {nb})",
         "",
@@ -233,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a", help="the first board's leaderboard.json (e.g. paper defaults)")
     p.add_argument("b", help="the second board's leaderboard.json (e.g. equal tuning)")
     p.add_argument("--names", default="paper defaults,equal tuning", help="the two boards' names")
+    p.add_argument("--drop-tasks", default="", help="comma-separated tasks to leave out")
+    p.add_argument("--drop-objectives", default="", help="comma-separated objectives to leave out")
     p.add_argument("--out", help="write the Markdown there (and the JSON beside it)")
     args = p.parse_args(argv)
     a, b = (json.loads(Path(x).read_text()) for x in (args.a, args.b))
@@ -241,7 +260,13 @@ def main(argv: list[str] | None = None) -> int:
             f"note: the boards' budgets differ ({a.get('budget_id')} vs {b.get('budget_id')})",
             file=sys.stderr,
         )
-    c = contrast(a, b, tuple(args.names.split(",", 1)))
+    c = contrast(
+        a,
+        b,
+        tuple(args.names.split(",", 1)),
+        tuple(x for x in args.drop_tasks.split(",") if x),
+        tuple(x for x in args.drop_objectives.split(",") if x),
+    )
     md = render_markdown(c)
     if args.out:
         Path(args.out).write_text(md, encoding="utf-8")

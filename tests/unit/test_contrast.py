@@ -64,7 +64,8 @@ def test_contrast_on_a_hand_computed_case(tmp_path, capsys):
     # orders x>z>y and z>x>y: one discordant pair of three -> tau = (2 - 1) / 3
     assert t1["kendall_tau"] == pytest.approx(1 / 3)
     assert (t1["told_apart_a"], t1["told_apart_b"]) == (pytest.approx(2 / 3), 0.0)
-    # gap ratios 0.2/0.4, 5/20, 0.05/0.2 = 0.5, 0.25, 0.25: all shrank; exact two-sided Wilcoxon with n = 3, all one sign: 2/8
+    # gap ratios 0.2/0.4, 5/20, 0.05/0.2 = 0.5, 0.25, 0.25: all shrank;
+    # the exact two-sided Wilcoxon with n = 3, all of one sign: 2/8
     assert c["spread_shrank_on"] == 3 and c["median_spread_ratio"] == pytest.approx(0.25)
     assert c["wilcoxon"]["p"] == pytest.approx(0.25)
     assert c["verdict"] == (
@@ -87,3 +88,12 @@ def test_contrast_on_a_hand_computed_case(tmp_path, capsys):
     assert (tmp_path / "c.md").read_text() == md
     assert json.loads((tmp_path / "c.json").read_text())["spread_shrank_on"] == 3
     assert math.isclose(json.loads((tmp_path / "c.json").read_text())["wilcoxon"]["p"], 0.25)
+
+
+def test_contrast_leaves_out_what_the_boards_do_not_measure_alike():
+    a = _board({"t1": {"x": 0.9, "y": 0.5, "z": 0.7}, "t2": {"x": 0.4, "y": 0.2, "z": 0.3}})
+    b = _board({"t1": {"x": 0.8, "y": 0.7, "z": 0.9}, "t2": {"x": 0.35, "y": 0.3, "z": 0.32}})
+    c = ct.contrast(a, b, drop_tasks=("t2",), drop_objectives=("y",))
+    assert list(c["tasks"]) == ["t1"] and c["tasks"]["t1"]["objectives"] == ["x", "z"]
+    assert c["tasks"]["t1"]["spread_a"] == pytest.approx(0.2)
+    assert "Left out (not measured alike on the two boards): t2, y." in ct.render_markdown(c)
