@@ -867,24 +867,34 @@ def check_datacomp(rep: Report, args, device: torch.device) -> None:
     rep.write()
 
 
+def torchrun_gate(rep: Report, what: str, key: str, needs: str, limit: float, reserve: float):
+    """``(GPUs, timeout)`` for a torchrun check over every GPU of the node, or None after saying
+    why it is skipped (one GPU, no harness CLI, out of time)."""
+    n = torch.cuda.device_count()
+    if n < 2:
+        rep.skip(what, f"one GPU on this node ({n}): {needs} needs at least two")
+        rep.data[key] = {"skipped": f"{n} GPU"}
+        return None
+    why = harness_cli_missing()
+    if why:
+        rep.skip(what, why)
+        return None
+    timeout = min(limit, rep.left() - reserve)
+    if timeout < 30:
+        rep.skip(what, f"out of time ({rep.left():.0f} s left)")
+        return None
+    return n, timeout
+
+
 def check_ddp(rep: Report, args, device: torch.device) -> None:
     what = "(e) DDP under torchrun"
     if device.type != "cuda":
         rep.skip(f"CUDA-only {what}", f"no CUDA device (device {device.type})")
         return
-    n = torch.cuda.device_count()
-    if n < 2:
-        rep.skip(what, f"one GPU on this node ({n}): DDP needs at least two")
-        rep.data["ddp"] = {"skipped": f"{n} GPU"}
+    gate = torchrun_gate(rep, what, "ddp", "DDP", args.e_timeout, args.reserve)
+    if gate is None:
         return
-    why = harness_cli_missing()
-    if why:
-        rep.skip(what, why)
-        return
-    timeout = min(args.e_timeout, rep.left() - args.reserve)
-    if timeout < 30:
-        rep.skip(what, f"out of time ({rep.left():.0f} s left)")
-        return
+    n, timeout = gate
     with tempfile.TemporaryDirectory(prefix="gpu_check_ddp-") as tmp:
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
@@ -997,20 +1007,11 @@ def check_fsdp(rep: Report, args, device: torch.device, cache: Path) -> None:
         f"full state {r['full_state_kinds']}" + (f"; {r['grad_error']}" if r["grad_error"] else "")
     )
     rep.write()
-    n = torch.cuda.device_count()
     what2 = "(g2) FSDP2 under torchrun"
-    if n < 2:
-        rep.skip(what2, f"one GPU on this node ({n}): sharding needs at least two")
-        rep.data["fsdp"] = {"skipped": f"{n} GPU"}
+    gate = torchrun_gate(rep, what2, "fsdp", "sharding", args.g_timeout, args.reserve)
+    if gate is None:
         return
-    why = harness_cli_missing()
-    if why:
-        rep.skip(what2, why)
-        return
-    timeout = min(args.g_timeout, rep.left() - args.reserve)
-    if timeout < 30:
-        rep.skip(what2, f"out of time ({rep.left():.0f} s left)")
-        return
+    n, timeout = gate
     with tempfile.TemporaryDirectory(prefix="gpu_check_fsdp-") as tmp:
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),

@@ -8,7 +8,7 @@ any comparison is (:func:`.board.build`), so a point of the sweep reads exactly 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .board import Leaderboard, build
@@ -27,7 +27,6 @@ class SweepBoard:
     parents: list[str]  # the comparisons' parent run ids, in value order
     boards: list[Leaderboard]
     command: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def objectives(self) -> list[str]:
@@ -39,12 +38,11 @@ class SweepBoard:
     @property
     def tasks(self) -> list[str]:
         """Ranked tasks present at every value (diagnostics left out), in the first board's order."""
-        common = [
+        return [
             t
             for t in self.boards[0].tasks
             if all(t in b.task_boards and not b.task_boards[t].diagnostic for b in self.boards)
         ]
-        return common
 
     def series(self, task: str) -> dict[str, list[Summary | None]]:
         """objective -> its main score on ``task`` at each value (None where it has none)."""
@@ -81,7 +79,6 @@ class SweepBoard:
             "track": self.boards[0].track,
             "command": self.command,
             "tasks": tasks,
-            "notes": self.notes,
         }
 
 
@@ -127,7 +124,7 @@ def sweep_board(
     for r in sorted(mine, key=lambda r: r.info.start_time):
         by_index[int(r.data.tags.get("harness.sweep_index", 0))] = r  # a resumed point: its latest parent
     runs = [by_index[i] for i in sorted(by_index)]
-    boards, notes = [], []
+    boards = []
     for r in runs:
         try:
             (board,) = build(collect(experiment, r.info.run_id, None, uri), **build_kw)
@@ -144,5 +141,4 @@ def sweep_board(
         parents=[r.info.run_id for r in runs],
         boards=boards,
         command=tags.get("harness.command"),
-        notes=notes,
     )

@@ -95,10 +95,17 @@ def sweep_points(base: RunConfig, axis: str, values: list[Any], lr_rule: str = "
     return points
 
 
-def sweep_id(axis: str, points: list[SweepPoint], objectives: list[str], seeds: int, track: str) -> str:
+def sweep_id(axis: str, points: list[SweepPoint], objectives: list[str], seeds: int) -> str:
     """Deterministic: rerunning the same sweep resumes it under the same id."""
     blob = json.dumps(
-        [axis, [p.config.budget_id for p in points], sorted(objectives), seeds, track, points[0].config.tasks]
+        [
+            axis,
+            [p.config.budget_id for p in points],
+            sorted(objectives),
+            seeds,
+            "default",
+            points[0].config.tasks,
+        ]
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -118,7 +125,7 @@ def run_sweep(
     points = sweep_points(base, axis, values, lr_rule)
     for p in points:
         plan_pairs(p.config, objectives, seeds)
-    sid = sweep_id(axis, points, objectives, seeds, "default")
+    sid = sweep_id(axis, points, objectives, seeds)
     over = ", ".join(map(str, values))
     reporter.info(f"[bold]sweep[/] {sid}: {axis} over {over} ({len(points)} comparisons)")
     outcomes = []

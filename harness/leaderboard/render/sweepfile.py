@@ -86,8 +86,6 @@ def render_sweep_markdown(sb: SweepBoard) -> str:
         "difference rows: mean difference to the baseline and the paired test's p (bootstrap over "
         "test items, else t-test over seeds).",
     ]
-    for n in sb.notes:
-        lines.append(f"- note: {md_escape(n)}")
     return "\n".join(lines) + "\n"
 
 
