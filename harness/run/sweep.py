@@ -103,7 +103,7 @@ def sweep_id(axis: str, points: list[SweepPoint], objectives: list[str], seeds: 
             [p.config.budget_id for p in points],
             sorted(objectives),
             seeds,
-            "default",
+            "default",  # the track; a sweep runs paper defaults only, kept so existing ids stay
             points[0].config.tasks,
         ]
     )
